@@ -1,0 +1,130 @@
+"""The `receiver` command line (product.md section 4)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from flask import Flask
+
+from .config import ConfigError, Settings
+
+log = logging.getLogger("receiver")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _app(settings: Settings) -> Flask:
+    from . import create_app
+    from .db import SchemaOutOfDate, ensure_schema
+
+    app = create_app(settings)
+    try:
+        ensure_schema(app.extensions["receiver"].engine)
+    except SchemaOutOfDate as e:
+        raise click.ClickException(str(e)) from None
+    return app
+
+
+@click.group()
+def main() -> None:
+    """Receiver for Alibaba Cloud ICE live snapshot callbacks."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (Alembic, migrations/)."""
+    from .db import current_revision, make_engine, upgrade
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+def run_server(app: Flask, host: str, port: int, threads: int = 16) -> None:
+    from waitress import serve as waitress_serve
+
+    settings: Settings = app.extensions["receiver"].settings
+    if not settings.callback_token and not settings.callback_auth_keys:
+        log.warning("no RECEIVER_CALLBACK_TOKEN or RECEIVER_CALLBACK_AUTH_KEYS: anyone can post callbacks "
+                    "(they are verified with ICE, but they cost ICE API calls)")
+    click.echo(f"receiver listening on http://{host}:{port}/", err=True)
+    waitress_serve(app, host=host, port=port, threads=threads, ident="receiver", clear_untrusted_proxy_headers=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Web + in-process workers (migrates the embedded database first)."""
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    app = _app(settings)
+    svc = app.extensions["receiver"]
+    if svc.dispatcher is not None:
+        svc.dispatcher.start()
+    try:
+        run_server(app, host, port)
+    finally:
+        svc.close()
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Process every due event, then exit.")
+def worker(once: bool) -> None:
+    """Workers only: process events from the inbox."""
+    import signal
+    import threading
+
+    from .dispatch import drain
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    app = _app(settings)
+    svc = app.extensions["receiver"]
+    if once:
+        click.echo(f"processed {drain(svc, timeout=3600)} events")
+        svc.close()
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    svc.dispatcher.start()
+    click.echo(f"worker running with {settings.workers} threads", err=True)
+    stop.wait()
+    svc.close()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between simulated snapshots.")
+def demo(host: str, port: int, interval: float) -> None:
+    """Everything local: fake ICE + fake OSS + a simulated snapshot job feeding `serve`."""
+    from .demo import run_demo
+
+    _setup_logging("INFO")
+    run_demo(host, port, interval)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,81 @@
+"""The one place that owns the JSON error format: {"error": {"code": ..., "message": ...}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by views for any 4xx/5xx; rendered by the handler below."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify({"error": {"code": code, "message": message}})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+_HTTP_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    429: "TooManyRequests",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> Response:
+        return error_response(e.status, e.code, e.message, e.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Any:
+        status = e.code or 500
+        if status < 400:
+            return e
+        headers = {}
+        if status == 405 and e.get_response().headers.get("Allow"):
+            headers["Allow"] = e.get_response().headers["Allow"]
+        return error_response(status, _HTTP_CODES.get(status, "HTTPError"), e.description or e.name, headers)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _db_unavailable(e: Exception) -> Response:
+        log.warning("database unavailable: %s", e)
+        # 503 makes ICE (and any sane client) retry; the event is not lost.
+        return error_response(503, "DatabaseUnavailable", "the database is unavailable, retry later",
+                              {"Retry-After": "1"})
+
+    @app.errorhandler(DBAPIError)
+    def _db_error(e: DBAPIError) -> Response:
+        if e.connection_invalidated:
+            return _db_unavailable(e)
+        log.exception("database error")
+        return error_response(500, "InternalError", "internal error")
+
+    @app.errorhandler(Exception)
+    def _internal(e: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "InternalError", "internal error")

@@ -1,0 +1,159 @@
+"""The two halves of processing one event: which objects it names, and indexing one object."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .exceptions import Rejected
+from .formats import check_key_safe, match_key, overwrite_key
+from .ice import JobInfo, format_ice_time
+from .models import Snapshot, Thumbnail
+from .services import Services
+from .thumbnails import make_thumbnails
+from .timeutil import now_ms
+
+if TYPE_CHECKING:
+    from .pipeline import Claimed
+
+log = logging.getLogger(__name__)
+
+# A bare-JobId callback names no file: look this far around its time for sequence files not yet indexed.
+SEQUENCE_LOOKBACK_MIN_S = 60
+SEQUENCE_LOOKAHEAD_S = 60
+MAX_LIST_PAGES = 20
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    kind: str  # overwrite | sequence
+    create_ts_ms: int | None  # from the callback or ListLiveSnapshotFiles
+    key_ts_ms: int | None  # from {UnixTimestamp} in the key
+
+
+def _check_output(svc: Services, job: JobInfo, ev: Claimed) -> None:
+    if not job.endpoint or not job.bucket:
+        raise Rejected(f"job {job.job_id} has no OSS SnapshotOutput")
+    if not svc.policy.is_allowed(job.endpoint):
+        raise Rejected(f"the job's OSS endpoint {job.endpoint!r} is not allowed (RECEIVER_OSS_ALLOWED_ENDPOINTS)")
+    if ev.oss_bucket and ev.oss_bucket != job.bucket:
+        raise Rejected(f"callback bucket {ev.oss_bucket!r} disagrees with the job's bucket {job.bucket!r}")
+    if ev.oss_endpoint and svc.policy.normalize(ev.oss_endpoint) != svc.policy.normalize(job.endpoint):
+        raise Rejected(f"callback endpoint {ev.oss_endpoint!r} disagrees with the job's {job.endpoint!r}")
+
+
+def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
+    _check_output(svc, job, ev)
+    if ev.oss_object:
+        key = ev.oss_object
+        if ev.origin == "reconcile":
+            # ListLiveSnapshotFiles is authoritative: a format mismatch teaches us ICE's real rendering.
+            check_key_safe(key)
+            try:
+                m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
+                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
+            except Rejected:
+                log.warning("job %s: listed key %r matches neither format; indexing it anyway", job.job_id, key)
+                kind = "overwrite" if ev.is_overlay else "sequence"
+                return [Target(key, kind, ev.create_timestamp_ms, None)]
+        m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
+        return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
+    targets: list[Target] = []
+    if job.overwrite_format:
+        targets.append(Target(overwrite_key(job.overwrite_format, job.job_id), "overwrite",
+                              ev.create_timestamp_ms, None))
+    if job.sequence_format:
+        targets.extend(_recent_sequence_files(svc, job, ev))
+    if not targets:
+        raise Rejected(f"job {job.job_id} has neither OverwriteFormat nor SequenceFormat")
+    return targets
+
+
+def _recent_sequence_files(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
+    moment = ev.create_timestamp_ms or int(ev.received_at.timestamp() * 1000)
+    lookback = max(3 * (job.interval_seconds or 5), SEQUENCE_LOOKBACK_MIN_S)
+    start = format_ice_time(moment - lookback * 1000)
+    end = format_ice_time(moment + SEQUENCE_LOOKAHEAD_S * 1000)
+    out: list[Target] = []
+    seen: set[str] = set()
+    for _ in range(MAX_LIST_PAGES):
+        page = svc.ice.list_files(job.job_id, start, end, limit=100)
+        for f in page.files:
+            if f.is_overlay or f.oss_object in seen:
+                continue
+            if f.bucket != job.bucket:
+                log.warning("job %s: listed file in bucket %r, job says %r; skipped", job.job_id, f.bucket, job.bucket)
+                continue
+            try:
+                m = match_key(f.oss_object, job.job_id, job.overwrite_format, job.sequence_format)
+                key_ts = m.timestamp_ms
+            except Rejected:
+                check_key_safe(f.oss_object)
+                key_ts = None
+            seen.add(f.oss_object)
+            out.append(Target(f.oss_object, "sequence", f.create_timestamp_ms, key_ts))
+        if not page.next_start_time or page.next_start_time == start:
+            break
+        start = page.next_start_time
+    return out
+
+
+def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
+    q = select(Snapshot.id).where(Snapshot.job_id == job_id, Snapshot.oss_bucket == bucket, Snapshot.oss_object == key)
+    if etag is not None:
+        q = q.where(Snapshot.etag == etag)
+    with svc.sessions() as s:
+        return s.execute(q.limit(1)).scalar_one_or_none()
+
+
+def ingest(svc: Services, job: JobInfo, t: Target) -> int:
+    """Index one object; returns the snapshot id (the existing one when already indexed)."""
+    assert job.endpoint and job.bucket
+    endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
+    if t.kind == "sequence":
+        # Sequence objects are written once: any row for the key means it is done.
+        found = _existing(svc, job.job_id, bucket, t.key, None)
+    else:
+        # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
+        found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
+    if found is not None:
+        return found
+    obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
+    found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
+    if found is not None:
+        return found
+    thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
+                             quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
+    ident = hashlib.sha256(f"{job.job_id}\0{bucket}\0{t.key}\0{obj.etag}".encode()).hexdigest()[:32]
+    rows = []
+    for th in thumbs.thumbnails:
+        ext = "jpg" if th.format == "jpeg" else th.format
+        storage_key = f"{ident[:2]}/{ident}/{th.width}.{ext}"
+        # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
+        svc.thumbs.put(storage_key, th.data, th.content_type)
+        rows.append(Thumbnail(width=th.width, height=th.height, format=th.format, storage_key=storage_key,
+                              size=len(th.data), etag=hashlib.sha256(th.data).hexdigest()[:32]))
+    captured = t.create_ts_ms or t.key_ts_ms or obj.last_modified_ms or now_ms()
+    snap = Snapshot(
+        job_id=job.job_id, captured_at_ms=captured, kind=t.kind, oss_endpoint=endpoint, oss_bucket=bucket,
+        oss_object=t.key, etag=obj.etag, size=obj.size, width=thumbs.source_width, height=thumbs.source_height,
+        sha256=hashlib.sha256(obj.data).hexdigest(), create_timestamp_ms=t.create_ts_ms,
+        last_modified_ms=obj.last_modified_ms, thumbnails=rows,
+    )
+    try:
+        with svc.sessions.begin() as s:
+            s.add(snap)
+            s.flush()
+            return snap.id
+    except IntegrityError:
+        # Raced with another worker (or the reconciler) on the same content: theirs is the row.
+        found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
+        if found is None:
+            raise
+        return found

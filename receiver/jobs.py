@@ -1,0 +1,29 @@
+"""Keeping the jobs table in step with what ICE last said about each job."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from .ice import JobInfo
+from .models import Job, utcnow
+
+
+def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
+    job = session.get(Job, info.job_id)
+    if job is None:
+        job = Job(job_id=info.job_id, tracked=False)
+        session.add(job)
+    job.name = info.name
+    job.status = info.status
+    job.stream_url = info.stream_url
+    job.interval_seconds = info.interval_seconds
+    job.oss_endpoint = info.endpoint
+    job.oss_bucket = info.bucket
+    job.overwrite_format = info.overwrite_format
+    job.sequence_format = info.sequence_format
+    job.callback_url = info.callback_url
+    job.raw = info.to_json()
+    job.fetched_at = utcnow()
+    if track:
+        job.tracked = True
+    return job

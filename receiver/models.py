@@ -1,0 +1,173 @@
+"""Typed SQLAlchemy 2.0 models: jobs, the event inbox, snapshots and their thumbnails."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops tzinfo on the way back)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if parent is not None:
+                value = parent(value)
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=dt.UTC)
+            return value
+
+        return process
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+EVENT_STATUSES = ("pending", "processing", "done", "rejected", "failed")
+EVENT_ORIGINS = ("callback", "reconcile", "replay")
+
+
+class Job(Base):
+    """A live snapshot job: the last GetLiveSnapshotJob answer plus our tracking state."""
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str | None] = mapped_column(String(32))
+    stream_url: Mapped[str | None] = mapped_column(Text)
+    interval_seconds: Mapped[int | None]
+    oss_endpoint: Mapped[str | None] = mapped_column(String(255))
+    oss_bucket: Mapped[str | None] = mapped_column(String(63))
+    overwrite_format: Mapped[str | None] = mapped_column(String(255))
+    sequence_format: Mapped[str | None] = mapped_column(String(255))
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    raw: Mapped[dict[str, Any] | None]
+    fetched_at: Mapped[dt.datetime | None]
+    tracked: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    reconciled_until_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """The inbox: every callback item (or reconcile/replay hint) as received, and how processing went."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        # The dedupe of ICE retries: one row per (job, identity), also under concurrent delivery.
+        UniqueConstraint("job_id", "identity", name="uq_events_job_identity"),
+        Index("ix_events_status_next", "status", "next_attempt_at"),
+        Index("ix_events_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(128))
+    identity: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16), default="callback")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    oss_object: Mapped[str | None] = mapped_column(Text)
+    oss_bucket: Mapped[str | None] = mapped_column(String(255))
+    oss_endpoint: Mapped[str | None] = mapped_column(String(255))
+    create_timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
+    is_overlay: Mapped[bool | None]
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[dt.datetime | None]
+
+    snapshot_links: Mapped[list[EventSnapshot]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def snapshot_ids(self) -> list[int]:
+        return sorted(link.snapshot_id for link in self.snapshot_links)
+
+
+class Snapshot(Base):
+    """One distinct JPEG that ICE wrote: a sequence object, or one ETag of the overwrite object."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        # Snapshot identity: re-fetching the same content of the same object indexes it once.
+        UniqueConstraint("job_id", "oss_bucket", "oss_object", "etag", name="uq_snapshots_identity"),
+        Index("ix_snapshots_job_time", "job_id", "captured_at_ms", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(128))
+    captured_at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    oss_endpoint: Mapped[str] = mapped_column(String(255))
+    oss_bucket: Mapped[str] = mapped_column(String(63))
+    oss_object: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int]
+    height: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    create_timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
+    last_modified_ms: Mapped[int | None] = mapped_column(BigInteger)
+    indexed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    thumbnails: Mapped[list[Thumbnail]] = relationship(
+        back_populates="snapshot", cascade="all, delete-orphan", lazy="selectin", order_by="Thumbnail.width.desc()"
+    )
+
+
+class Thumbnail(Base):
+    __tablename__ = "thumbnails"
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    height: Mapped[int]
+    format: Mapped[str] = mapped_column(String(8))
+    storage_key: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]
+    # Strong validator for HTTP caching, so a 304 never needs the bytes.
+    etag: Mapped[str] = mapped_column(String(64))
+
+    snapshot: Mapped[Snapshot] = relationship(back_populates="thumbnails")
+
+
+class EventSnapshot(Base):
+    """Which snapshots an event produced (a bare JobId callback may resolve to several files)."""
+
+    __tablename__ = "event_snapshots"
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
+
+    event: Mapped[Event] = relationship(back_populates="snapshot_links")

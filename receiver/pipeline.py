@@ -1,0 +1,149 @@
+"""process_event(event_id): verify -> resolve -> fetch -> thumbnail -> store -> index.
+
+Idempotent and keyed by the event id, so threads, Celery, the reconciler and replay all call this one
+function. A claim (status + lease) makes concurrent calls for one event harmless; unique constraints make
+a retried or raced ingest index each snapshot once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import or_, update
+
+from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
+from .ingest import Target, ingest, resolve_targets
+from .jobs import upsert_job
+from .models import Event, EventSnapshot, utcnow
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # done | rejected | failed | pending (retry scheduled) | skipped (not ours to run)
+    retry_in: float | None = None
+    snapshot_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    attempts: int
+    job_id: str
+    origin: str
+    oss_object: str | None
+    oss_bucket: str | None
+    oss_endpoint: str | None
+    create_timestamp_ms: int | None
+    is_overlay: bool | None
+    received_at: dt.datetime
+
+
+def _claim(svc: Services, event_id: int) -> Claimed | None:
+    now = utcnow()
+    lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
+    with svc.sessions.begin() as s:
+        result = s.execute(
+            update(Event)
+            .where(
+                Event.id == event_id,
+                Event.next_attempt_at <= now,
+                or_(
+                    Event.status == "pending",
+                    (Event.status == "processing") & (Event.lease_until < now),
+                ),
+            )
+            .values(status="processing", attempts=Event.attempts + 1, lease_until=lease, updated_at=now)
+            .returning(
+                Event.id, Event.attempts, Event.job_id, Event.origin, Event.oss_object, Event.oss_bucket,
+                Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
+            )
+        ).one_or_none()
+    if result is None:
+        return None
+    return Claimed(*result)
+
+
+def _finish(svc: Services, ev: Claimed, status: str, error: str | None, snapshot_ids: tuple[int, ...] = (),
+            retry_in: float | None = None) -> bool:
+    """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
+    now = utcnow()
+    values: dict[str, object] = {"status": status, "last_error": error, "lease_until": None, "updated_at": now}
+    if retry_in is not None:
+        values["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
+    with svc.sessions.begin() as s:
+        res = s.execute(
+            update(Event)
+            .where(Event.id == ev.id, Event.status == "processing", Event.attempts == ev.attempts)
+            .values(**values)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
+            return False
+        for sid in snapshot_ids:
+            if s.get(EventSnapshot, (ev.id, sid)) is None:
+                s.add(EventSnapshot(event_id=ev.id, snapshot_id=sid))
+    return True
+
+
+def backoff_seconds(svc: Services, attempts: int, retry_after: float | None) -> float:
+    s = svc.settings
+    base = min(s.retry_max_seconds, s.retry_base_seconds * (2 ** max(0, attempts - 1)))
+    # Full-range jitter around the base spreads a burst of throttled events instead of retrying in step.
+    delay = base * random.uniform(0.5, 1.5)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, s.retry_max_seconds)
+
+
+def _describe(e: BaseException) -> str:
+    code = getattr(e, "code", None) or type(e).__name__
+    return f"{code}: {e}"[:2000]
+
+
+def process_event(svc: Services, event_id: int) -> Outcome:
+    ev = _claim(svc, event_id)
+    if ev is None:
+        return Outcome("skipped")
+    try:
+        snapshot_ids = _run(svc, ev)
+    except (Rejected, JobNotFound) as e:
+        log.info("event %s rejected: %s", ev.id, e)
+        _finish(svc, ev, "rejected", _describe(e))
+        return Outcome("rejected")
+    except (ImageError, ObjectNotFound, StoreError) as e:
+        log.info("event %s failed: %s", ev.id, e)
+        _finish(svc, ev, "failed", _describe(e))
+        return Outcome("failed")
+    except Exception as e:
+        transient = isinstance(e, Transient)
+        if not transient and not isinstance(e, ReceiverError):
+            log.exception("event %s: unexpected error (will retry)", ev.id)
+        else:
+            log.info("event %s: %s (attempt %s)", ev.id, e, ev.attempts)
+        if ev.attempts >= svc.settings.max_attempts:
+            _finish(svc, ev, "failed", f"gave up after {ev.attempts} attempts: {_describe(e)}")
+            return Outcome("failed")
+        delay = backoff_seconds(svc, ev.attempts, e.retry_after if isinstance(e, Transient) else None)
+        _finish(svc, ev, "pending", _describe(e), retry_in=delay)
+        return Outcome("pending", retry_in=delay)
+    _finish(svc, ev, "done", None, snapshot_ids)
+    return Outcome("done", snapshot_ids=snapshot_ids)
+
+
+def _run(svc: Services, ev: Claimed) -> tuple[int, ...]:
+    job = svc.ice.get_job(ev.job_id)
+    with svc.sessions.begin() as s:
+        upsert_job(s, job, track=True)
+    targets: list[Target] = resolve_targets(svc, job, ev)
+    ids: list[int] = []
+    for t in targets:
+        sid = ingest(svc, job, t)
+        if sid is not None:
+            ids.append(sid)
+    return tuple(dict.fromkeys(ids))

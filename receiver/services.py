@@ -1,0 +1,70 @@
+"""The wiring: one Services object per app, built by create_app and handed to every worker path."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import Settings
+from .db import make_engine, make_session_factory
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+    from .ice import IceGateway
+    from .oss import EndpointPolicy, SourceStore, ThumbnailStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    ice: IceGateway
+    source: SourceStore
+    thumbs: ThumbnailStore
+    policy: EndpointPolicy
+    dispatcher: Dispatcher | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        self.engine.dispose()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    ice: IceGateway | None = None,
+    source: SourceStore | None = None,
+    thumbs: ThumbnailStore | None = None,
+) -> Services:
+    # Imported here so that importing the package never pulls in the vendor SDKs' import-time work.
+    from .dispatch import make_dispatcher
+    from .ice import CachedIceGateway, SdkIceGateway
+    from .oss import EndpointPolicy, SourceStore, thumbnail_store_from_url
+
+    engine = make_engine(settings.database_url)
+    if ice is None:
+        ice = CachedIceGateway(
+            SdkIceGateway.from_settings(settings),
+            ttl=settings.job_cache_seconds,
+            negative_ttl=settings.job_negative_cache_seconds,
+        )
+    svc = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        ice=ice,
+        source=source if source is not None else SourceStore(settings),
+        thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
+        policy=EndpointPolicy.from_settings(settings),
+    )
+    svc.dispatcher = make_dispatcher(svc)
+    return svc

@@ -1,0 +1,1 @@
+"""Local fakes of ICE and OSS and a frame generator, for tests and the demo."""
