@@ -36,10 +36,7 @@ def _read_bounded(limit: int) -> bytes:
 
 def _candidate_urls(public_url: str | None) -> list[str]:
     query = request.query_string.decode("latin-1")
-    if public_url:
-        base = public_url.rstrip("/") + request.path
-    else:
-        base = request.base_url
+    base = public_url.rstrip("/") + request.path if public_url else request.base_url
     urls = [base + ("?" + query if query else "")]
     if query:
         urls.append(base)

@@ -66,7 +66,7 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
         ).one_or_none()
     if result is None:
         return None
-    return Claimed(*result)
+    return Claimed(**result._mapping)
 
 
 def _finish(svc: Services, ev: Claimed, status: str, error: str | None, snapshot_ids: tuple[int, ...] = (),

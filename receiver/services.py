@@ -35,6 +35,11 @@ class Services:
     def close(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        # Pooled OSS connections left open would leak sockets (and warnings) in every test and restart.
+        for store in (self.source, self.thumbs):
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
         self.engine.dispose()
 
 

@@ -1,0 +1,809 @@
+"""A small in-process OSS server that accepts oss2's real signed requests (design/oss.md sections 7-9).
+
+Path style only (``http://127.0.0.1:PORT/<bucket>/<key>``), which is what oss2 uses for an IP endpoint.
+Every request is authenticated the way OSS does it (V1 header, V1 presigned URL, V4 header, V4 presigned
+URL), so a test that passes here exercises the exact bytes oss2 signs. Responses carry the headers and XML
+shapes oss2's parsers need: no XML namespace, RFC 1123 ``Last-Modified``, quoted upper-case MD5 ETag,
+decimal CRC64 and a request id; HEAD errors travel base64-encoded in ``x-oss-err``.
+
+Not emulated: virtual-hosted addressing, V1 ``ListObjects`` (only V2), multipart, ACL calls, versioning,
+``x-oss-process`` (answered 400 so image processing stays a local, tested code path).
+
+The signing helpers (``v1_string_to_sign``, ``v4_canonical_request`` ...) are public so tests can check them
+against the fixed vectors in oss.md section 7.5.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import contextlib
+import hashlib
+import hmac
+import socket
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+import crcmod
+
+__all__ = [
+    "FakeOss",
+    "V1_SUBRESOURCES",
+    "crc64",
+    "v1_signature",
+    "v1_string_to_sign",
+    "v4_canonical_request",
+    "v4_signature",
+    "v4_string_to_sign",
+]
+
+# oss2's ProviderAuth._subresource_key_set: only these query parameters are part of a V1 signature.
+_SUBRESOURCE_NAMES = """response-content-type response-content-language response-cache-control logging
+    response-content-encoding acl uploadId uploads partNumber group link delete website location objectInfo
+    objectMeta response-expires response-content-disposition cors lifecycle restore qos referer stat
+    bucketInfo append position security-token live comp status vod startTime endTime x-oss-process symlink
+    callback callback-var tagging encryption versions versioning versionId policy requestPayment
+    x-oss-traffic-limit qosInfo asyncFetch x-oss-request-payer sequential inventory inventoryId
+    continuation-token worm wormId wormExtend replication replicationLocation replicationProgress
+    transferAcceleration cname metaQuery x-oss-ac-source-ip x-oss-ac-subnet-mask x-oss-ac-vpc-id
+    x-oss-ac-forward-allow resourceGroup style styleName x-oss-async-process regionList
+    x-oss-write-get-object-response bucketArchiveDirectRead httpsConfig redundancyTransition
+    x-oss-target-redundancy-type x-oss-redundancy-transition-taskid accessPoint accessPointPolicy
+    publicAccessBlock x-oss-access-point-name requesterQosInfo qosRequester resourcePoolInfo resourcePool
+    resourcePoolBuckets"""
+V1_SUBRESOURCES = frozenset(_SUBRESOURCE_NAMES.split())
+
+_MAX_SKEW = 15 * 60  # seconds; OSS rejects header-signed requests whose date is further off
+_V4_ALGO = "OSS4-HMAC-SHA256"
+_crc64_fun = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=0xFFFFFFFFFFFFFFFF)
+
+
+def crc64(data: bytes) -> int:
+    """CRC-64/XZ as OSS sends it in ``x-oss-hash-crc64ecma``."""
+    return int(_crc64_fun(data))
+
+
+# --- signatures -------------------------------------------------------------------------------------------
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v.strip() for k, v in headers.items()}
+
+
+def v1_string_to_sign(
+    method: str,
+    headers: Mapping[str, str],
+    bucket: str | None,
+    key: str | None,
+    query: Sequence[tuple[str, str]] = (),
+    date: str | None = None,
+) -> str:
+    """V1 StringToSign; ``date`` overrides the Date line (presigned URLs put ``Expires`` there)."""
+    h = _lower(headers)
+    date_line = date if date is not None else (h.get("x-oss-date") or h.get("date", ""))
+    canon = "".join(f"{k}:{v}\n" for k, v in sorted((k, v) for k, v in h.items() if k.startswith("x-oss-")))
+    resource = f"/{bucket}/{key or ''}" if bucket else "/"
+    sub = sorted((k, v) for k, v in query if k in V1_SUBRESOURCES)
+    if sub:
+        resource += "?" + "&".join(f"{k}={v}" if v else k for k, v in sub)
+    return "\n".join(
+        [method, h.get("content-md5", ""), h.get("content-type", ""), date_line, canon + resource]
+    )
+
+
+def v1_signature(secret: str, string_to_sign: str) -> str:
+    digest = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _uri_encode(text: str, keep_slash: bool) -> str:
+    # quote() keeps exactly A-Z a-z 0-9 - _ . ~ plus `safe`, and writes upper-case hex: the V4 rule.
+    return quote(text, safe="/" if keep_slash else "")
+
+
+def v4_canonical_request(
+    method: str,
+    bucket: str | None,
+    key: str | None,
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    additional_headers: Iterable[str] = (),
+) -> str:
+    h = _lower(headers)
+    additional = sorted({a.strip().lower() for a in additional_headers if a.strip()})
+    uri = _uri_encode(f"/{bucket}/{key or ''}" if bucket else "/", keep_slash=True)
+    encoded = sorted({_uri_encode(k, False): _uri_encode(v, False) for k, v in query}.items())
+    canon_query = "&".join(f"{k}={v}" if v else k for k, v in encoded)
+    signed = sorted(
+        (k, v)
+        for k, v in h.items()
+        if k.startswith("x-oss-") or k in ("content-type", "content-md5") or k in additional
+    )
+    canon_headers = "".join(f"{k}:{v}\n" for k, v in signed)
+    payload = h.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD")
+    return "\n".join([method, uri, canon_query, canon_headers, ";".join(additional), payload])
+
+
+def v4_string_to_sign(date_time: str, region: str, canonical_request: str, product: str = "oss") -> str:
+    scope = f"{date_time[:8]}/{region}/{product}/aliyun_v4_request"
+    digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+    return f"{_V4_ALGO}\n{date_time}\n{scope}\n{digest}"
+
+
+def v4_signature(secret: str, date_time: str, region: str, string_to_sign: str, product: str = "oss") -> str:
+    key = ("aliyun_v4" + secret).encode()
+    for part in (date_time[:8], region, product, "aliyun_v4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+# --- server state -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Object:
+    data: bytes
+    etag: str
+    last_modified: float
+    content_type: str
+    crc: int
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Bucket:
+    public_read: bool = False
+    objects: dict[str, _Object] = field(default_factory=dict)
+
+
+@dataclass
+class _Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    truncate: bool = False  # send half the body under the full Content-Length, then drop the connection
+
+
+class _Denied(Exception):
+    def __init__(self, code: str, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def _iso_date(ts: float) -> str:
+    # oss2 accepts exactly this shape in listings (anything else raises ValueError).
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
+
+
+def _content_md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+def _parse_query(raw: str) -> list[tuple[str, str]]:
+    # requests form-encodes query values (space -> "+", "+" -> %2B), so "+" must decode to a space here,
+    # unlike in the path. Blank values (objectMeta=, delimiter=) matter to both signatures.
+    return parse_qsl(raw, keep_blank_values=True)
+
+
+def _xml(root: str, children: Iterable[tuple[str, str]]) -> bytes:
+    inner = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in children)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>{inner}</{root}>'.encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeOss
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like OSS; oss2 pools connections
+    server_version = "AliyunOSS"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self._fake().track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._fake().track(self.connection, add=False)
+
+    def _fake(self) -> FakeOss:
+        return cast(_Server, self.server).fake
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the fake's request log replaces stderr noise
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        reply = self._fake().dispatch(self.command, self.path, dict(self.headers.items()), body)
+        self.send_response(reply.status)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        if reply.truncate:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and reply.body:
+            self.wfile.write(reply.body[: len(reply.body) // 2] if reply.truncate else reply.body)
+        if reply.truncate:
+            self.wfile.flush()
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+
+class FakeOss:
+    """In-memory OSS. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, access_keys: dict[str, str] | None = None, region: str = "cn-shanghai") -> None:
+        self.access_keys = dict(access_keys) if access_keys is not None else {"AKIDEXAMPLE": "SECRETEXAMPLE"}
+        self.region = region
+        self.latency = 0.0
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+        self._failures: dict[str, list[tuple[int, str]]] = {}
+        self._corrupt_crc = 0
+        self._truncate = 0
+        self._conns: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> FakeOss:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fake-oss", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        # Pooled keep-alive connections would otherwise keep being served after stop().
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOss:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeOss is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    # direct state access (no HTTP, no auth)
+
+    def create_bucket(self, name: str, *, public_read: bool = False) -> None:
+        with self._lock:
+            self._buckets.setdefault(name, _Bucket()).public_read = public_read
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        last_modified: float | None = None,
+        content_type: str = "image/jpeg",
+    ) -> str:
+        """Store an object (creating the bucket if needed); returns the ETag without quotes."""
+        obj = self._make_object(data, content_type, {}, last_modified)
+        with self._lock:
+            self._buckets.setdefault(bucket, _Bucket()).objects[key] = obj
+        return obj.etag
+
+    def get(self, bucket: str, key: str) -> bytes | None:
+        with self._lock:
+            b = self._buckets.get(bucket)
+            obj = b.objects.get(key) if b else None
+            return obj.data if obj else None
+
+    def delete(self, bucket: str, key: str) -> None:
+        with self._lock:
+            b = self._buckets.get(bucket)
+            if b:
+                b.objects.pop(key, None)
+
+    def keys(self, bucket: str) -> list[str]:
+        with self._lock:
+            b = self._buckets.get(bucket)
+            return sorted(b.objects) if b else []
+
+    # fault injection
+
+    def fail_next(self, method: str, n: int, status: int = 500, code: str = "InternalError") -> None:
+        """Answer the next ``n`` authenticated ``method`` requests with an error instead of serving them."""
+        with self._lock:
+            self._failures.setdefault(method.upper(), []).extend([(status, code)] * n)
+
+    def corrupt_crc_next(self, n: int) -> None:
+        with self._lock:
+            self._corrupt_crc += n
+
+    def truncate_next(self, n: int) -> None:
+        with self._lock:
+            self._truncate += n
+
+    def fetched(self, bucket: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        """Object reads (GET/HEAD on a key) seen so far, optionally filtered."""
+        with self._lock:
+            log = list(self.requests)
+        return [
+            r
+            for r in log
+            if r["method"] in ("GET", "HEAD")
+            and r["key"]
+            and (bucket is None or r["bucket"] == bucket)
+            and (key is None or r["key"] == key)
+        ]
+
+    # request handling
+
+    @staticmethod
+    def _make_object(
+        data: bytes, content_type: str, meta: dict[str, str], last_modified: float | None
+    ) -> _Object:
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest().upper()
+        ts = time.time() if last_modified is None else last_modified
+        return _Object(data, etag, float(int(ts)), content_type, crc64(data), meta)
+
+    def dispatch(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
+        if self.latency:
+            time.sleep(self.latency)
+        parts = urlsplit(raw_path)
+        bucket, _, raw_key = parts.path.lstrip("/").partition("/")
+        key = unquote(raw_key)
+        query = _parse_query(parts.query)
+        request_id = uuid.uuid4().hex[:24].upper()
+        auth = "anon"
+        try:
+            auth = self._authenticate(method, headers, bucket, key, query)
+            reply = self._injected(method) or self._route(method, bucket, key, query, headers, body)
+        except _Denied as e:
+            status = 400 if e.code in ("InvalidArgument", "InvalidRequest") else 403
+            reply = self._error(status, e.code, e.message, **e.details)
+        reply.headers["x-oss-request-id"] = request_id
+        if reply.status >= 400:
+            self._finish_error(method, reply, request_id, bucket, key)
+        reply.headers.setdefault("Content-Length", str(len(reply.body)))
+        with self._lock:
+            self.requests.append(
+                {
+                    "method": method,
+                    "bucket": bucket or None,
+                    "key": key or None,
+                    "query": dict(query),
+                    "status": reply.status,
+                    "auth": auth,
+                    "request_id": request_id,
+                }
+            )
+        return reply
+
+    def _injected(self, method: str) -> _Reply | None:
+        with self._lock:
+            queue = self._failures.get(method)
+            if not queue:
+                return None
+            status, code = queue.pop(0)
+        return self._error(status, code, "Injected failure.")
+
+    def _error(self, status: int, code: str, message: str, **details: str) -> _Reply:
+        children = [("Code", code), ("Message", message), *details.items()]
+        return _Reply(status, {"Content-Type": "application/xml"}, _xml("Error", children))
+
+    def _finish_error(self, method: str, reply: _Reply, request_id: str, bucket: str, key: str) -> None:
+        # RequestId/HostId are only known here; rebuild the XML with them, and for HEAD move it to x-oss-err
+        # because a HEAD response has no body and oss2 would otherwise see a code-less NotFound.
+        root = ET.fromstring(reply.body)
+        children = [(c.tag, c.text or "") for c in root]
+        children += [("RequestId", request_id), ("HostId", self.host)]
+        if key and not any(t == "Key" for t, _ in children):
+            children.append(("Key", key))
+        xml = _xml("Error", children)
+        if method == "HEAD":
+            reply.headers["x-oss-err"] = base64.b64encode(xml).decode()
+            reply.body = b""
+            reply.headers["Content-Length"] = "0"
+        else:
+            reply.body = xml
+
+    # auth
+
+    def _secret(self, ak: str) -> str:
+        secret = self.access_keys.get(ak)
+        if secret is None:
+            raise _Denied(
+                "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist.", OSSAccessKeyId=ak
+            )
+        return secret
+
+    def _authenticate(
+        self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]]
+    ) -> str:
+        h = _lower(headers)
+        q = dict(query)
+        authz = h.get("authorization", "")
+        url_v1 = "OSSAccessKeyId" in q or "Signature" in q
+        url_v4 = "x-oss-signature-version" in q
+        if authz and (url_v1 or url_v4):
+            raise _Denied("InvalidArgument", "Authorization header and URL signature are both present.")
+        if authz.startswith("OSS "):
+            self._check_v1_header(method, headers, h, bucket, key, query, authz)
+            return "v1"
+        if authz.startswith(_V4_ALGO + " "):
+            self._check_v4(method, headers, bucket, key, query, authz=authz)
+            return "v4"
+        if authz:
+            raise _Denied("InvalidArgument", "Unsupported Authorization type.")
+        if url_v1:
+            self._check_v1_url(method, headers, bucket, key, query, q)
+            return "v1-url"
+        if url_v4:
+            self._check_v4(method, headers, bucket, key, query, authz=None)
+            return "v4-url"
+        with self._lock:
+            b = self._buckets.get(bucket)
+            public = b is not None and b.public_read
+        if not (public and key and method in ("GET", "HEAD")):
+            raise _Denied("AccessDenied", "You have no right to access this object because of bucket acl.")
+        return "anon"
+
+    def _check_v1_header(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        h: Mapping[str, str],
+        bucket: str,
+        key: str,
+        query: list[tuple[str, str]],
+        authz: str,
+    ) -> None:
+        ak, _, signature = authz[4:].strip().rpartition(":")
+        secret = self._secret(ak)
+        date = h.get("x-oss-date") or h.get("date", "")
+        try:
+            ts = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            raise _Denied("AccessDenied", "Invalid date format.") from None
+        if abs(time.time() - ts) > _MAX_SKEW:
+            raise _Denied(
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+                RequestTime=date,
+            )
+        sts = v1_string_to_sign(method, headers, bucket or None, key, query)
+        self._compare(ak, signature, v1_signature(secret, sts), sts)
+
+    def _check_v1_url(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        bucket: str,
+        key: str,
+        query: list[tuple[str, str]],
+        q: Mapping[str, str],
+    ) -> None:
+        ak, expires, signature = q.get("OSSAccessKeyId", ""), q.get("Expires", ""), q.get("Signature", "")
+        secret = self._secret(ak)
+        if not expires.isdigit():
+            raise _Denied("AccessDenied", "Invalid Expires.")
+        if time.time() > int(expires):
+            raise _Denied("AccessDenied", "Request has expired.", Expires=expires)
+        sts = v1_string_to_sign(method, headers, bucket or None, key, query, date=expires)
+        self._compare(ak, signature, v1_signature(secret, sts), sts)
+
+    def _check_v4(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        bucket: str,
+        key: str,
+        query: list[tuple[str, str]],
+        *,
+        authz: str | None,
+    ) -> None:
+        h = _lower(headers)
+        if authz is not None:
+            fields: dict[str, str] = {}
+            for item in authz[len(_V4_ALGO) :].split(","):
+                name, _, value = item.strip().partition("=")
+                fields[name] = value
+            credential, signature = fields.get("Credential", ""), fields.get("Signature", "")
+            additional = fields.get("AdditionalHeaders", "").split(";")
+            date_time = h.get("x-oss-date", "")
+            signed_query = query
+        else:
+            q = dict(query)
+            credential, signature = q.get("x-oss-credential", ""), q.get("x-oss-signature", "")
+            additional = q.get("x-oss-additional-headers", "").split(";")
+            date_time = q.get("x-oss-date", "")
+            signed_query = [(k, v) for k, v in query if k != "x-oss-signature"]
+        try:
+            ts = calendar.timegm(time.strptime(date_time, "%Y%m%dT%H%M%SZ"))
+        except ValueError:
+            raise _Denied("AccessDenied", "Invalid x-oss-date.") from None
+        ak, _, scope = credential.partition("/")
+        secret = self._secret(ak)
+        scope_parts = scope.split("/")
+        if len(scope_parts) != 4 or scope_parts[0] != date_time[:8] or scope_parts[3] != "aliyun_v4_request":
+            raise _Denied("AccessDenied", "Invalid credential scope.", Credential=credential)
+        if scope_parts[1] != self.region or scope_parts[2] != "oss":
+            raise _Denied(
+                "AccessDenied", f"Invalid signing region/product in scope, expect {self.region}/oss."
+            )
+        if authz is None:
+            expires = dict(query).get("x-oss-expires", "")
+            if not expires.isdigit() or not 1 <= int(expires) <= 604800:
+                raise _Denied("AccessDenied", "Invalid x-oss-expires.")
+            if time.time() > ts + int(expires):
+                raise _Denied("AccessDenied", "Request has expired.")
+        elif abs(time.time() - ts) > _MAX_SKEW:
+            raise _Denied(
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+                RequestTime=date_time,
+            )
+        canonical = v4_canonical_request(method, bucket or None, key, signed_query, headers, additional)
+        sts = v4_string_to_sign(date_time, self.region, canonical)
+        self._compare(ak, signature, v4_signature(secret, date_time, self.region, sts), sts)
+
+    @staticmethod
+    def _compare(ak: str, provided: str, expected: str, sts: str) -> None:
+        if not hmac.compare_digest(provided.encode(), expected.encode()):
+            raise _Denied(
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+                OSSAccessKeyId=ak,
+                SignatureProvided=provided,
+                StringToSign=sts,
+            )
+
+    # routing
+
+    def _route(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: list[tuple[str, str]],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Reply:
+        q = dict(query)
+        h = _lower(headers)
+        if not bucket:
+            return self._error(400, "NotImplemented", "Service operations are not supported by FakeOss.")
+        with self._lock:
+            b = self._buckets.get(bucket)
+        if b is None:
+            return self._error(404, "NoSuchBucket", "The specified bucket does not exist.", BucketName=bucket)
+        if not key:
+            if method == "GET" and q.get("list-type") == "2":
+                return self._list_v2(b, bucket, q)
+            if method == "POST" and "delete" in q:
+                return self._batch_delete(b, h, body)
+            return self._error(400, "NotImplemented", f"FakeOss does not support {method} on a bucket.")
+        if key.startswith(("/", "\\")) or len(key.encode()) > 1023:
+            return self._error(400, "InvalidObjectName", "The specified object is not valid.")
+        if "x-oss-process" in q:
+            return self._error(400, "NotImplemented", "FakeOss does not emulate image processing.")
+        if method in ("GET", "HEAD"):
+            return self._read(b, key, q, h, head=method == "HEAD")
+        if method == "PUT":
+            return self._put(b, key, h, body)
+        if method == "DELETE":
+            with self._lock:
+                b.objects.pop(key, None)
+            return _Reply(204)
+        return self._error(400, "NotImplemented", f"FakeOss does not support {method} on an object.")
+
+    def _read(
+        self, b: _Bucket, key: str, q: Mapping[str, str], h: Mapping[str, str], *, head: bool
+    ) -> _Reply:
+        with self._lock:
+            obj = b.objects.get(key)
+        if obj is None:
+            return self._error(404, "NoSuchKey", "The specified key does not exist.")
+        base = {"ETag": f'"{obj.etag}"', "Last-Modified": _http_date(obj.last_modified)}
+        if head and "objectMeta" in q:
+            return _Reply(200, {**base, "Content-Length": str(len(obj.data))})
+        crc = obj.crc
+        truncate = False
+        if not head:
+            with self._lock:
+                if self._corrupt_crc:
+                    self._corrupt_crc -= 1
+                    crc ^= 0x1
+                if self._truncate:
+                    self._truncate -= 1
+                    truncate = True
+        headers = {
+            **base,
+            "Content-Type": obj.content_type,
+            "Accept-Ranges": "bytes",
+            "x-oss-object-type": "Normal",
+            "x-oss-storage-class": "Standard",
+            "x-oss-hash-crc64ecma": str(crc),
+            **{f"x-oss-meta-{k}": v for k, v in obj.meta.items()},
+        }
+        data, status = obj.data, 200
+        rng = self._parse_range(h.get("range", ""), len(obj.data))
+        if rng == "invalid":
+            return self._error(416, "InvalidRange", "The requested range cannot be satisfied.")
+        if isinstance(rng, tuple):
+            start, end = rng
+            data, status = obj.data[start : end + 1], 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(obj.data)}"
+        headers["Content-Length"] = str(len(data))
+        return _Reply(status, headers, b"" if head else data, truncate=truncate)
+
+    @staticmethod
+    def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
+        """None: whole object (no or unparseable range, as OSS ignores those); "invalid": 416."""
+        if not value.startswith("bytes=") or "," in value:
+            return None
+        first, sep, last = value[6:].strip().partition("-")
+        if not sep or not (first.isdigit() or last.isdigit()):
+            return None
+        if not first:
+            n = int(last)
+            if n == 0 or size == 0:
+                return "invalid"
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last.isdigit() else size - 1
+        if start >= size or end < start:
+            return "invalid"
+        return start, min(end, size - 1)
+
+    def _put(self, b: _Bucket, key: str, h: Mapping[str, str], body: bytes) -> _Reply:
+        md5 = h.get("content-md5")
+        if md5 is not None and md5 != _content_md5(body):
+            return self._error(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+        meta = {k[len("x-oss-meta-") :]: v for k, v in h.items() if k.startswith("x-oss-meta-")}
+        obj = self._make_object(body, h.get("content-type") or "application/octet-stream", meta, None)
+        with self._lock:
+            b.objects[key] = obj
+        return _Reply(200, {"ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(obj.crc)})
+
+    def _batch_delete(self, b: _Bucket, h: Mapping[str, str], body: bytes) -> _Reply:
+        if h.get("content-md5") != _content_md5(body):
+            return self._error(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            return self._error(400, "MalformedXML", "The XML you provided was not well-formed.")
+        keys = [node.findtext("Key") or "" for node in root.findall("Object")]
+        if not keys or len(keys) > 1000:
+            return self._error(400, "MalformedXML", "A batch delete takes 1 to 1000 keys.")
+        quiet = (root.findtext("Quiet") or "false").strip().lower() == "true"
+        with self._lock:
+            for k in keys:
+                b.objects.pop(k, None)
+        deleted = "" if quiet else "".join(f"<Deleted><Key>{quote(k, safe='')}</Key></Deleted>" for k in keys)
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<DeleteResult>{deleted}<EncodingType>url</EncodingType></DeleteResult>"
+        )
+        return _Reply(200, {"Content-Type": "application/xml"}, xml.encode())
+
+    def _list_v2(self, b: _Bucket, bucket: str, q: Mapping[str, str]) -> _Reply:
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        token, start_after = q.get("continuation-token", ""), q.get("start-after", "")
+        raw_max = q.get("max-keys") or "100"
+        if not raw_max.isdigit() or not 1 <= int(raw_max) <= 1000:
+            return self._error(400, "InvalidArgument", "max-keys must be between 1 and 1000.")
+        max_keys = int(raw_max)
+        url = q.get("encoding-type") == "url"
+
+        def enc(s: str) -> str:
+            return escape(quote(s, safe="") if url else s)
+
+        marker = max(token, start_after)
+        with self._lock:
+            objects = sorted(b.objects.items())
+        # The token is the last name returned; when that was a common prefix, its keys were all covered.
+        skip_prefix = token if delimiter and token.endswith(delimiter) else None
+        entries: list[tuple[str, _Object | None]] = []
+        seen: set[str] = set()
+        for k, obj in objects:
+            if not k.startswith(prefix) or k <= marker or (skip_prefix and k.startswith(skip_prefix)):
+                continue
+            cut = k.find(delimiter, len(prefix)) if delimiter else -1
+            if cut >= 0:
+                common = k[: cut + len(delimiter)]
+                if common not in seen:
+                    seen.add(common)
+                    entries.append((common, None))
+                continue
+            entries.append((k, obj))
+        page, truncated = entries[:max_keys], len(entries) > max_keys
+        parts = [
+            f"<Name>{escape(bucket)}</Name><Prefix>{enc(prefix)}</Prefix><MaxKeys>{max_keys}</MaxKeys>",
+            f"<Delimiter>{enc(delimiter)}</Delimiter>",
+            f"<StartAfter>{enc(start_after)}</StartAfter>" if start_after else "",
+            f"<ContinuationToken>{enc(token)}</ContinuationToken>" if token else "",
+            "<EncodingType>url</EncodingType>" if url else "",
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>",
+            f"<NextContinuationToken>{enc(page[-1][0])}</NextContinuationToken>" if truncated else "",
+            f"<KeyCount>{len(page)}</KeyCount>",
+        ]
+        for name, o in page:
+            if o is None:
+                parts.append(f"<CommonPrefixes><Prefix>{enc(name)}</Prefix></CommonPrefixes>")
+            else:
+                parts.append(
+                    f"<Contents><Key>{enc(name)}</Key><LastModified>{_iso_date(o.last_modified)}</LastModified>"
+                    f'<ETag>"{o.etag}"</ETag><Type>Normal</Type><Size>{len(o.data)}</Size>'
+                    "<StorageClass>Standard</StorageClass></Contents>"
+                )
+        xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult>{"".join(parts)}</ListBucketResult>'
+        return _Reply(200, {"Content-Type": "application/xml"}, xml.encode())

@@ -1,0 +1,260 @@
+"""The callback endpoint (product.md 3.1): every body shape and every answer, through HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from receiver.config import Settings
+from receiver.models import Event
+from receiver.services import Services
+
+from .conftest import JOB, build_app
+
+URL = "/callbacks/live-snapshot"
+
+
+def events(svc: Services) -> list[Event]:
+    with svc.sessions() as s:
+        return list(s.execute(select(Event).order_by(Event.id)).scalars())
+
+
+def post(client, body: bytes | str, path: str = URL, **kw):  # type: ignore[no-untyped-def]
+    return client.post(path, data=body, **kw)
+
+
+def assert_error(resp, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_envelope_is_recorded_and_nothing_slow_happens_before_the_answer(client, svc, fake_ice, fake_oss):
+    body = {"EventType": "LiveSnapshotComplete", "UserId": 1, "EventTime": "2026-11-28T12:00:00Z",
+            "MessageBody": {"JobId": JOB, "OssObject": f"snapshot/{JOB}/1796212805123.jpg",
+                            "OssBucket": "testbucket", "OssEndpoint": "oss-cn-shanghai.aliyuncs.com",
+                            "CreateTimestamp": 1796212805123, "IsOverlay": False, "Extra": {"kept": True}}}
+    resp = post(client, json.dumps(body), content_type="application/json")
+    assert resp.status_code == 200
+    answer = resp.get_json()
+    assert answer["status"] == "accepted" and len(answer["events"]) == 1
+    [ev] = events(svc)
+    assert str(ev.id) == answer["events"][0]
+    assert (ev.job_id, ev.status, ev.origin) == (JOB, "pending", "callback")
+    assert ev.oss_object == f"snapshot/{JOB}/1796212805123.jpg"
+    assert (ev.oss_bucket, ev.create_timestamp_ms, ev.is_overlay) == ("testbucket", 1796212805123, False)
+    assert '"kept":true' in (ev.raw_body or "")  # unknown fields kept, not rejected
+    # No ICE call, no OSS call before the 200: the dispatcher is not running in this test.
+    assert fake_ice.requests == [] and fake_oss.requests == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"MessageBody": json.dumps({"JobId": JOB, "OssObject": "snapshot/x/1.jpg"})},  # MessageBody as a string
+        {"JobId": JOB, "OssObject": "snapshot/x/1.jpg"},  # flat
+        {"job_id": JOB, "OSS_OBJECT": "snapshot/x/1.jpg"},  # case and underscores ignored
+        {"messagebody": {"JOBID": JOB, "ossObject": "snapshot/x/1.jpg"}},
+    ],
+)
+def test_single_item_shapes(client, svc, body):
+    resp = post(client, json.dumps(body), content_type="text/plain")  # any Content-Type
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    [ev] = events(svc)
+    assert ev.job_id == JOB and ev.oss_object == "snapshot/x/1.jpg"
+
+
+def test_batches_make_one_event_per_item(client, svc):
+    batch = [{"JobId": JOB, "OssObject": f"snapshot/{JOB}/{i}.jpg"} for i in range(3)]
+    assert post(client, json.dumps(batch)).get_json()["status"] == "accepted"
+    in_body = {"EventTime": "2026-11-28T12:00:00Z",
+               "MessageBody": {"JobId": "job-b", "FileList": [
+                   {"OssObject": "snapshot/job-b/1.jpg", "CreateTimestamp": 1},
+                   {"OssObject": "snapshot/job-b/2.jpg", "CreateTimestamp": 2}]}}
+    answer = post(client, json.dumps(in_body)).get_json()
+    assert len(answer["events"]) == 2
+    top = {"JobId": "job-c", "FileList": [{"OssObject": "snapshot/job-c/1.jpg"}]}
+    assert len(post(client, json.dumps(top)).get_json()["events"]) == 1
+    got = sorted((e.job_id, e.oss_object) for e in events(svc))
+    assert len(got) == 6
+    assert ("job-b", "snapshot/job-b/2.jpg") in got and ("job-c", "snapshot/job-c/1.jpg") in got
+
+
+def test_batch_with_an_unusable_item_keeps_the_good_ones(client, svc):
+    resp = post(client, json.dumps([{"JobId": JOB, "OssObject": "a.jpg"}, {"OssObject": "no-job.jpg"}, 7]))
+    assert resp.status_code == 200
+    answer = resp.get_json()
+    assert len(answer["events"]) == 1
+    assert [s["code"] for s in answer["skipped"]] == ["MissingJobId", "InvalidBody"]
+    assert len(events(svc)) == 1
+
+
+def test_ice_retry_is_a_duplicate(client, svc):
+    body = json.dumps({"JobId": JOB, "OssObject": "snapshot/job-0001/5.jpg", "CreateTimestamp": 5})
+    first = post(client, body).get_json()
+    second = post(client, body).get_json()
+    assert first["status"] == "accepted" and second["status"] == "duplicate"
+    assert first["events"] == second["events"]
+    assert len(events(svc)) == 1
+
+
+def test_identity_rules(client, svc):
+    # Same object, another time: an overwrite object written again later is a new event.
+    post(client, json.dumps({"JobId": JOB, "OssObject": "snapshot/job-0001.jpg", "CreateTimestamp": 1}))
+    post(client, json.dumps({"JobId": JOB, "OssObject": "snapshot/job-0001.jpg", "CreateTimestamp": 2}))
+    # CreateTime and the equivalent CreateTimestamp are the same moment.
+    post(client, json.dumps({"JobId": JOB, "OssObject": "k.jpg", "CreateTime": "2026-11-28T12:00:00Z"}))
+    dup = post(client, json.dumps({"JobId": JOB, "OssObject": "k.jpg", "CreateTimestamp": 1795867200000}))
+    assert dup.get_json()["status"] == "duplicate"
+    # With only a JobId, the canonical JSON decides: key order does not matter, content does.
+    post(client, json.dumps({"JobId": JOB, "Note": "a", "X": 1}))
+    assert post(client, json.dumps({"X": 1, "Note": "a", "JobId": JOB})).get_json()["status"] == "duplicate"
+    assert post(client, json.dumps({"JobId": JOB, "Note": "b"})).get_json()["status"] == "accepted"
+    assert len(events(svc)) == 5
+
+
+def test_concurrent_delivery_of_one_event_makes_one_row(app: Flask, svc):
+    body = json.dumps({"JobId": JOB, "OssObject": "snapshot/job-0001/9.jpg", "CreateTimestamp": 9})
+    answers: list[dict] = []
+    barrier = threading.Barrier(16)
+
+    def send() -> None:
+        c = app.test_client()
+        barrier.wait()
+        r = c.post(URL, data=body)
+        assert r.status_code == 200
+        answers.append(r.get_json())
+
+    threads = [threading.Thread(target=send) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 16
+    assert len({tuple(a["events"]) for a in answers}) == 1
+    assert sum(a["status"] == "accepted" for a in answers) == 1
+    with svc.sessions() as s:
+        assert s.execute(select(func.count()).select_from(Event)).scalar_one() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "InvalidJson"),
+        (b"\xff\xfe\x00", "InvalidJson"),
+        (b"42", "InvalidBody"),
+        (b'"JobId"', "InvalidBody"),
+        (b"[]", "InvalidBody"),
+        (b"{}", "MissingJobId"),
+        (b'{"JobId": ""}', "MissingJobId"),
+        (b'{"JobId": null, "OssObject": "a.jpg"}', "MissingJobId"),
+        (b'{"MessageBody": "{not json"}', "MissingJobId"),
+        (b"[1, 2]", "InvalidBody"),
+        (json.dumps({"JobId": "x" * 200}).encode(), "InvalidJobId"),
+    ],
+)
+def test_bad_bodies_get_400_and_record_nothing(client, svc, body, code):
+    assert_error(post(client, body), 400, code)
+    assert events(svc) == []
+
+
+def test_oversized_body_gets_413(client, svc):
+    big = json.dumps({"JobId": JOB, "pad": "x" * 70000})
+    assert_error(post(client, big), 413, "PayloadTooLarge")
+    assert events(svc) == []
+
+
+def test_unknown_paths_and_methods_use_the_error_object(client):
+    assert_error(client.get(URL), 405, "MethodNotAllowed")
+    assert_error(client.get("/nope"), 404, "NotFound")
+    # No token configured: the token path does not exist.
+    assert_error(post(client, b"{}", path=URL + "/sometoken"), 404, "NotFound")
+
+
+def make_app(settings: Settings, **changes) -> Flask:  # type: ignore[no-untyped-def]
+    return build_app(settings.with_(**changes))
+
+
+def test_token_path(settings):
+    app = make_app(settings, callback_token="s3cret-token")
+    c = app.test_client()
+    body = json.dumps({"JobId": JOB})
+    assert_error(post(c, body), 404, "NotFound")
+    assert_error(post(c, body, path=URL + "/wrong"), 401, "InvalidToken")
+    assert post(c, body, path=URL + "/s3cret-token").status_code == 200
+    # Order: token before size.
+    assert_error(post(c, "x" * 70000, path=URL + "/wrong"), 401, "InvalidToken")
+    app.extensions["receiver"].close()
+
+
+def sign(url: str, ts: int, key: str) -> dict[str, str]:
+    return {"X-ICE-TIMESTAMP": str(ts),
+            "X-ICE-SIGNATURE": hashlib.md5(f"{url}|{ts}|{key}".encode()).hexdigest()}
+
+
+def test_signature_doc_vector():
+    # ice.md 5.4: the documented example, with the key in lower case.
+    assert sign("https://www.example.com/your/callback", 1519375990, "test123")["X-ICE-SIGNATURE"] == (
+        "c72b60894140fa98920f1279219b7ed4")
+
+
+def test_signature_checks(settings):
+    app = make_app(settings, callback_auth_keys=("OldKey1", "NewKey2"), public_url="https://recv.example.com/")
+    c = app.test_client()
+    body = json.dumps({"JobId": JOB, "OssObject": "a.jpg"})
+    url = "https://recv.example.com" + URL
+    now = int(time.time())
+    assert_error(post(c, body), 401, "MissingSignature")
+    assert post(c, body, headers=sign(url, now, "OldKey1")).status_code == 200
+    assert post(c, body, headers=sign(url, now, "NewKey2")).get_json()["status"] == "duplicate"  # rotation
+    assert_error(post(c, body, headers=sign(url, now, "newkey2")), 401, "InvalidSignature")  # case-sensitive
+    assert_error(post(c, body, headers=sign(url, now - 301, "NewKey2")), 401, "StaleSignature")
+    assert_error(post(c, body, headers=sign(url, now + 301, "NewKey2")), 401, "StaleSignature")
+    assert post(c, body, headers=sign(url, now - 290, "NewKey2")).status_code == 200
+    assert_error(post(c, body, headers={**sign(url, now, "NewKey2"), "X-ICE-TIMESTAMP": "abc"}), 401,
+                 "InvalidSignature")
+    # The incoming URL is not what is hashed when RECEIVER_PUBLIC_URL is set.
+    assert_error(post(c, body, headers=sign("http://localhost" + URL, now, "NewKey2")), 401, "InvalidSignature")
+    # With a query string: the URL with it and without it are both accepted.
+    q = URL + "?src=ice"
+    assert post(c, body, path=q, headers=sign(url + "?src=ice", now, "NewKey2")).status_code == 200
+    assert post(c, body, path=q, headers=sign(url, now, "NewKey2")).status_code == 200
+    # Order: size before signature, signature before parsing.
+    assert_error(post(c, "x" * 70000), 413, "PayloadTooLarge")
+    assert_error(post(c, b"not json"), 401, "MissingSignature")
+    assert_error(post(c, b"not json", headers=sign(url, now, "OldKey1")), 400, "InvalidJson")
+    app.extensions["receiver"].close()
+
+
+def test_signature_without_public_url_uses_the_request_url(settings):
+    app = make_app(settings, callback_auth_keys=("K1abc",))
+    c = app.test_client()
+    now = int(time.time())
+    resp = post(c, json.dumps({"JobId": JOB}), headers=sign("http://localhost" + URL, now, "K1abc"))
+    assert resp.status_code == 200
+    app.extensions["receiver"].close()
+
+
+def test_database_unavailable_gets_503(settings, tmp_path: Path):
+    from sqlalchemy import create_engine
+
+    from receiver.db import make_session_factory
+
+    app = make_app(settings)
+    svc: Services = app.extensions["receiver"]
+    # A database file that cannot be opened (its folder is a plain file) stands in for a database that is down.
+    (tmp_path / "blocker").write_text("not a directory")
+    svc.sessions = make_session_factory(create_engine(f"sqlite:///{tmp_path}/blocker/receiver.db"))
+    resp = post(app.test_client(), json.dumps({"JobId": JOB}))
+    assert_error(resp, 503, "DatabaseUnavailable")
+    assert resp.headers["Retry-After"] == "1"
+    svc.close()

@@ -1,0 +1,571 @@
+"""receiver.oss and receiver.sim.fake_oss, through the real oss2 client against the fake server."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import oss2
+import pytest
+
+from receiver.config import Settings
+from receiver.exceptions import ObjectNotFound, Rejected, StoreError, TooLarge, Transient
+from receiver.oss import (
+    EndpointPolicy,
+    FileThumbnailStore,
+    OssThumbnailStore,
+    SourceStore,
+    thumbnail_store_from_url,
+)
+from receiver.sim.fake_oss import (
+    FakeOss,
+    crc64,
+    v1_signature,
+    v1_string_to_sign,
+    v4_canonical_request,
+    v4_signature,
+    v4_string_to_sign,
+)
+
+AK, SK = "AKIDEXAMPLE", "SECRETEXAMPLE"
+ENDPOINT = "oss-cn-shanghai.aliyuncs.com"  # what ICE would send; mapped to the fake
+BUCKET = "snapshots"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOss]:
+    with FakeOss({AK: SK}) as f:
+        f.create_bucket(BUCKET)
+        yield f
+
+
+@pytest.fixture
+def settings(fake: FakeOss, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        access_key_id=AK,
+        access_key_secret=SK,
+        oss_endpoint_map={ENDPOINT: fake.url},
+        workers=2,
+        oss_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture
+def source(settings: Settings) -> Iterator[SourceStore]:
+    store = SourceStore(settings)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def session() -> Iterator[oss2.Session]:
+    # Raw oss2 buckets in these tests share one pool, closed at teardown so no socket is left to the GC.
+    s = oss2.Session()
+    yield s
+    s.session.close()
+
+
+@pytest.fixture
+def v1_bucket(fake: FakeOss, session: oss2.Session) -> oss2.Bucket:
+    return oss2.Bucket(oss2.Auth(AK, SK), fake.url, BUCKET, session=session)
+
+
+def v4_bucket(fake: FakeOss, session: oss2.Session, region: str = "cn-shanghai") -> oss2.Bucket:
+    return oss2.Bucket(oss2.AuthV4(AK, SK), fake.url, BUCKET, region=region, session=session)
+
+
+# --- signature helpers against the fixed vectors of oss.md section 7.5 -----------------------------------
+
+DATE = "Wed, 01 May 2024 12:00:00 GMT"
+
+
+def test_v1_vectors() -> None:
+    get = v1_string_to_sign("GET", {"Date": DATE, "Range": "bytes=0-99"}, BUCKET, "cam1/a.jpg")
+    assert v1_signature(SK, get) == "ztyLo3zCZrhTddCob+Tun0Ud/kc="
+
+    put_headers = {
+        "Date": DATE,
+        "Content-Type": "image/jpeg",
+        "Content-MD5": "eB5eJF1ptWaXm4bijSPyxw==",
+        "x-oss-meta-camera": "cam1",
+        "X-OSS-Meta-A": "b",
+    }
+    put = v1_string_to_sign("PUT", put_headers, BUCKET, "thumbs/a.jpg")
+    assert put == (
+        "PUT\neB5eJF1ptWaXm4bijSPyxw==\nimage/jpeg\nWed, 01 May 2024 12:00:00 GMT\n"
+        "x-oss-meta-a:b\nx-oss-meta-camera:cam1\n/snapshots/thumbs/a.jpg"
+    )
+    assert v1_signature(SK, put) == "WB2oXNrJrNCiLVuOr2bY1GkigVc="
+
+    list_query = [("list-type", "2"), ("prefix", ""), ("continuation-token", ""), ("max-keys", "100")]
+    listing = v1_string_to_sign("GET", {"Date": DATE}, BUCKET, None, list_query)
+    assert listing.endswith("\n/snapshots/?continuation-token")
+    assert v1_signature(SK, listing) == "Msrtob7WDBEKY823CS8/NC+e7uY="
+
+    url = v1_string_to_sign("GET", {}, BUCKET, "cam1/a.jpg", [("OSSAccessKeyId", AK)], date="1714568400")
+    assert v1_signature(SK, url) == "hGpzZGpB4Lmq31CUdZkmZyDH24g="
+
+
+def test_v4_vectors() -> None:
+    dt = "20240501T120000Z"
+    headers = {"x-oss-date": dt, "x-oss-content-sha256": "UNSIGNED-PAYLOAD"}
+    canonical = v4_canonical_request("GET", BUCKET, "cam1/a b.jpg", [], headers)
+    assert canonical.startswith("GET\n/snapshots/cam1/a%20b.jpg\n\n")
+    sts = v4_string_to_sign(dt, "cn-hangzhou", canonical)
+    assert v4_signature(SK, dt, "cn-hangzhou", sts) == (
+        "1b18005b192c54199d24e20a115c83d4326a7505c38a6d988c69fd2ef723840b"
+    )
+
+    query = [
+        ("x-oss-date", dt),
+        ("x-oss-expires", "3600"),
+        ("x-oss-signature-version", "OSS4-HMAC-SHA256"),
+        ("x-oss-credential", f"{AK}/20240501/cn-hangzhou/oss/aliyun_v4_request"),
+    ]
+    canonical = v4_canonical_request("GET", BUCKET, "cam1/a.jpg", query, {})
+    sts = v4_string_to_sign(dt, "cn-hangzhou", canonical)
+    assert v4_signature(SK, dt, "cn-hangzhou", sts) == (
+        "f35e34819caf8adf2d34829e7655825d7221a0ef3fe15e128c700f10b12fdadb"
+    )
+
+
+def test_crc64_check_value() -> None:
+    assert crc64(b"123456789") == 0x995DC9BBDF1939FA
+
+
+# --- SourceStore ------------------------------------------------------------------------------------------
+
+
+def test_get_ok(fake: FakeOss, source: SourceStore) -> None:
+    etag = fake.put(BUCKET, "cam1/a.jpg", b"\xff\xd8jpeg", last_modified=1_714_564_800.0)
+    got = source.get(ENDPOINT, BUCKET, "cam1/a.jpg", max_bytes=1000)
+    assert got.data == b"\xff\xd8jpeg"
+    assert got.etag == etag and etag.isupper() and len(etag) == 32
+    assert got.size == 6
+    assert got.last_modified_ms == 1_714_564_800_000
+    assert got.content_type == "image/jpeg"
+    assert [(r["method"], r["auth"], r["status"]) for r in fake.fetched(BUCKET, "cam1/a.jpg")] == [
+        ("GET", "v1", 200)
+    ]
+
+
+@pytest.mark.parametrize(
+    "key", ["cam 1/a b.jpg", "cam1/a+b.jpg", "相机/快照 é.jpg", "a/b/c/d.jpg", "x%2Fy.jpg"]
+)
+def test_get_awkward_keys(fake: FakeOss, source: SourceStore, key: str) -> None:
+    fake.put(BUCKET, key, key.encode())
+    assert source.get(ENDPOINT, BUCKET, key, max_bytes=1000).data == key.encode()
+    assert fake.fetched(key=key)[0]["key"] == key
+
+
+def test_wrong_secret_is_store_error(fake: FakeOss, settings: Settings) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    store = SourceStore(settings.with_(access_key_secret="wrong"))
+    with pytest.raises(StoreError, match="SignatureDoesNotMatch") as info:
+        store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+    assert isinstance(info.value.__cause__, oss2.exceptions.SignatureDoesNotMatch)
+    assert fake.requests[-1]["status"] == 403
+
+
+def test_unknown_access_key_is_store_error(fake: FakeOss, settings: Settings) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    with pytest.raises(StoreError, match="InvalidAccessKeyId"):
+        SourceStore(settings.with_(access_key_id="nobody")).head(ENDPOINT, BUCKET, "a.jpg")
+
+
+def test_missing_key_and_bucket(fake: FakeOss, source: SourceStore) -> None:
+    with pytest.raises(ObjectNotFound, match="NoSuchKey") as info:
+        source.get(ENDPOINT, BUCKET, "nope.jpg", max_bytes=10)
+    assert isinstance(info.value.__cause__, oss2.exceptions.NoSuchKey)
+    with pytest.raises(ObjectNotFound, match="NoSuchBucket"):
+        source.get(ENDPOINT, "other-bucket", "a.jpg", max_bytes=10)
+    # HEAD has no body: the code must come through x-oss-err.
+    with pytest.raises(ObjectNotFound, match="NoSuchKey"):
+        source.head(ENDPOINT, BUCKET, "nope.jpg")
+
+
+def test_server_error_is_transient(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    fake.fail_next("GET", 1)
+    with pytest.raises(Transient, match="InternalError"):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+    fake.fail_next("HEAD", 1, status=503, code="ServiceUnavailable")
+    with pytest.raises(Transient):
+        source.head(ENDPOINT, BUCKET, "a.jpg")
+    # Injected failures are consumed; the next call goes through, and oss2 never retried by itself.
+    assert source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10).data == b"x"
+    assert [r["status"] for r in fake.fetched()] == [500, 503, 200]
+
+
+def test_crc_mismatch_is_transient(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "a.jpg", b"x" * 5000)
+    fake.corrupt_crc_next(1)
+    with pytest.raises(Transient, match="crc mismatch"):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10_000)
+    assert len(source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10_000).data) == 5000
+
+
+def test_truncated_transfer_is_transient(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "a.jpg", b"x" * 50_000)
+    fake.truncate_next(1)
+    with pytest.raises(Transient):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000)
+    assert len(source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000).data) == 50_000
+
+
+def test_too_large(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "big.jpg", b"x" * 100_001)
+    with pytest.raises(TooLarge, match="100001 bytes"):
+        source.get(ENDPOINT, BUCKET, "big.jpg", max_bytes=100_000)
+    assert len(fake.fetched(key="big.jpg")) == 1
+    # Exactly at the cap is fine, and the early close did not poison the shared pool.
+    fake.put(BUCKET, "cap.jpg", b"y" * 100_000)
+    assert source.get(ENDPOINT, BUCKET, "cap.jpg", max_bytes=100_000).size == 100_000
+
+
+def test_stopped_server_is_transient(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)  # leaves a pooled keep-alive connection behind
+    fake.stop()
+    with pytest.raises(Transient):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+
+
+def test_slow_server_is_transient(fake: FakeOss, settings: Settings) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    fake.latency = 0.5
+    store = SourceStore(settings.with_(oss_timeout_seconds=0.1))
+    with pytest.raises(Transient, match="timed out"):
+        store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+
+
+def test_head(fake: FakeOss, source: SourceStore) -> None:
+    etag = fake.put(BUCKET, "cam1/a.jpg", b"abc", last_modified=1_700_000_000)
+    meta = source.head(ENDPOINT, BUCKET, "cam1/a.jpg")
+    assert (meta.etag, meta.size, meta.last_modified_ms) == (etag, 3, 1_700_000_000_000)
+    assert fake.fetched()[0]["method"] == "HEAD"
+
+
+def test_disallowed_endpoint_is_rejected_before_any_request(fake: FakeOss, source: SourceStore) -> None:
+    with pytest.raises(Rejected):
+        source.get("oss.evil.example.com", BUCKET, "a.jpg", max_bytes=10)
+    with pytest.raises(Rejected):
+        source.get(ENDPOINT, "Bad_Bucket", "a.jpg", max_bytes=10)
+    assert fake.requests == []
+
+
+def test_sts_credentials(fake: FakeOss, settings: Settings) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    store = SourceStore(settings.with_(security_token="token-123"))
+    assert store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10).data == b"x"
+
+
+# --- fake server behaviour seen through oss2 ---------------------------------------------------------------
+
+
+def test_presigned_url_v1(fake: FakeOss, v1_bucket: oss2.Bucket) -> None:
+    fake.put(BUCKET, "cam1/a b+c.jpg", b"data")
+    bucket = v1_bucket
+    with urllib.request.urlopen(bucket.sign_url("GET", "cam1/a b+c.jpg", 60)) as resp:
+        assert resp.read() == b"data"
+    with urllib.request.urlopen(bucket.sign_url("GET", "cam1/a b+c.jpg", 60, slash_safe=True)) as resp:
+        assert resp.read() == b"data"
+    assert [r["auth"] for r in fake.requests] == ["v1-url", "v1-url"]
+
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(bucket.sign_url("GET", "cam1/a b+c.jpg", -10))
+    assert info.value.code == 403
+    assert b"<Code>AccessDenied</Code>" in info.value.read()
+    info.value.close()
+
+
+def test_anonymous_refused_unless_public_read(fake: FakeOss) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{fake.url}/{BUCKET}/a.jpg")
+    assert info.value.code == 403
+    info.value.close()
+    fake.create_bucket("public", public_read=True)
+    fake.put("public", "a.jpg", b"pub")
+    with urllib.request.urlopen(f"{fake.url}/public/a.jpg") as resp:
+        assert resp.read() == b"pub"
+    assert fake.requests[-1]["auth"] == "anon"
+
+
+def test_v4_header_and_presign(fake: FakeOss, session: oss2.Session) -> None:
+    bucket = v4_bucket(fake, session)
+    bucket.put_object(
+        "v4/x y+z.jpg", b"v4data", headers={"Content-Type": "image/jpeg", "x-oss-meta-cam": "1"}
+    )
+    assert bucket.get_object("v4/x y+z.jpg").read() == b"v4data"
+    assert bucket.head_object("v4/x y+z.jpg").headers["x-oss-meta-cam"] == "1"
+    assert [o.key for o in bucket.list_objects_v2(prefix="v4/", delimiter="/").object_list] == [
+        "v4/x y+z.jpg"
+    ]
+    with urllib.request.urlopen(bucket.sign_url("GET", "v4/x y+z.jpg", 60)) as resp:
+        assert resp.read() == b"v4data"
+    assert {r["auth"] for r in fake.requests} == {"v4", "v4-url"}
+    assert all(r["status"] < 300 for r in fake.requests)
+
+    with pytest.raises(oss2.exceptions.AccessDenied):
+        v4_bucket(fake, session, region="cn-hangzhou").get_object("v4/x y+z.jpg")
+
+
+def test_v4_presigned_expired(fake: FakeOss) -> None:
+    # The oss.md vector: signed in 2024 for one hour, so long expired (region must match the scope).
+    hangzhou = FakeOss({AK: SK}, region="cn-hangzhou")
+    with hangzhou:
+        hangzhou.put(BUCKET, "cam1/a.jpg", b"x")
+        url = (
+            f"{hangzhou.url}/snapshots/cam1%2Fa.jpg?x-oss-date=20240501T120000Z&x-oss-expires=3600"
+            "&x-oss-signature-version=OSS4-HMAC-SHA256"
+            "&x-oss-credential=AKIDEXAMPLE%2F20240501%2Fcn-hangzhou%2Foss%2Faliyun_v4_request"
+            "&x-oss-signature=f35e34819caf8adf2d34829e7655825d7221a0ef3fe15e128c700f10b12fdadb"
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url)
+        assert info.value.code == 403
+        assert b"expired" in info.value.read()
+        info.value.close()
+
+
+def test_ranges(fake: FakeOss, v1_bucket: oss2.Bucket) -> None:
+    fake.put(BUCKET, "r.bin", bytes(range(100)))
+    bucket = v1_bucket
+    r = bucket.get_object("r.bin", byte_range=(10, 19))
+    assert r.status == 206 and r.read() == bytes(range(10, 20)) and r.content_range == "bytes 10-19/100"
+    assert bucket.get_object("r.bin", byte_range=(None, 5)).read() == bytes(range(95, 100))
+    assert bucket.get_object("r.bin", byte_range=(98, None)).read() == b"\x62\x63"
+    with pytest.raises(oss2.exceptions.ServerError) as info:
+        bucket.get_object("r.bin", byte_range=(200, 300))
+    assert (info.value.status, info.value.code) == (416, "InvalidRange")
+
+
+def test_put_checks_content_md5(fake: FakeOss, v1_bucket: oss2.Bucket) -> None:
+    bucket = v1_bucket
+    with pytest.raises(oss2.exceptions.InvalidDigest):
+        bucket.put_object("a.jpg", b"x", headers={"Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="})
+    result = bucket.put_object("a.jpg", b"x", headers={"Content-MD5": oss2.utils.content_md5(b"x")})
+    assert result.crc == crc64(b"x")
+    assert fake.get(BUCKET, "a.jpg") == b"x"
+
+
+def test_object_meta_and_exists(fake: FakeOss, v1_bucket: oss2.Bucket, session: oss2.Session) -> None:
+    etag = fake.put(BUCKET, "a.jpg", b"abc")
+    bucket = v1_bucket
+    meta = bucket.get_object_meta("a.jpg")
+    assert (meta.etag, meta.content_length) == (etag, 3)
+    assert bucket.object_exists("a.jpg") and not bucket.object_exists("b.jpg")
+    with pytest.raises(oss2.exceptions.NoSuchBucket):
+        oss2.Bucket(oss2.Auth(AK, SK), fake.url, "missing", session=session).object_exists("a.jpg")
+
+
+def test_list_objects_v2_paging(fake: FakeOss, v1_bucket: oss2.Bucket) -> None:
+    keys = ["cam1/a.jpg", "cam1/b c.jpg", "cam1/sub/d.jpg", "cam1/ü+.jpg", "cam2/e.jpg"]
+    for k in keys:
+        fake.put(BUCKET, k, b"x")
+    bucket = v1_bucket
+    seen, token, pages = [], "", 0
+    while True:
+        page = bucket.list_objects_v2(prefix="cam1/", continuation_token=token, max_keys=2)
+        seen += [o.key for o in page.object_list]
+        pages += 1
+        if not page.is_truncated:
+            break
+        token = page.next_continuation_token
+    assert seen == keys[:4] and pages == 2
+
+    listed = list(oss2.ObjectIteratorV2(bucket, prefix="cam1/", delimiter="/", max_keys=1))
+    assert [(o.key, o.is_prefix()) for o in listed] == [
+        ("cam1/a.jpg", False),
+        ("cam1/b c.jpg", False),
+        ("cam1/sub/", True),
+        ("cam1/ü+.jpg", False),
+    ]
+    first = bucket.list_objects_v2(prefix="cam1/a").object_list[0]
+    assert (first.size, first.type, first.storage_class) == (1, "Normal", "Standard")
+
+
+def test_batch_delete(fake: FakeOss, v1_bucket: oss2.Bucket) -> None:
+    for k in ["a.jpg", "b c.jpg", "d+e.jpg"]:
+        fake.put(BUCKET, k, b"x")
+    result = v1_bucket.batch_delete_objects(["a.jpg", "b c.jpg", "d+e.jpg", "never.jpg"])
+    assert sorted(result.deleted_keys) == ["a.jpg", "b c.jpg", "d+e.jpg", "never.jpg"]
+    assert fake.keys(BUCKET) == []
+
+
+# --- endpoint policy --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "host"),
+    [
+        ("https://oss-cn-shanghai.aliyuncs.com/", "oss-cn-shanghai.aliyuncs.com"),
+        ("OSS-CN-Shanghai.aliyuncs.com", "oss-cn-shanghai.aliyuncs.com"),
+        ("oss-cn-shanghai.aliyuncs.com.", "oss-cn-shanghai.aliyuncs.com"),
+        ("http://oss-cn-shanghai.aliyuncs.com:8080/x?y", "oss-cn-shanghai.aliyuncs.com"),
+        ("  oss-cn-shanghai.aliyuncs.com:443  ", "oss-cn-shanghai.aliyuncs.com"),
+        ("127.0.0.1:9000", "127.0.0.1"),
+    ],
+)
+def test_normalize(raw: str, host: str) -> None:
+    assert EndpointPolicy.normalize(raw) == host
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "https://", "a b.com", "evil.com\\@x.aliyuncs.com", "host:port", "a..b.com"]
+)
+def test_normalize_rejects_garbage(raw: str) -> None:
+    with pytest.raises(Rejected, match="invalid OSS endpoint"):
+        EndpointPolicy.normalize(raw)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowed"),
+    [
+        ("oss-cn-shanghai.aliyuncs.com", True),
+        ("oss-cn-shanghai-internal.aliyuncs.com", True),
+        ("https://cn-shanghai.oss.aliyuncs.com", True),
+        ("aliyuncs.com.evil.com", False),
+        ("evilaliyuncs.com", False),
+        ("aliyuncs.com", False),
+        (".aliyuncs.com", False),
+        ("https://user@evil.com/oss.aliyuncs.com", False),
+        ("oss.aliyuncs.com@evil.com", False),
+        ("evil.com#.aliyuncs.com", False),
+        ("127.0.0.1", False),
+        ("mapped-emulator", True),
+    ],
+)
+def test_endpoint_allow_list(endpoint: str, allowed: bool) -> None:
+    policy = EndpointPolicy(("*.aliyuncs.com",), {"mapped-emulator": "http://127.0.0.1:9000"})
+    assert policy.is_allowed(endpoint) is allowed
+
+
+def test_endpoint_resolve() -> None:
+    policy = EndpointPolicy(("*.aliyuncs.com",), {"oss-cn-shanghai.aliyuncs.com": "http://127.0.0.1:9000/"})
+    assert policy.resolve("https://OSS-cn-shanghai.aliyuncs.com") == "http://127.0.0.1:9000"
+    assert policy.resolve("http://oss-cn-beijing.aliyuncs.com:80") == "https://oss-cn-beijing.aliyuncs.com"
+    with pytest.raises(Rejected):
+        policy.resolve("aliyuncs.com.evil.com")
+    policy = EndpointPolicy.from_settings(Settings(oss_allowed_endpoints=("oss-cn-*.aliyuncs.com",)))
+    assert policy.is_allowed("oss-cn-hangzhou.aliyuncs.com")
+    assert not policy.is_allowed("oss-us-west-1.aliyuncs.com")
+
+
+# --- thumbnail stores -------------------------------------------------------------------------------------
+
+
+def test_file_store(tmp_path: Path) -> None:
+    store = FileThumbnailStore(tmp_path / "thumbs")
+    store.put("job1/cam 1/320.jpg", b"one", "image/jpeg")
+    store.put("job1/cam 1/320.jpg", b"two", "image/jpeg")
+    assert store.get("job1/cam 1/320.jpg") == b"two"
+    assert store.exists("job1/cam 1/320.jpg") and not store.exists("job1/other.jpg")
+    assert store.presign("job1/cam 1/320.jpg", 60) is None
+    assert os.listdir(tmp_path / "thumbs/job1/cam 1") == ["320.jpg"]  # no temp files left behind
+    store.delete(["job1/cam 1/320.jpg", "job1/never.jpg"])
+    store.delete(["job1/cam 1/320.jpg"])
+    assert not store.exists("job1/cam 1/320.jpg")
+    with pytest.raises(ObjectNotFound):
+        store.get("job1/cam 1/320.jpg")
+
+
+@pytest.mark.parametrize(
+    "key", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "a//b.jpg", "", "a\\..\\b", "C:x"]
+)
+def test_file_store_rejects_unsafe_keys(tmp_path: Path, key: str) -> None:
+    store = FileThumbnailStore(tmp_path)
+    with pytest.raises(ValueError):
+        store.put(key, b"x", "image/jpeg")
+    with pytest.raises(ValueError):
+        store.get(key)
+
+
+def test_oss_store(fake: FakeOss, settings: Settings) -> None:
+    fake.create_bucket("thumbs")
+    store = thumbnail_store_from_url(f"oss://thumbs/t/?endpoint={ENDPOINT}&redirect=1", settings)
+    assert isinstance(store, OssThumbnailStore) and store.redirect and store.prefix == "t/"
+    store.put("job1/a b.webp", b"webp", "image/webp")
+    assert fake.get("thumbs", "t/job1/a b.webp") == b"webp"
+    assert store.get("job1/a b.webp") == b"webp"
+    assert store.exists("job1/a b.webp") and not store.exists("job1/none.webp")
+    url = store.presign("job1/a b.webp", 60)
+    assert url is not None and "/t/job1/" in url
+    with urllib.request.urlopen(url) as resp:
+        assert resp.read() == b"webp"
+        assert resp.headers["Content-Type"] == "image/webp"
+    store.delete(["job1/a b.webp", "job1/none.webp"])
+    store.delete([])
+    assert not store.exists("job1/a b.webp")
+    with pytest.raises(ObjectNotFound):
+        store.get("job1/a b.webp")
+
+
+def test_oss_store_batch_delete_chunks(fake: FakeOss, settings: Settings) -> None:
+    keys = [f"k{i:04d}.jpg" for i in range(1001)]
+    for k in keys:
+        fake.put("thumbs", k, b"x")
+    store = thumbnail_store_from_url(f"oss://thumbs?endpoint=http://{fake.host}", settings)
+    store.delete(keys)
+    assert fake.keys("thumbs") == []
+    assert [r["method"] for r in fake.requests] == ["POST", "POST"]
+
+
+def test_oss_store_errors(fake: FakeOss, settings: Settings) -> None:
+    store = thumbnail_store_from_url(f"oss://nosuch?endpoint={ENDPOINT}", settings)
+    with pytest.raises(ObjectNotFound):
+        store.put("a.jpg", b"x", "image/jpeg")
+    fake.create_bucket("thumbs")
+    store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
+    fake.fail_next("PUT", 1, status=503, code="ServiceUnavailable")
+    with pytest.raises(Transient):
+        store.put("a.jpg", b"x", "image/jpeg")
+
+
+def test_store_from_file_urls(tmp_path: Path, settings: Settings) -> None:
+    absolute = thumbnail_store_from_url(f"file://{tmp_path}/t", settings)
+    assert isinstance(absolute, FileThumbnailStore) and absolute.root == tmp_path / "t"
+    relative = thumbnail_store_from_url("file://var/thumbs", settings)
+    assert isinstance(relative, FileThumbnailStore) and relative.root == Path.cwd() / "var/thumbs"
+    default = thumbnail_store_from_url(settings.thumbnail_store, settings)
+    assert isinstance(default, FileThumbnailStore) and default.root == (tmp_path / "thumbnails").resolve()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://bucket/x", "scheme must be file:// or oss://"),
+        ("/plain/path", "scheme must be"),
+        ("file://", "no path"),
+        ("oss:///prefix?endpoint=x.aliyuncs.com", "no bucket"),
+        ("oss://thumbs/prefix", "needs ?endpoint="),
+        ("oss://thumbs?endpoint=x.aliyuncs.com&region=cn", "unknown parameter"),
+        ("oss://thumbs?endpoint=x.aliyuncs.com&redirect=maybe", "redirect must be a boolean"),
+        ("oss://Bad_Bucket?endpoint=x.aliyuncs.com", "Bad_Bucket"),
+        ("oss://thumbs?endpoint=bad host", "invalid OSS endpoint"),
+    ],
+)
+def test_store_url_errors(settings: Settings, url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("?", r"\?")):
+        thumbnail_store_from_url(url, settings)
+
+
+def test_oss_store_needs_credentials(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="ACCESS_KEY"):
+        thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings.with_(access_key_id=None))
+
+
+def test_fake_request_log_is_complete(fake: FakeOss, source: SourceStore) -> None:
+    fake.put(BUCKET, "a.jpg", b"x")
+    start = time.time()
+    source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+    assert time.time() - start < 5
+    (entry,) = fake.requests
+    assert entry["method"] == "GET" and entry["bucket"] == BUCKET and entry["key"] == "a.jpg"
+    assert entry["auth"] == "v1" and entry["status"] == 200 and entry["request_id"]

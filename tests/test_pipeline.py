@@ -1,0 +1,281 @@
+"""The pipeline end to end: callbacks through HTTP, real SDKs against the fakes, then the read API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select, update
+
+from receiver.dispatch import drain, wait_idle
+from receiver.models import Event, Snapshot, Thumbnail
+from receiver.pipeline import process_event
+from receiver.services import Services
+from receiver.sim.frames import bad_inputs, make_frame
+
+from .conftest import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
+
+URL = "/callbacks/live-snapshot"
+T0 = 1796212805123
+
+
+def the_event(svc: Services, event_id: str) -> Event:
+    with svc.sessions() as s:
+        ev = s.get(Event, int(event_id))
+        assert ev is not None
+        return ev
+
+
+def snapshot_count(svc: Services) -> int:
+    with svc.sessions() as s:
+        return s.execute(select(func.count()).select_from(Snapshot)).scalar_one()
+
+
+def run_until_final(svc: Services, eid: str, timeout: float = 10) -> Event:
+    """Drain repeatedly: retries are scheduled in the future, so one pass is not enough."""
+    deadline = time.monotonic() + timeout
+    while the_event(svc, eid).status not in ("done", "failed", "rejected") and time.monotonic() < deadline:
+        drain(svc)
+        time.sleep(0.02)
+    return the_event(svc, eid)
+
+
+def send(client, body: bytes) -> str:  # type: ignore[no-untyped-def]
+    resp = client.post(URL, data=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.get_json()["events"][0]
+
+
+def test_sequence_snapshot_is_indexed_and_served(client, svc, fake_ice, fake_oss, frame):
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    eid = send(client, callback_body(key, T0))
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "done", ev.last_error
+    assert ev.attempts == 1 and len(ev.snapshot_ids) == 1
+    page = client.get(f"/v1/jobs/{JOB}/snapshots").get_json()
+    assert page["next_cursor"] is None
+    [snap] = page["items"]
+    assert snap["id"] == str(ev.snapshot_ids[0])
+    assert snap["captured_at_ms"] == T0 and snap["captured_at"] == "2026-12-02T12:00:05.123Z"
+    assert snap["kind"] == "sequence"
+    assert snap["source"] == {"endpoint": OSS_ENDPOINT, "bucket": BUCKET, "object": key,
+                              "etag": snap["source"]["etag"], "size": len(frame)}
+    assert (snap["width"], snap["height"]) == (1920, 1080)
+    assert [(t["width"], t["height"], t["format"]) for t in snap["thumbnails"]] == [
+        (320, 180, "jpeg"), (160, 90, "jpeg")]
+    thumb = client.get(snap["thumbnails"][1]["url"])
+    assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
+    assert thumb.data[:2] == b"\xff\xd8"
+    assert "immutable" in thumb.headers["Cache-Control"]
+    again = client.get(snap["thumbnails"][1]["url"], headers={"If-None-Match": thumb.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+    assert client.get(f"/v1/snapshots/{snap['id']}").get_json() == snap
+    assert client.get(f"/v1/snapshots/{snap['id']}/thumbnail?width=123").status_code == 400
+    # The ICE gateway read the job; OSS served exactly one GET for the frame.
+    assert fake_ice.calls("GetLiveSnapshotJob") == 1
+    assert [r["method"] for r in fake_oss.fetched(BUCKET, key)] == ["GET"]
+
+
+def test_captured_at_falls_back_to_the_key_then_last_modified(client, svc, fake_ice, fake_oss, frame):
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    send(client, callback_body(key))  # no CreateTimestamp: the 13-digit {UnixTimestamp} in the key
+    fake_oss.put(BUCKET, f"snapshot/{JOB}.jpg", make_frame(seed=2), last_modified=1796212900)
+    send(client, callback_body(f"snapshot/{JOB}.jpg"))  # overwrite key: Last-Modified
+    drain(svc)
+    with svc.sessions() as s:
+        got = {r.kind: r.captured_at_ms for r in s.execute(select(Snapshot)).scalars()}
+    assert got == {"sequence": T0, "overwrite": 1796212900000}
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"OssBucket": "attacker-bucket"}, "bucket"),
+        ({"OssEndpoint": "oss-cn-beijing.aliyuncs.com"}, "endpoint"),
+        ({"OssObject": "snapshot/other-job/1796212805123.jpg"}, "does not match"),
+        ({"OssObject": f"snapshot/{JOB}/../other-job/1796212805123.jpg"}, ".."),
+        ({"OssObject": f"/snapshot/{JOB}/1796212805123.jpg"}, "/"),
+        ({"OssObject": "private/secrets.jpg"}, "does not match"),
+    ],
+)
+def test_spoofs_are_rejected_and_nothing_is_fetched(client, svc, fake_ice, fake_oss, frame, override, reason):
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    fake_oss.put(BUCKET, "private/secrets.jpg", frame)
+    body = json.loads(callback_body(key, T0))
+    body["MessageBody"].update(override)
+    eid = send(client, json.dumps(body).encode())
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "rejected"
+    assert reason in (ev.last_error or "")
+    assert fake_oss.fetched() == []
+    assert snapshot_count(svc) == 0
+
+
+def test_unknown_job_is_rejected_and_negatively_cached(client, svc, fake_ice, fake_oss):
+    ids = [send(client, callback_body(f"snapshot/ghost/{T0 + i}.jpg", T0 + i, job="ghost")) for i in range(5)]
+    drain(svc)
+    for eid in ids:
+        ev = the_event(svc, eid)
+        assert ev.status == "rejected" and "JobNotFound" in (ev.last_error or "")
+    assert fake_ice.calls("GetLiveSnapshotJob") == 1
+    assert fake_oss.fetched() == []
+
+
+def test_job_whose_endpoint_is_not_allowed_is_never_fetched(client, svc, fake_ice, fake_oss, frame):
+    fake_ice.add_job("evil-job", bucket=BUCKET, endpoint="169.254.169.254")
+    fake_oss.put(BUCKET, f"snapshot/evil-job/{T0}.jpg", frame)
+    eid = send(client, callback_body(f"snapshot/evil-job/{T0}.jpg", T0, job="evil-job"))
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "rejected" and "not allowed" in (ev.last_error or "")
+    assert fake_oss.fetched() == []
+
+
+def test_transient_failures_are_retried_to_success(client, svc, fake_ice, fake_oss, frame):
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    fake_ice.fail_next("GetLiveSnapshotJob", 2, "throttle")
+    fake_oss.fail_next("GET", 2, status=500)
+    eid = send(client, callback_body(key, T0))
+    ev = run_until_final(svc, eid)
+    assert ev.status == "done", ev.last_error
+    assert ev.attempts == 5  # two throttled, two OSS 500s, one success
+    assert snapshot_count(svc) == 1
+
+
+def test_gives_up_after_max_attempts_with_the_reason(client, svc, fake_ice, fake_oss, frame):
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    fake_oss.fail_next("GET", 100, status=503, code="ServiceUnavailable")
+    eid = send(client, callback_body(key, T0))
+    ev = run_until_final(svc, eid)
+    assert ev.status == "failed" and ev.attempts == svc.settings.max_attempts
+    assert "gave up" in (ev.last_error or "")
+
+
+@pytest.mark.parametrize("kind", ["png", "garbage", "truncated", "empty", "bomb"])
+def test_bad_images_fail_with_a_reason_and_the_next_frame_succeeds(client, svc, fake_ice, fake_oss, frame, kind):
+    bad_key = put_snapshot(fake_oss, fake_ice, T0, bad_inputs()[kind])
+    good_key = put_snapshot(fake_oss, fake_ice, T0 + 5000, frame)
+    bad = send(client, callback_body(bad_key, T0))
+    good = send(client, callback_body(good_key, T0 + 5000))
+    drain(svc)
+    bad_ev = the_event(svc, bad)
+    assert bad_ev.status == "failed"
+    assert bad_ev.last_error and len(bad_ev.last_error) > 10
+    assert the_event(svc, good).status == "done"
+    assert snapshot_count(svc) == 1
+
+
+def test_too_many_bytes_and_missing_objects_fail(settings, fake_ice, fake_oss, frame):
+    app = build_app(settings.with_(max_image_bytes=10_000))
+    svc: Services = app.extensions["receiver"]
+    c = app.test_client()
+    big = send(c, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    missing = send(c, callback_body(f"snapshot/{JOB}/{T0 + 1}.jpg", T0 + 1))
+    drain(svc)
+    assert the_event(svc, big).status == "failed" and "TooLarge" in (the_event(svc, big).last_error or "")
+    gone = the_event(svc, missing)
+    assert gone.status == "failed" and "ObjectNotFound" in (gone.last_error or "")
+    svc.close()
+
+
+def test_job_cache_makes_far_fewer_ice_calls_than_callbacks(client, svc, fake_ice, fake_oss, frame):
+    for i in range(30):
+        send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, frame), T0 + i * 5000))
+    drain(svc)
+    assert snapshot_count(svc) == 30
+    assert fake_ice.calls("GetLiveSnapshotJob") == 1
+
+
+def test_overwrite_mode_one_snapshot_per_etag(client, svc, fake_ice, fake_oss):
+    key = f"snapshot/{JOB}.jpg"
+    fake_oss.put(BUCKET, key, make_frame(seed=10))
+    send(client, callback_body(key, T0))
+    send(client, callback_body(key, T0 + 5000))  # a later write event, same content
+    drain(svc)
+    assert snapshot_count(svc) == 1
+    gets_before = len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"])
+    assert gets_before == 1  # the second event saw the known ETag with a HEAD, no download
+    fake_oss.put(BUCKET, key, make_frame(seed=11))
+    send(client, callback_body(key, T0 + 10000))
+    drain(svc)
+    with svc.sessions() as s:
+        rows = list(s.execute(select(Snapshot).order_by(Snapshot.id)).scalars())
+    assert [r.kind for r in rows] == ["overwrite", "overwrite"]
+    assert rows[0].etag != rows[1].etag
+    assert [r.captured_at_ms for r in rows] == [T0, T0 + 10000]
+
+
+def test_bare_job_id_callback_resolves_files_from_ice(client, svc, fake_ice, fake_oss, frame):
+    now = int(time.time() * 1000)
+    for i in range(3):
+        put_snapshot(fake_oss, fake_ice, now - 10000 + i * 5000, make_frame(seed=i))
+    fake_oss.put(BUCKET, f"snapshot/{JOB}.jpg", frame)
+    eid = send(client, json.dumps({"JobId": JOB, "CreateTimestamp": now}).encode())
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "done", ev.last_error
+    assert len(ev.snapshot_ids) == 4
+    assert fake_ice.calls("ListLiveSnapshotFiles") >= 1
+
+
+def test_concurrent_processing_of_one_event_indexes_once(client, svc, fake_ice, fake_oss, frame):
+    eid = int(send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0)))
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        barrier.wait()
+        outcomes.append(process_event(svc, eid).status)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["done"] + ["skipped"] * 5
+    assert snapshot_count(svc) == 1 and the_event(svc, str(eid)).attempts == 1
+
+
+def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice, fake_oss, frame):
+    """A worker that dies after indexing but before finishing: the next process finishes the event."""
+    from receiver.ingest import Target, ingest
+
+    app = build_app(settings)
+    svc: Services = app.extensions["receiver"]
+    c = app.test_client()
+    keys = [put_snapshot(fake_oss, fake_ice, T0 + i * 5000, make_frame(seed=i)) for i in range(3)]
+    ids = [int(send(c, callback_body(k, T0 + i * 5000))) for i, k in enumerate(keys)]
+    # Event 0: claimed and fully ingested, then the process died. Event 1: claimed, died before fetching.
+    with svc.sessions.begin() as s:
+        s.execute(update(Event).where(Event.id.in_(ids[:2])).values(
+            status="processing", attempts=1, lease_until=Event.received_at))
+    job = svc.ice.get_job(JOB)
+    first = ingest(svc, job, Target(keys[0], "sequence", T0, T0))
+    svc.close()
+
+    app2 = build_app(settings)  # the restarted process
+    svc2: Services = app2.extensions["receiver"]
+    svc2.dispatcher.start()
+    assert wait_idle(svc2, timeout=20)
+    with svc2.sessions() as s:
+        evs = {e.id: e for e in s.execute(select(Event)).scalars()}
+        assert {e.status for e in evs.values()} == {"done"}
+        assert evs[ids[0]].snapshot_ids == [first]
+        assert s.execute(select(func.count()).select_from(Snapshot)).scalar_one() == 3
+        assert s.execute(select(func.count()).select_from(Thumbnail)).scalar_one() == 6
+    svc2.close()
+
+
+def test_threaded_dispatcher_processes_a_burst(client, svc, fake_ice, fake_oss, frame):
+    svc.dispatcher.start()
+    for i in range(20):
+        send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, frame), T0 + i * 5000))
+    assert wait_idle(svc, timeout=30)
+    assert snapshot_count(svc) == 20
+    page = client.get(f"/v1/jobs/{JOB}/snapshots?limit=7&order=asc").get_json()
+    assert [i["captured_at_ms"] for i in page["items"]] == [T0 + i * 5000 for i in range(7)]
+    assert page["next_cursor"]
