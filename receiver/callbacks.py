@@ -11,7 +11,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from .callback_parse import CallbackParseError, parse_callback
 from .errors import ApiError
-from .inbox import record_events
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -77,8 +76,7 @@ def _handle() -> Response:
         first = skipped[0] if skipped else CallbackParseError("MissingJobId", "no JobId in the callback")
         log.info("callback refused (%s): %r", first.code, body[:512])
         raise ApiError(400, first.code, str(first))
-    with svc.sessions.begin() as session:
-        recorded = record_events(session, items)
+    recorded = svc.intake.record(items)
     if recorded.new_ids and svc.dispatcher is not None:
         svc.dispatcher.submit(recorded.new_ids)
     answer: dict[str, object] = {

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .db import make_engine, make_session_factory
+from .inbox import GroupCommitter
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
@@ -29,6 +30,7 @@ class Services:
     source: SourceStore
     thumbs: ThumbnailStore
     policy: EndpointPolicy
+    intake: GroupCommitter
     dispatcher: Dispatcher | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +72,7 @@ def build_services(
         source=source if source is not None else SourceStore(settings),
         thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
         policy=EndpointPolicy.from_settings(settings),
+        intake=GroupCommitter(engine),
     )
     svc.dispatcher = make_dispatcher(svc)
     return svc

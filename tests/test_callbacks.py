@@ -247,13 +247,13 @@ def test_signature_without_public_url_uses_the_request_url(settings):
 def test_database_unavailable_gets_503(settings, tmp_path: Path):
     from sqlalchemy import create_engine
 
-    from receiver.db import make_session_factory
+    from receiver.inbox import GroupCommitter
 
     app = make_app(settings)
     svc: Services = app.extensions["receiver"]
     # A database file that cannot be opened (its folder is a plain file) stands in for a database that is down.
     (tmp_path / "blocker").write_text("not a directory")
-    svc.sessions = make_session_factory(create_engine(f"sqlite:///{tmp_path}/blocker/receiver.db"))
+    svc.intake = GroupCommitter(create_engine(f"sqlite:///{tmp_path}/blocker/receiver.db"))
     resp = post(app.test_client(), json.dumps({"JobId": JOB}))
     assert_error(resp, 503, "DatabaseUnavailable")
     assert resp.headers["Retry-After"] == "1"

@@ -1,0 +1,140 @@
+"""Callback intake under load: accepted callbacks/s and answer-time percentiles, next to a trivial endpoint.
+
+Run on demand:  .venv/bin/python bench/callbacks.py [--seconds 5] [--concurrency 16] [--rate 1000]
+
+The service runs as `receiver serve` would (waitress, SQLite WAL, workers off so the figure is intake alone,
+or --with-workers) in a subprocess; the load generator runs in other processes on loopback. Each phase is
+bounded in count and time. Closed loop measures capacity; the open-loop phase sends at a fixed --rate and
+measures latency from each request's scheduled time, so a stall is not hidden (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, data_dir: str, with_workers: bool) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RECEIVER_DATA_DIR": data_dir, "RECEIVER_LOG_LEVEL": "WARNING",
+           "RECEIVER_RECONCILE_SECONDS": "0", "RECEIVER_ICE_ENDPOINT": "http://127.0.0.1:9",
+           "ALIBABA_CLOUD_ACCESS_KEY_ID": "x", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "y"}
+    cmd = [sys.executable, "-m", "receiver", "serve", "--port", str(port)]
+    if not with_workers:
+        env["RECEIVER_WORKERS"] = "0"  # intake alone: events stay pending in the inbox
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def _body(worker: int, i: int) -> bytes:
+    ms = 1796212805123 + worker * 10_000_000 + i
+    return json.dumps({"EventType": "LiveSnapshotComplete", "EventTime": "2026-11-28T12:00:00Z",
+                       "MessageBody": {"JobId": f"bench-job-{worker % 50}", "OssObject":
+                                       f"snapshot/bench-job-{worker % 50}/{ms}.jpg", "CreateTimestamp": ms}}).encode()
+
+
+def _client(args: tuple[int, str, int, float, float, int, int, mp.Queue]) -> None:  # type: ignore[type-arg]
+    port, path, wid, seconds, interval, max_requests, offset, out = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    lat: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    i = 0
+    while i < max_requests and time.perf_counter() - start < seconds:
+        scheduled = start + i * interval if interval else time.perf_counter()
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if path == "/healthz":
+            conn.request("GET", path)
+        else:
+            conn.request("POST", path, body=_body(offset + wid, i), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            errors += 1
+        lat.append(time.perf_counter() - scheduled)
+        i += 1
+    out.put((lat, errors, time.perf_counter() - start))
+
+
+def run_phase(port: int, path: str, conns: int, seconds: float, rate: float | None, offset: int) -> dict[str, float]:
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    interval = conns / rate if rate else 0.0
+    max_requests = int(seconds * rate / conns) + 1 if rate else 10**9
+    procs = []
+    # Two generator processes (threads would share one GIL with each other, not with the server).
+    per_proc = [conns // 2 + conns % 2, conns // 2]
+    wid = 0
+    for n in per_proc:
+        for _ in range(n):
+            p = mp.Process(target=_client, args=((port, path, wid, seconds, interval, max_requests, offset, out),))
+            p.start()
+            procs.append(p)
+            wid += 1
+    results = [out.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    lat = sorted(x for r in results for x in r[0])
+    errors = sum(r[1] for r in results)
+    wall = max(r[2] for r in results)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [lat[-1]] * 99
+    return {"n": len(lat), "rps": len(lat) / wall, "p50_ms": statistics.median(lat) * 1000,
+            "p99_ms": q[98] * 1000, "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=1000, help="open-loop callbacks/s for the latency phase")
+    ap.add_argument("--with-workers", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        port = free_port()
+        proc = start_server(port, d, a.with_workers)
+        try:
+            run_phase(port, "/healthz", 4, 1, None, 0)  # warm-up
+            base = run_phase(port, "/healthz", a.concurrency, a.seconds, None, 0)
+            cb = run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, None, 1000)
+            open_loop = run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, a.rate, 2000)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    print(f"machine: {os.cpu_count()} cores; waitress 16 threads; SQLite WAL; workers {'on' if a.with_workers else 'idle'}")
+    print(f"{'phase':34} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name, r in [("GET /healthz (closed loop)", base), ("POST callback (closed loop)", cb),
+                    (f"POST callback (open loop {a.rate:.0f}/s)", open_loop)]:
+        print(f"{name:34} {r['n']:8.0f} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:6.0f}")
+    print(f"ratio callback/healthz throughput: {cb['rps'] / base['rps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
