@@ -258,3 +258,25 @@ def test_database_unavailable_gets_503(settings, tmp_path: Path):
     assert_error(resp, 503, "DatabaseUnavailable")
     assert resp.headers["Retry-After"] == "1"
     svc.close()
+
+
+def test_concurrent_distinct_callbacks_share_commits_but_keep_their_own_ids(app: Flask, svc):
+    """The group commit writes many requests in one transaction; each answer still names its own event."""
+    answers: dict[int, str] = {}
+    barrier = threading.Barrier(24)
+
+    def send(i: int) -> None:
+        c = app.test_client()
+        barrier.wait()
+        r = c.post(URL, data=json.dumps({"JobId": JOB, "OssObject": f"snapshot/{JOB}/{i}.jpg"}))
+        assert r.status_code == 200 and r.get_json()["status"] == "accepted"
+        [answers[i]] = r.get_json()["events"]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_id = {str(e.id): e.oss_object for e in events(svc)}
+    assert len(by_id) == 24
+    assert all(by_id[answers[i]] == f"snapshot/{JOB}/{i}.jpg" for i in range(24))
