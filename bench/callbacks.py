@@ -1,6 +1,6 @@
 """Callback intake under load: accepted callbacks/s and answer-time percentiles, next to a trivial endpoint.
 
-Run on demand:  .venv/bin/python bench/callbacks.py [--seconds 5] [--concurrency 16] [--rate 1000]
+Run on demand:  .venv/bin/python bench/callbacks.py [--seconds 4] [--rounds 3] [--concurrency 16] [--rate 1000]
 
 The service runs as `receiver serve` would (waitress, SQLite WAL, workers off so the figure is intake alone,
 or --with-workers) in a subprocess; the load generator runs in other processes on loopback. Each phase is
@@ -85,7 +85,15 @@ def _client(args: tuple[int, str, int, float, float, int, int, mp.Queue]) -> Non
     out.put((lat, errors, time.perf_counter() - start))
 
 
-def run_phase(port: int, path: str, conns: int, seconds: float, rate: float | None, offset: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to report the server's cost per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_phase(port: int, path: str, conns: int, seconds: float, rate: float | None, offset: int,
+              server_pid: int | None = None) -> dict[str, float]:
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     interval = conns / rate if rate else 0.0
     max_requests = int(seconds * rate / conns) + 1 if rate else 10**9
@@ -106,34 +114,54 @@ def run_phase(port: int, path: str, conns: int, seconds: float, rate: float | No
     errors = sum(r[1] for r in results)
     wall = max(r[2] for r in results)
     q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [lat[-1]] * 99
+    cpu = cpu_seconds(server_pid) - cpu0 if server_pid else 0.0
     return {"n": len(lat), "rps": len(lat) / wall, "p50_ms": statistics.median(lat) * 1000,
-            "p99_ms": q[98] * 1000, "errors": errors}
+            "p99_ms": q[98] * 1000, "errors": errors, "cpu_us": cpu / len(lat) * 1e6, "cpu_util": cpu / wall}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--seconds", type=float, default=4, help="length of each closed-loop phase")
+    ap.add_argument("--rounds", type=int, default=3, help="healthz/callback pairs, interleaved; medians reported")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rate", type=float, default=1000, help="open-loop callbacks/s for the latency phase")
     ap.add_argument("--with-workers", action="store_true")
     a = ap.parse_args()
+    base: list[dict[str, float]] = []
+    cb: list[dict[str, float]] = []
+    open_loop: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         proc = start_server(port, d, a.with_workers)
         try:
             run_phase(port, "/healthz", 4, 1, None, 0)  # warm-up
-            base = run_phase(port, "/healthz", a.concurrency, a.seconds, None, 0)
-            cb = run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, None, 1000)
-            open_loop = run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, a.rate, 2000)
+            run_phase(port, "/callbacks/live-snapshot", 4, 1, None, 100)
+            # A, B, A, B...: a burst of load from elsewhere on the machine hits both sides alike.
+            for r in range(a.rounds):
+                base.append(run_phase(port, "/healthz", a.concurrency, a.seconds, None, 0, proc.pid))
+                cb.append(run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, None, 1000 + 100 * r,
+                                    proc.pid))
+                open_loop.append(run_phase(port, "/callbacks/live-snapshot", a.concurrency, a.seconds, a.rate,
+                                           5000 + 100 * r, proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-    print(f"machine: {os.cpu_count()} cores; waitress 16 threads; SQLite WAL; workers {'on' if a.with_workers else 'idle'}")
-    print(f"{'phase':34} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for name, r in [("GET /healthz (closed loop)", base), ("POST callback (closed loop)", cb),
-                    (f"POST callback (open loop {a.rate:.0f}/s)", open_loop)]:
-        print(f"{name:34} {r['n']:8.0f} {r['rps']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:6.0f}")
-    print(f"ratio callback/healthz throughput: {cb['rps'] / base['rps']:.2f}")
+    workers = "on" if a.with_workers else "off (RECEIVER_WORKERS=0)"
+    print(f"machine: {os.cpu_count()} cores; waitress 16 threads; SQLite WAL; workers {workers}; "
+          f"{a.concurrency} connections; {a.rounds} rounds of {a.seconds:.0f} s per phase, medians")
+    print("server CPU: the server process's user+system time per request, and its share of one core")
+    print(f"{'phase':34} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'CPU us':>7} "
+          f"{'CPU %':>6}")
+    for name, rs in [("GET /healthz (closed loop)", base), ("POST callback (closed loop)", cb),
+                     (f"POST callback (open loop {a.rate:.0f}/s)", open_loop)]:
+        m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        print(f"{name:34} {m['n']:8.0f} {m['rps']:8.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} "
+              f"{sum(r['errors'] for r in rs):6.0f} {m['cpu_us']:7.0f} {m['cpu_util'] * 100:6.0f}")
+    ratios = [c["rps"] / b["rps"] for b, c in zip(base, cb, strict=True)]
+    print(f"ratio callback/healthz throughput: {statistics.median(ratios):.2f} "
+          f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.6)")
+    p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in open_loop)
+    print(f"open loop p99 per round: {p99s} ms (target < 50)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     ``overrides`` may hand in ``ice=``, ``source=``, ``thumbs=`` implementations (tests, the demo).
     """
-    from . import api, callbacks, errors
+    from . import api, auth, callbacks, errors, health_api, metrics, openapi, viewer
     from .services import build_services
 
     settings = settings or Settings.from_env()
@@ -29,5 +29,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     errors.register_error_handlers(app)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(health_api.bp)
+    app.register_blueprint(viewer.bp)
+    auth.init_app(app)
+    metrics.init_app(app)
+    openapi.init_app(app)
     logging.getLogger("receiver").setLevel(settings.log_level.upper())
     return app

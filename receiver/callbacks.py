@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .callback_parse import CallbackParseError, parse_callback
 from .errors import ApiError
@@ -86,7 +87,10 @@ def _handle() -> Response:
     if skipped:
         # A batch with some unusable items still records the good ones; say what was dropped and why.
         answer["skipped"] = [{"code": e.code, "message": str(e)} for e in skipped]
-    return jsonify(answer)
+    # Encoded here rather than by jsonify, and the answer left on `g` for the metrics hook so it does not
+    # parse the body back: together ~10 % of a callback's CPU under load (bench/callbacks.py).
+    g.callback_answer = answer["status"]
+    return Response(json.dumps(answer, separators=(",", ":")) + "\n", mimetype="application/json")
 
 
 @bp.post("/callbacks/live-snapshot")

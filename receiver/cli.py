@@ -80,8 +80,12 @@ def serve(host: str, port: int) -> None:
     _setup_logging(settings.log_level)
     app = _app(settings)
     svc = app.extensions["receiver"]
-    if svc.dispatcher is not None:
+    # RECEIVER_WORKERS=0: web only; events wait in the inbox for `receiver worker` processes.
+    if svc.dispatcher is not None and settings.workers > 0:
         svc.dispatcher.start()
+    from .reconcile import start_reconciler
+
+    start_reconciler(svc)  # reconcile every RECEIVER_RECONCILE_SECONDS, prune per RECEIVER_RETENTION_DAYS
     try:
         run_server(app, host, port)
     finally:
@@ -90,8 +94,10 @@ def serve(host: str, port: int) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Process every due event, then exit.")
-def worker(once: bool) -> None:
-    """Workers only: process events from the inbox."""
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
+              help="Celery pool (RECEIVER_QUEUE=celery); RECEIVER_WORKERS sets its concurrency.")
+def worker(once: bool, pool: str) -> None:
+    """Workers only: process events from the inbox (a Celery worker when RECEIVER_QUEUE=celery)."""
     import signal
     import threading
 
@@ -104,6 +110,11 @@ def worker(once: bool) -> None:
     if once:
         click.echo(f"processed {drain(svc, timeout=3600)} events")
         svc.close()
+        return
+    if settings.queue == "celery":
+        from .celery_app import run_worker
+
+        run_worker(app, pool, settings.workers or 1, settings.log_level.upper())
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -125,6 +136,13 @@ def demo(host: str, port: int, interval: float) -> None:
     _setup_logging("INFO")
     run_demo(host, port, interval)
 
+
+from .cli_ops import register  # noqa: E402 - the operator commands need `main` defined above
+
+register(main)
+from .backfill import backfill_signals  # noqa: E402 - same reason
+
+main.add_command(backfill_signals)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -78,6 +78,9 @@ class Settings:
     job_cache_seconds: float = 60.0
     job_negative_cache_seconds: float = 60.0
     reconcile_seconds: float = 60.0
+    reconcile_lookback_days: float = 1.0
+    discover_jobs: bool = False
+    retention_days: float = 0.0
     queue: str = "thread"
     broker_url: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
@@ -92,6 +95,14 @@ class Settings:
     ice_timeout_ms: int = 5000
     oss_timeout_seconds: float = 10.0
     log_level: str = "INFO"
+    # Stream health (issue 7; README "Stream health"): multiples of the job's interval, hash bits, luma 0-255.
+    health_gap_factor: float = 1.5
+    health_stale_factor: float = 4.0
+    health_frozen_hamming: int = 3
+    health_frozen_min_frames: int = 6
+    health_black_luma: float = 20.0
+    health_black_spread: float = 10.0
+    original_mode: str = "redirect"  # redirect | stream (GET /v1/snapshots/<id>/original)
 
     def __post_init__(self) -> None:
         # Derived defaults depend on data_dir, so fill them here rather than at definition time.
@@ -155,7 +166,7 @@ class Settings:
             "RECEIVER_MAX_IMAGE_PIXELS": ("max_image_pixels", 1),
             "RECEIVER_CALLBACK_MAX_SKEW": ("callback_max_skew", 0),
             "RECEIVER_MAX_CALLBACK_BYTES": ("max_callback_bytes", 1),
-            "RECEIVER_WORKERS": ("workers", 1),
+            "RECEIVER_WORKERS": ("workers", 0),
             "RECEIVER_MAX_ATTEMPTS": ("max_attempts", 1),
             "RECEIVER_THUMBNAIL_QUALITY": ("thumbnail_quality", 1),
         }
@@ -165,12 +176,17 @@ class Settings:
         floats = {
             "RECEIVER_JOB_CACHE_SECONDS": "job_cache_seconds",
             "RECEIVER_RECONCILE_SECONDS": "reconcile_seconds",
+            "RECEIVER_RECONCILE_LOOKBACK_DAYS": "reconcile_lookback_days",
+            "RECEIVER_RETENTION_DAYS": "retention_days",
             "RECEIVER_RETRY_BASE_SECONDS": "retry_base_seconds",
             "RECEIVER_LEASE_SECONDS": "lease_seconds",
+            "RECEIVER_SWEEP_SECONDS": "sweep_seconds",
         }
         for var, attr in floats.items():
             if (v := get(var)) is not None:
                 kw[attr] = _float(var, v)
+        if (v := get("RECEIVER_DISCOVER_JOBS")) is not None:
+            kw["discover_jobs"] = _bool("RECEIVER_DISCOVER_JOBS", v)
         if (v := get("RECEIVER_THUMBNAIL_WIDTHS")) is not None:
             kw["thumbnail_widths"] = tuple(_int("RECEIVER_THUMBNAIL_WIDTHS", w) for w in _csv(v))
         if (v := get("RECEIVER_OSS_ENDPOINT_MAP")) is not None:
@@ -184,6 +200,22 @@ class Settings:
         }.items():
             if (v := get(var)) is not None:
                 kw[attr] = _csv(v)
+        for var, attr in {
+            "RECEIVER_HEALTH_GAP_FACTOR": "health_gap_factor",
+            "RECEIVER_HEALTH_STALE_FACTOR": "health_stale_factor",
+            "RECEIVER_HEALTH_BLACK_LUMA": "health_black_luma",
+            "RECEIVER_HEALTH_BLACK_SPREAD": "health_black_spread",
+        }.items():
+            if (v := get(var)) is not None:
+                kw[attr] = _float(var, v)
+        if (v := get("RECEIVER_HEALTH_FROZEN_HAMMING")) is not None:
+            kw["health_frozen_hamming"] = _int("RECEIVER_HEALTH_FROZEN_HAMMING", v, 0)
+        if (v := get("RECEIVER_HEALTH_FROZEN_MIN_FRAMES")) is not None:
+            kw["health_frozen_min_frames"] = _int("RECEIVER_HEALTH_FROZEN_MIN_FRAMES", v, 2)
+        if (v := get("RECEIVER_ORIGINAL_MODE")) is not None:
+            if v.strip().lower() not in {"redirect", "stream"}:
+                raise ConfigError(f"RECEIVER_ORIGINAL_MODE must be redirect or stream, got {v!r}")
+            kw["original_mode"] = v.strip().lower()
         return cls(**kw)
 
 

@@ -24,6 +24,25 @@ DEMO_BUCKET = "demo-snapshots"
 DEMO_JOBS = ("demo-lobby-cam", "demo-stage-cam")
 
 
+# The stage cam cycles through every health condition (26 ticks, about two minutes at 5 s): live, frozen
+# (8 identical frames), black (4), then a 30 s dropout. The lobby cam stays healthy for contrast.
+CYCLE = (("live", 8), ("frozen", 8), ("black", 4), ("dropout", 6))
+TROUBLED_JOB = "demo-stage-cam"
+
+
+def scene(job_id: str, n: int) -> tuple[str, int]:
+    """(phase, the tick whose picture to show) for tick ``n`` of ``job_id``."""
+    if job_id != TROUBLED_JOB:
+        return "live", n
+    pos = n % sum(length for _, length in CYCLE)
+    start = 0
+    for phase, length in CYCLE:
+        if pos < start + length:
+            return phase, (n - pos + start if phase == "frozen" else n)
+        start += length
+    raise AssertionError("unreachable")
+
+
 class Simulator:
     """Plays ICE: every interval, writes a frame per job to OSS, lists it, and posts the callback."""
 
@@ -31,11 +50,17 @@ class Simulator:
         self.ice, self.oss, self.callback_url, self.interval = ice, oss, callback_url, interval
         self._stop = threading.Event()
         self.sent = 0
+        self.labels: dict[tuple[str, int], str] = {}
 
     def snapshot(self, job_id: str, n: int) -> None:
         ms = int(time.time() * 1000)
         label = f"{job_id}  #{n}  {time.strftime('%H:%M:%S', time.gmtime(ms / 1000))} UTC"
-        data = make_frame(seed=hash(job_id) % 1000 + n, kind="photo", text=label)
+        phase, first = scene(job_id, n)
+        if phase == "dropout":
+            return  # the stream is down: ICE writes nothing
+        # Frozen: the first frozen frame again, byte for byte (its label too); black: a covered lens.
+        data = make_frame(seed=hash(job_id) % 1000 + first, kind="black" if phase == "black" else "photo",
+                          text=self.labels.setdefault((job_id, first), label))
         key = f"snapshot/{job_id}/{ms}.jpg"
         self.oss.put(DEMO_BUCKET, key, data)
         self.oss.put(DEMO_BUCKET, f"snapshot/{job_id}.jpg", data)
@@ -74,6 +99,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
     from . import create_app
     from .cli import run_server
     from .db import ensure_schema
+    from .reconcile import start_reconciler
 
     ice = FakeIce(access_keys={DEMO_AK: DEMO_SK}).start()
     oss = FakeOss(access_keys={DEMO_AK: DEMO_SK}).start()
@@ -98,6 +124,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
     svc = app.extensions["receiver"]
     ensure_schema(svc.engine)
     svc.dispatcher.start()
+    start_reconciler(svc)
     sim = Simulator(ice, oss, f"http://{host}:{port}/callbacks/live-snapshot/{token}", interval)
     threading.Timer(1.0, sim.start).start()
     print(f"demo: fake ICE at {ice.url}, fake OSS at {oss.url}, data in {data_dir}", flush=True)

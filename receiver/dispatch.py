@@ -6,15 +6,18 @@ running (after a restart, a lost message, or an expired lease) and runs it, so n
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from .models import Event, utcnow
 
@@ -112,7 +115,9 @@ class ThreadDispatcher:
         with self._cond:
             for i in event_ids:
                 if self._executor is None:
-                    self._backlog.append(i)
+                    # Bounded: a web-only process never starts, and the sweeper finds these in the table anyway.
+                    if len(self._backlog) < 10_000:
+                        self._backlog.append(i)
                 elif i not in self._inflight and not self._stopping:
                     self._inflight.add(i)
                     self._executor.submit(self._run, i)
@@ -169,7 +174,142 @@ class ThreadDispatcher:
             return not self._inflight and not self._backlog
 
 
+def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH) -> list[int]:
+    """Claim the right to re-send events whose broker message may be lost, and return their ids.
+
+    Due means: pending and overdue by more than ``grace`` (a message sent at next_attempt_at should have been
+    consumed by then), or processing with an expired lease (its worker died). Both go back to ``pending``
+    with next_attempt_at = now, which also marks them as just dispatched, so each sweeper run sends an event
+    at most once per ``grace``. SKIP LOCKED lets several sweepers (one per worker process) share the work
+    on PostgreSQL; SQLite ignores it and serialises writers anyway.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=grace)
+    due = (
+        select(Event.id)
+        .where(
+            or_(
+                (Event.status == "pending") & (Event.next_attempt_at <= stale),
+                (Event.status == "processing") & (Event.lease_until < now),
+            )
+        )
+        .order_by(Event.next_attempt_at, Event.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Event)
+        .where(Event.id.in_(due.scalar_subquery()))
+        .values(status="pending", next_attempt_at=now, lease_until=None, updated_at=now)
+        .returning(Event.id)
+    )
+    with svc.sessions.begin() as s:
+        return sorted(s.execute(stmt, execution_options={"synchronize_session": False}).scalars())
+
+
+class CeleryDispatcher:
+    """RECEIVER_QUEUE=celery: publish event ids to the broker; in `receiver worker`, also sweep the inbox.
+
+    submit() never blocks the callback on the broker: ids go to a queue that one publisher thread sends
+    (started lazily, and again after a fork). A failed publish is only logged; the event stays pending in
+    the table and the sweeper sends it again once it is overdue by RECEIVER_LEASE_SECONDS.
+    """
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._publisher: threading.Thread | None = None
+        self._pid = 0
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._celery: Any = None
+        self.published = 0
+
+    def _app(self) -> Any:
+        if self._celery is None:
+            from .celery_app import make_celery
+
+            self._celery = make_celery(self.svc.settings)
+        return self._celery
+
+    def start(self) -> None:
+        with self._lock:
+            if self._publisher is not None and self._publisher.is_alive() and self._pid == os.getpid():
+                return
+            self._stop.clear()
+            self._queue = queue.SimpleQueue()
+            self._pid = os.getpid()
+            self._publisher = threading.Thread(target=self._publish_loop, name="receiver-publisher", daemon=True)
+            self._publisher.start()
+
+    def start_sweeper(self) -> None:
+        self.start()
+        with self._lock:
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(target=self._sweep_loop, name="receiver-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        with self._lock:
+            publisher, sweeper = self._publisher, self._sweeper
+            self._publisher = self._sweeper = None
+        if publisher is not None and self._pid == os.getpid():
+            self._queue.put(None)  # sentinel after whatever is queued: flush, then exit
+            if wait:
+                publisher.join(timeout=10)
+        if sweeper is not None and wait:
+            sweeper.join(timeout=10)
+        if self._celery is not None:
+            self._celery.close()
+            self._celery = None
+
+    def submit(self, event_ids: Iterable[int]) -> None:
+        self.start()
+        for i in event_ids:
+            self._queue.put(i)
+
+    def _publish_loop(self) -> None:
+        from .celery_app import TASK_NAME
+
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while True:  # drain what is already queued, to share one producer connection
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ids = [i for i in batch if i is not None]
+            if ids:
+                try:
+                    app = self._app()
+                    with app.producer_or_acquire() as producer:
+                        for i in ids:
+                            app.send_task(TASK_NAME, args=[i], producer=producer)
+                            self.published += 1
+                except Exception as e:
+                    log.warning("could not publish %d event(s) to the broker (%s); the sweeper will", len(ids), e)
+            if None in batch:
+                return
+
+    def _sweep_loop(self) -> None:
+        grace = self.svc.settings.lease_seconds
+        while not self._stop.wait(self.svc.settings.sweep_seconds):
+            try:
+                ids = redispatch_due(self.svc, grace)
+            except Exception:
+                log.exception("sweeper: could not read the inbox; will try again")
+                continue
+            if ids:
+                log.info("sweeper: re-dispatching %d event(s)", len(ids))
+                self.submit(ids)
+
+
 def make_dispatcher(svc: Services) -> Dispatcher:
+    if svc.settings.queue == "celery":
+        return CeleryDispatcher(svc)
     return ThreadDispatcher(svc, svc.settings.workers, svc.settings.sweep_seconds)
 
 
@@ -187,4 +327,5 @@ def wait_idle(svc: Services, timeout: float) -> bool:
     return False
 
 
-__all__ = ["Dispatcher", "ThreadDispatcher", "drain", "due_event_ids", "make_dispatcher", "wait_idle"]
+__all__ = ["CeleryDispatcher", "Dispatcher", "ThreadDispatcher", "drain", "due_event_ids", "make_dispatcher",
+           "redispatch_due", "wait_idle"]

@@ -21,6 +21,7 @@ from alibabacloud_tea_openapi import models as open_api_models
 from alibabacloud_tea_openapi.exceptions import AlibabaCloudException, ServerException, ThrottlingException
 from Tea.exceptions import TeaException
 
+from receiver import metrics
 from receiver.config import Settings
 from receiver.exceptions import JobNotFound, ReceiverError, Transient
 
@@ -220,10 +221,15 @@ class SdkIceGateway:
         )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        op = what.split(" ", 1)[0]
         try:
-            return fn()
+            result = fn()
         except TeaException as e:
-            raise _translate(e, what) from e
+            err = _translate(e, what)
+            metrics.count_call("ice", op, err.code)
+            raise err from e
+        metrics.count_call("ice", op)
+        return result
 
     def get_job(self, job_id: str) -> JobInfo:
         req = ice_models.GetLiveSnapshotJobRequest(job_id=job_id)

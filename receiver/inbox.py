@@ -1,19 +1,23 @@
 """Recording events in the inbox table, deduplicated by (job, identity) even under concurrent delivery.
 
-The callback path is the hot path: statements are built once (SQLAlchemy caches their compiled form), run
-on a Core connection, and concurrent requests share one transaction through a small group commit, so a
-burst of callbacks costs one SQLite write lock and one commit instead of one each.
+The callback path is the hot path. Statements are built once (SQLAlchemy caches their compiled form) and run
+on a Core connection; all the rows of a write go in one executemany INSERT .. ON CONFLICT DO NOTHING
+RETURNING, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"). Concurrent requests share one
+transaction through a small group commit, so a burst of callbacks costs one write lock, one INSERT and one
+commit instead of one each. Profiled under load (bench/callbacks.py), waking every waiting request after
+each commit (a Condition.notify_all) was the largest single cost, so each request waits on its own lock
+and the leader wakes exactly the requests it wrote, then hands the lead to the oldest one still queued.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select
+from sqlalchemy import Connection, Engine, Table, bindparam, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
@@ -24,6 +28,8 @@ from .models import Event, utcnow
 _table = cast(Table, Event.__table__)
 _COLUMNS = ("job_id", "identity", "origin", "status", "attempts", "oss_object", "oss_bucket", "oss_endpoint",
             "create_timestamp_ms", "is_overlay", "raw_body", "received_at", "updated_at", "next_attempt_at")
+# Keys per SELECT of already-recorded events (2 bound parameters each, well under any driver's limit).
+_LOOKUP_CHUNK = 400
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class Recorded:
 
 
 @lru_cache(maxsize=4)
-def _statements(dialect: str) -> tuple[Executable, Executable]:
+def _insert(dialect: str) -> Executable:
     insert: Callable[..., Any]
     if dialect == "postgresql":
         insert = postgresql.insert
@@ -41,16 +47,13 @@ def _statements(dialect: str) -> tuple[Executable, Executable]:
         insert = sqlite.insert
     else:
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    ins = (
+    # RETURNING order is not the VALUES order once conflicts skip rows, hence the key columns.
+    return (
         insert(_table)
         .values({c: bindparam(c) for c in _COLUMNS})
         .on_conflict_do_nothing(index_elements=["job_id", "identity"])
-        .returning(_table.c.id)
+        .returning(_table.c.id, _table.c.job_id, _table.c.identity)
     )
-    existing = select(_table.c.id).where(
-        _table.c.job_id == bindparam("job_id"), _table.c.identity == bindparam("identity")
-    )
-    return ins, existing
 
 
 def _params(item: EventItem, origin: str, now: Any) -> dict[str, Any]:
@@ -62,27 +65,55 @@ def _params(item: EventItem, origin: str, now: Any) -> dict[str, Any]:
     }
 
 
+def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], str]]) -> list[Recorded]:
+    """Record several requests' items in one statement; each gets its own Recorded, in order.
+
+    An item is new only where its key first appears: a second copy later in the same write (ICE retrying
+    while the first delivery is still being written) is a duplicate of the first, as it would be a moment
+    later.
+    """
+    now = utcnow()
+    rows = [_params(item, origin, now) for items, origin in groups for item in items]
+    inserted: dict[tuple[str, str], int] = {}
+    if rows:
+        result = conn.execute(_insert(conn.dialect.name), rows)
+        inserted = {(job, identity): eid for eid, job, identity in result}
+    keys = [(item.job_id, item.identity) for items, _ in groups for item in items]
+    missing = list({k for k in keys if k not in inserted})
+    existing: dict[tuple[str, str], int] = {}
+    for i in range(0, len(missing), _LOOKUP_CHUNK):
+        chunk = missing[i : i + _LOOKUP_CHUNK]
+        query = select(_table.c.id, _table.c.job_id, _table.c.identity).where(
+            tuple_(_table.c.job_id, _table.c.identity).in_(chunk))
+        existing.update({(job, identity): eid for eid, job, identity in conn.execute(query)})
+    claimed: set[tuple[str, str]] = set()
+    out = []
+    for items, _ in groups:
+        ids: list[int] = []
+        new: list[int] = []
+        for item in items:
+            key = (item.job_id, item.identity)
+            if key in inserted and key not in claimed:
+                claimed.add(key)
+                new.append(inserted[key])
+            ids.append(inserted[key] if key in inserted else existing[key])
+        out.append(Recorded(event_ids=ids, new_ids=new))
+    return out
+
+
 def record_events(db: Session | Connection, items: list[EventItem], origin: str = "callback") -> Recorded:
     """Insert what is new; ON CONFLICT DO NOTHING makes a concurrent duplicate a no-op, not an error."""
     conn = db.connection() if isinstance(db, Session) else db
-    ins, existing = _statements(conn.dialect.name)
-    now = utcnow()
-    ids: list[int] = []
-    new: list[int] = []
-    for item in items:
-        new_id = conn.execute(ins, _params(item, origin, now)).scalar_one_or_none()
-        if new_id is None:
-            ids.append(conn.execute(existing, {"job_id": item.job_id, "identity": item.identity}).scalar_one())
-        else:
-            ids.append(new_id)
-            new.append(new_id)
-    return Recorded(event_ids=ids, new_ids=new)
+    [recorded] = _record_groups(conn, [(items, origin)])
+    return recorded
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     items: list[EventItem]
     origin: str
+    # Held until this entry is written or handed the lead; a bare Lock is the cheapest thing to block on.
+    wake: threading.Lock = field(default_factory=threading.Lock)
     result: Recorded | None = None
     error: BaseException | None = None
     done: bool = False
@@ -94,36 +125,47 @@ class GroupCommitter:
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Entry] = []
         self._writing = False
 
     def record(self, items: list[EventItem], origin: str = "callback") -> Recorded:
         entry = _Entry(items, origin)
-        with self._cv:
+        entry.wake.acquire()
+        with self._lock:
             self._queue.append(entry)
-        while True:
-            with self._cv:
-                while self._writing and not entry.done:
-                    self._cv.wait()
-                if entry.done:
-                    return self._unwrap(entry)
-                self._writing = True
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                self._write(batch)
-            finally:
-                with self._cv:
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            entry.wake.acquire()  # released by a leader: either written, or now the leader
+            if entry.done:
+                return self._unwrap(entry)
+        # The leader is always at the head of the queue, so its own entry is in the first batch.
+        with self._lock:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        try:
+            self._write(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.release()  # the lead passes on; _writing stays True
+                else:
                     self._writing = False
-                    self._cv.notify_all()
+            for other in batch:
+                if not other.done:  # only if _write itself was interrupted (KeyboardInterrupt and the like)
+                    other.error, other.done = RuntimeError("the group commit was interrupted"), True
+                if other is not entry:
+                    other.wake.release()
+        return self._unwrap(entry)
 
     def _write(self, batch: list[_Entry]) -> None:
         try:
             with self.engine.begin() as conn:
-                results = [record_events(conn, e.items, e.origin) for e in batch]
+                results = _record_groups(conn, [(e.items, e.origin) for e in batch])
         except Exception as e:
             if len(batch) == 1:
-                batch[0].error, batch[0].done = e, True
+                batch[0].error = e
+                batch[0].done = True
                 return
             # One bad entry must not fail its neighbours: fall back to one transaction each.
             for entry in batch:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from . import metrics
 from .exceptions import Rejected
 from .formats import check_key_safe, match_key, overwrite_key
 from .ice import JobInfo, format_ice_time
 from .models import Snapshot, Thumbnail
 from .services import Services
+from .signals import snapshot_columns
 from .thumbnails import make_thumbnails
 from .timeutil import now_ms
 
@@ -124,12 +127,15 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
     if found is not None:
         return found
-    obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
+    with metrics.stage(svc, "fetch"):
+        obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
     found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
     if found is not None:
         return found
-    thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
-                             quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
+    with metrics.stage(svc, "thumbnail"):
+        thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
+                                 quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
+    t_store = time.perf_counter()
     ident = hashlib.sha256(f"{job.job_id}\0{bucket}\0{t.key}\0{obj.etag}".encode()).hexdigest()[:32]
     rows = []
     for th in thumbs.thumbnails:
@@ -137,6 +143,7 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         storage_key = f"{ident[:2]}/{ident}/{th.width}.{ext}"
         # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
         svc.thumbs.put(storage_key, th.data, th.content_type)
+        metrics.count_thumbnail_bytes(svc, len(th.data))
         rows.append(Thumbnail(width=th.width, height=th.height, format=th.format, storage_key=storage_key,
                               size=len(th.data), etag=hashlib.sha256(th.data).hexdigest()[:32]))
     captured = t.create_ts_ms or t.key_ts_ms or obj.last_modified_ms or now_ms()
@@ -144,10 +151,11 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         job_id=job.job_id, captured_at_ms=captured, kind=t.kind, oss_endpoint=endpoint, oss_bucket=bucket,
         oss_object=t.key, etag=obj.etag, size=obj.size, width=thumbs.source_width, height=thumbs.source_height,
         sha256=hashlib.sha256(obj.data).hexdigest(), create_timestamp_ms=t.create_ts_ms,
-        last_modified_ms=obj.last_modified_ms, thumbnails=rows,
+        last_modified_ms=obj.last_modified_ms, thumbnails=rows, **snapshot_columns(thumbs.thumbnails),
     )
+    metrics.observe_stage(svc, "store", time.perf_counter() - t_store)
     try:
-        with svc.sessions.begin() as s:
+        with metrics.stage(svc, "index"), svc.sessions.begin() as s:
             s.add(snap)
             s.flush()
             return snap.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .ice import JobInfo
@@ -11,8 +12,13 @@ from .models import Job, utcnow
 def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
     job = session.get(Job, info.job_id)
     if job is None:
-        job = Job(job_id=info.job_id, tracked=False)
-        session.add(job)
+        # Two workers meeting a new job at once both get here on PostgreSQL (SQLite serialises writers):
+        # ON CONFLICT DO NOTHING waits for the winner's commit, then we read its row instead of failing.
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        session.execute(insert(Job).values(job_id=info.job_id, tracked=False)
+                        .on_conflict_do_nothing(index_elements=["job_id"]))
+        job = session.get(Job, info.job_id)
+        assert job is not None
     job.name = info.name
     job.status = info.status
     job.stream_url = info.stream_url

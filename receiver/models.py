@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -141,6 +142,11 @@ class Snapshot(Base):
     create_timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
     last_modified_ms: Mapped[int | None] = mapped_column(BigInteger)
     indexed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Health signals from the smallest thumbnail (receiver/signals.py); null until computed or backfilled.
+    luma: Mapped[float | None] = mapped_column(Float)
+    luma_spread: Mapped[float | None] = mapped_column(Float)
+    dhash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit dHash as signed two's complement
+    placeholder: Mapped[dict[str, Any] | None]
 
     thumbnails: Mapped[list[Thumbnail]] = relationship(
         back_populates="snapshot", cascade="all, delete-orphan", lazy="selectin", order_by="Thumbnail.width.desc()"

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import oss2
 
+from receiver import metrics
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, ReceiverError, Rejected, StoreError, TooLarge, Transient
 
@@ -81,15 +82,20 @@ def _translate(err: oss2.exceptions.OssError, where: str) -> ReceiverError:
 
 
 @contextlib.contextmanager
-def _translated(where: str) -> Iterator[None]:
+def _translated(where: str, op: str = "other") -> Iterator[None]:
     try:
         yield
     except oss2.exceptions.OssError as e:
-        raise _translate(e, where) from e
+        err = _translate(e, where)
+        metrics.count_call("oss", op, err.code)
+        raise err from e
     except OSError as e:
         # requests raises its own RequestException (an OSError) while a streamed body is read, outside
         # oss2's wrapping: a connection dropped mid-body or a read timeout.
+        metrics.count_call("oss", op, Transient.code)
         raise Transient(f"{where}: transfer failed: {e}") from e
+    else:
+        metrics.count_call("oss", op)
 
 
 def _ms(unix_seconds: int | None) -> int | None:
@@ -235,7 +241,7 @@ class SourceStore:
         """Fetch a whole object, never holding more than ``max_bytes`` (+ one 8 KiB chunk) in memory."""
         b = self._bucket(endpoint, bucket)
         where = f"oss://{bucket}/{key}"
-        with _translated(where), b.get_object(key) as r:
+        with _translated(where, "GetObject"), b.get_object(key) as r:
             declared = r.content_length
             if declared is not None and declared > max_bytes:
                 # Leaving the with-block closes the response without reading the body.
@@ -258,9 +264,21 @@ class SourceStore:
                 content_type=r.content_type,
             )
 
+    def presign(self, endpoint: str, bucket: str, key: str, expires: int) -> str:
+        """A GET URL valid for ``expires`` seconds, signed locally (no request) for a browser to follow.
+
+        It points at the mapped address, except a VPC ``-internal`` one that browsers cannot reach: then at
+        the job's public endpoint (the V1 signature does not cover the host, so either works).
+        """
+        b = self._bucket(endpoint, bucket)
+        if "-internal." in (urlsplit(b.endpoint).hostname or ""):
+            host = self.policy.normalize(endpoint).replace("-internal.", ".")
+            b = oss2.Bucket(self._auth, f"https://{host}", bucket)
+        return str(b.sign_url("GET", key, expires, slash_safe=True))
+
     def head(self, endpoint: str, bucket: str, key: str) -> ObjectMeta:
         b = self._bucket(endpoint, bucket)
-        with _translated(f"oss://{bucket}/{key}"):
+        with _translated(f"oss://{bucket}/{key}", "HeadObject"):
             r = b.head_object(key)
             return ObjectMeta(
                 etag=r.etag or "", size=int(r.content_length or 0), last_modified_ms=_ms(r.last_modified)
@@ -355,7 +373,7 @@ class OssThumbnailStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         k = self._key(key)
-        with _translated(f"oss://{self.bucket.bucket_name}/{k}"):
+        with _translated(f"oss://{self.bucket.bucket_name}/{k}", "PutObject"):
             self.bucket.put_object(k, data, headers={"Content-Type": content_type})
 
     def get(self, key: str) -> bytes:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import or_, update
 
+from . import metrics
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
 from .ingest import Target, ingest, resolve_targets
 from .jobs import upsert_job
@@ -110,6 +111,11 @@ def process_event(svc: Services, event_id: int) -> Outcome:
     ev = _claim(svc, event_id)
     if ev is None:
         return Outcome("skipped")
+    with metrics.stage(svc, "process"):
+        return _process_claimed(svc, ev)
+
+
+def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
     try:
         snapshot_ids = _run(svc, ev)
     except (Rejected, JobNotFound) as e:
@@ -137,10 +143,12 @@ def process_event(svc: Services, event_id: int) -> Outcome:
 
 
 def _run(svc: Services, ev: Claimed) -> tuple[int, ...]:
-    job = svc.ice.get_job(ev.job_id)
+    with metrics.stage(svc, "verify"):
+        job = svc.ice.get_job(ev.job_id)
     with svc.sessions.begin() as s:
         upsert_job(s, job, track=True)
-    targets: list[Target] = resolve_targets(svc, job, ev)
+    with metrics.stage(svc, "resolve"):
+        targets: list[Target] = resolve_targets(svc, job, ev)
     ids: list[int] = []
     for t in targets:
         sid = ingest(svc, job, t)

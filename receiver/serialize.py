@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .health_query import job_status
 from .models import Event, Job, Snapshot
+from .queries import JobCounters
 from .timeutil import dt_to_iso, ms_to_iso
 from .urlsign import thumbnail_url
 
@@ -35,6 +37,7 @@ def snapshot_json(snap: Snapshot, signing_key: str | None = None) -> dict[str, A
             }
             for t in snap.thumbnails
         ],
+        "placeholder": snap.placeholder,
     }
 
 
@@ -47,8 +50,33 @@ def job_json(job: Job, latest: Snapshot | None, signing_key: str | None = None) 
         "interval_seconds": job.interval_seconds,
         "tracked": job.tracked,
         "latest": snapshot_json(latest, signing_key) if latest is not None else None,
-        "health": None,
+        "health": job_status(job),  # batched per page: see health_query.py
     }
+
+
+def _ms_iso(ms: int | None) -> str | None:
+    return ms_to_iso(ms) if ms is not None else None
+
+
+def job_detail_json(job: Job, latest: Snapshot | None, counters: JobCounters,
+                    signing_key: str | None = None) -> dict[str, Any]:
+    """A job item plus what ICE said about its output, and counters for operators."""
+    out = job_json(job, latest, signing_key)
+    out.update({
+        "oss_endpoint": job.oss_endpoint,
+        "oss_bucket": job.oss_bucket,
+        "overwrite_format": job.overwrite_format,
+        "sequence_format": job.sequence_format,
+        "fetched_at": dt_to_iso(job.fetched_at) if job.fetched_at is not None else None,
+        "reconciled_until": _ms_iso(job.reconciled_until_ms),
+        "counters": {
+            "snapshots": counters.snapshots,
+            "first_captured_at": _ms_iso(counters.first_captured_at_ms),
+            "last_captured_at": _ms_iso(counters.last_captured_at_ms),
+            "events": counters.events,
+        },
+    })
+    return out
 
 
 def event_json(ev: Event) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Expiring HMAC signatures on thumbnail URLs, so <img src> works when /v1 needs an API key."""
+"""Expiring HMAC signatures on URLs, so <img src> works when /v1 needs an API key.
+
+A signature covers the path and the expiry, not the query: a signed thumbnail URL grants every width of
+that one snapshot, which is the same access. Any module that hands out URLs to browser-loaded resources
+(thumbnails, sprites, originals) signs them with ``sign_path`` and the auth check accepts them for GET.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,36 @@ def _sig(key: str, path: str, exp: int) -> str:
     return hmac.new(key.encode(), f"{path}|{exp}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def thumbnail_url(snapshot_id: int, width: int, signing_key: str | None, now: float | None = None) -> str:
-    path = f"/v1/snapshots/{snapshot_id}/thumbnail"
-    url = f"{path}?width={width}"
+def sign_path(path: str, signing_key: str, now: float | None = None) -> str:
+    """``exp=…&sig=…`` for ``path``. The expiry is rounded to the hour (valid 1-2 h) so repeated listings
+    give the same URL and browser caches keep working."""
+    t = int(now if now is not None else time.time())
+    exp = (t // URL_TTL_SECONDS + 2) * URL_TTL_SECONDS
+    return f"exp={exp}&sig={_sig(signing_key, path, exp)}"
+
+
+def signed_url(path: str, query: str, signing_key: str | None, now: float | None = None) -> str:
+    """``path?query``, plus the signature when a key is given."""
+    url = f"{path}?{query}" if query else path
     if signing_key:
-        # Round the expiry to the hour so repeated listings give the same URL (browser caches keep working).
-        t = int(now if now is not None else time.time())
-        exp = (t // URL_TTL_SECONDS + 2) * URL_TTL_SECONDS
-        url += f"&exp={exp}&sig={_sig(signing_key, path, exp)}"
+        url += ("&" if query else "?") + sign_path(path, signing_key, now)
     return url
 
 
-def verify(signing_key: str, path: str, exp: str | None, sig: str | None, now: float | None = None) -> bool:
-    if not exp or not sig or not exp.isdigit():
-        return False
+def thumbnail_url(snapshot_id: int, width: int, signing_key: str | None, now: float | None = None) -> str:
+    return signed_url(f"/v1/snapshots/{snapshot_id}/thumbnail", f"width={width}", signing_key, now)
+
+
+def check(signing_key: str, path: str, exp: str | None, sig: str | None, now: float | None = None) -> str | None:
+    """None when valid, else why not: ``InvalidSignature`` or ``ExpiredSignature``."""
+    if not exp or not sig or not (exp.isascii() and exp.isdigit()) or len(exp) > 12:
+        return "InvalidSignature"
+    if not hmac.compare_digest(_sig(signing_key, path, int(exp)), sig):
+        return "InvalidSignature"
     if int(exp) < (now if now is not None else time.time()):
-        return False
-    return hmac.compare_digest(_sig(signing_key, path, int(exp)), sig)
+        return "ExpiredSignature"
+    return None
+
+
+def verify(signing_key: str, path: str, exp: str | None, sig: str | None, now: float | None = None) -> bool:
+    return check(signing_key, path, exp, sig, now) is None

@@ -214,6 +214,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like OSS; oss2 pools connections
+    # Headers and body go out as two writes; with Nagle on, the body waits for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "AliyunOSS"
     sys_version = ""
 

@@ -1,0 +1,46 @@
+"""gunicorn settings for the receiver web process (`gunicorn -c gunicorn.conf.py receiver.wsgi:app`).
+
+Threads per worker because a callback mostly waits on the database commit; several processes because
+Flask's JSON and routing need the GIL. Everything can be overridden with GUNICORN_CMD_ARGS.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bind = [os.environ.get("RECEIVER_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("RECEIVER_WEB_THREADS", "8"))
+# ICE gives up on a callback after 3 s; a request still running after 30 s is stuck, not slow.
+timeout = 30
+# SIGTERM: stop accepting, let in-flight requests finish for up to this long, then exit (worker_exit below
+# stops the dispatcher, so in-process events finish or stay pending in the inbox).
+graceful_timeout = 25
+keepalive = 5
+# Each worker builds its own app (engine pool, broker connection) after the fork, never shares them.
+preload_app = False
+accesslog = os.environ.get("RECEIVER_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("RECEIVER_LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def _services(worker: Any) -> Any:
+    return worker.wsgi.extensions["receiver"]
+
+
+def post_worker_init(worker: Any) -> None:
+    # Threads do not survive a fork, so the dispatcher starts here, in each worker. With the thread queue
+    # and RECEIVER_WORKERS=0 the web process only records; with Celery it only publishes.
+    svc = _services(worker)
+    if svc.dispatcher is not None and (svc.settings.queue == "celery" or svc.settings.workers > 0):
+        svc.dispatcher.start()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    wsgi = getattr(worker, "wsgi", None)
+    if wsgi is not None:
+        _services(worker).close()

@@ -1,0 +1,160 @@
+"""Operator commands: reconcile, track, untrack, replay, prune (product.md section 4)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from .services import Services
+from .timeutil import ms_to_iso, parse_time_ms
+
+
+@contextmanager
+def _services() -> Iterator[Services]:
+    from .cli import _app, _settings, _setup_logging
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    svc: Services = _app(settings).extensions["receiver"]
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def _time(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    ms = parse_time_ms(value)
+    if ms is None:
+        raise click.BadParameter(f"expected ISO-8601 or Unix milliseconds, got {value!r}", param_hint=name)
+    return ms
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    if not sys.stdout.isatty() or total <= 0:
+        yield None
+        return
+    with click.progressbar(length=total, label="reconciling", show_eta=True, show_percent=True) as bar:
+        yield bar.update
+
+
+@click.command()
+@click.option("--job", "job_ids", multiple=True, help="Only this job (tracked or not); repeatable.")
+@click.option("--since", help="From this time (ISO-8601 or Unix ms); default: the job's cursor.")
+@click.option("--until", help="Up to this time (ISO-8601 or Unix ms); default: now.")
+def reconcile(job_ids: tuple[str, ...], since: str | None, until: str | None) -> None:
+    """Page ListLiveSnapshotFiles and index what is missing before exiting."""
+    from .exceptions import JobNotFound
+    from .models import Job
+    from .reconcile import Reconciler
+    from .replay import run_events
+    from .tracking import discover
+
+    since_ms, until_ms = _time(since, "--since"), _time(until, "--until")
+    if since_ms is not None and until_ms is not None and until_ms < since_ms:
+        raise click.BadParameter("--until is before --since")
+    with _services() as svc:
+        if not job_ids and svc.settings.discover_jobs:
+            discover(svc)
+        probe = Reconciler(svc)
+        ids = list(job_ids) or probe.tracked_jobs()
+        if not ids:
+            click.echo("no tracked jobs (receiver track <job_id>, or a verified callback, adds one)")
+            return
+        with svc.sessions() as s:
+            spans = [probe.span(s.get(Job, j), since_ms, until_ms) for j in ids]
+        total = sum(max(0, end - start) for start, end in spans)
+        with _progress(total) as progress:
+            rec = Reconciler(svc, execute=lambda ev: run_events(svc, ev), progress=progress)
+            if len(ids) == 1 and job_ids:
+                try:
+                    tally = rec.reconcile_job(ids[0], since_ms, until_ms)
+                except JobNotFound:
+                    raise click.ClickException(f"ICE does not know job {ids[0]!r}") from None
+            else:
+                tally = rec.run(ids, since_ms, until_ms)
+        for err in tally.errors:
+            click.echo(f"error: {err}", err=True)
+        click.echo(f"{len(ids)} job(s): {tally.summary()}")
+        if tally.errors:
+            sys.exit(1)
+
+
+@click.command()
+@click.argument("job_id")
+def track(job_id: str) -> None:
+    """Add a job to reconciliation (verified with ICE first)."""
+    from .exceptions import JobNotFound, ReceiverError
+    from .tracking import track as do_track
+
+    with _services() as svc:
+        try:
+            info = do_track(svc, job_id)
+        except JobNotFound:
+            raise click.ClickException(f"ICE does not know job {job_id!r}") from None
+        except ReceiverError as e:
+            raise click.ClickException(f"could not verify job {job_id!r} with ICE: {e}") from None
+        click.echo(f"tracking {info.job_id} ({info.name or 'unnamed'}, {info.status or 'unknown status'})")
+
+
+@click.command()
+@click.argument("job_id")
+def untrack(job_id: str) -> None:
+    """Remove a job from reconciliation (a later verified callback tracks it again)."""
+    from .tracking import untrack as do_untrack
+
+    with _services() as svc:
+        if not do_untrack(svc, job_id):
+            raise click.ClickException(f"unknown job {job_id!r}")
+        click.echo(f"not tracking {job_id}")
+
+
+@click.command()
+@click.option("--status", "statuses", type=click.Choice(["failed", "rejected"]), multiple=True,
+              help="Which events (default failed); repeatable.")
+@click.option("--job", "job_id", help="Only this job's events.")
+@click.option("--process", is_flag=True, help="Also process them here before exiting (else serve/worker does).")
+def replay(statuses: tuple[str, ...], job_id: str | None, process: bool) -> None:
+    """Re-queue events: status pending, attempts reset, due now."""
+    from .replay import replay as do_replay
+    from .replay import run_events
+
+    with _services() as svc:
+        ids = do_replay(svc, statuses or ("failed",), job_id)
+        click.echo(f"re-queued {len(ids)} event(s)")
+        if process and ids:
+            results = run_events(svc, ids)
+            counts = {st: results.count(st) for st in sorted(set(results))}
+            click.echo("processed: " + ", ".join(f"{st} {n}" for st, n in counts.items()))
+
+
+@click.command()
+@click.option("--older-than", "older_than", required=True, help="Age like 12h, 30d, 2w.")
+@click.option("--dry-run", is_flag=True, help="Print what would go; delete nothing.")
+def prune(older_than: str, dry_run: bool) -> None:
+    """Delete snapshots (rows and thumbnails) and done/rejected events older than that."""
+    from .retention import parse_duration
+    from .retention import prune as do_prune
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--older-than") from None
+    with _services() as svc:
+        result = do_prune(svc, seconds, dry_run=dry_run)
+        for job, n in sorted(result.per_job.items()):
+            click.echo(f"  {job}: {n} snapshots")
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {result.summary()}")
+        if dry_run:
+            click.echo(f"(cutoff {ms_to_iso(result.cutoff_ms)}; nothing deleted)")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (reconcile, track, untrack, replay, prune):
+        group.add_command(cmd)

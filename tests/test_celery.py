@@ -1,0 +1,116 @@
+"""RECEIVER_QUEUE=celery in-process: the task, the publisher against a real Redis, and the sweeper's rules.
+The multi-process behaviour (workers, kills, Redis restarts) is in test_scale_e2e.py."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+
+import pytest
+import redis
+from flask import Flask
+from sqlalchemy import update
+
+from receiver.celery_app import QUEUE, TASK_NAME, celery_init_app
+from receiver.config import Settings
+from receiver.dispatch import CeleryDispatcher, redispatch_due
+from receiver.models import Event, utcnow
+from receiver.services import Services
+
+from .conftest import build_app, callback_body, put_snapshot
+from .pg_redis import RedisServer, free_port, redis_server  # noqa: F401
+
+T0 = 1796212805123
+
+
+def post(app: Flask, body: bytes) -> int:
+    resp = app.test_client().post("/callbacks/live-snapshot", data=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return int(resp.get_json()["events"][0])
+
+
+def status(svc: Services, eid: int) -> Event:
+    with svc.sessions() as s:
+        ev = s.get(Event, eid)
+        assert ev is not None
+        return ev
+
+
+@pytest.fixture
+def celery_app(settings: Settings, redis_server: RedisServer):  # type: ignore[no-untyped-def]  # noqa: F811
+    app = build_app(settings.with_(queue="celery", broker_url=redis_server.url))
+    yield app
+    app.extensions["receiver"].close()
+    if "celery" in app.extensions:
+        app.extensions["celery"].close()
+
+
+def test_task_takes_the_event_id_and_runs_process_event_in_the_app_context(celery_app, fake_ice, fake_oss, frame):
+    svc = celery_app.extensions["receiver"]
+    eid = post(celery_app, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    celery = celery_init_app(celery_app)
+    task = celery.tasks[TASK_NAME]
+    assert task.acks_late and task.reject_on_worker_lost
+    assert task.apply(args=[eid]).get() == "done"  # eager: the FlaskTask base entered the app context
+    assert status(svc, eid).status == "done"
+    assert task.apply(args=[eid]).get() == "skipped"  # a second delivery is harmless
+
+
+def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake_ice, fake_oss):  # noqa: F811
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    svc = celery_app.extensions["receiver"]
+    assert isinstance(svc.dispatcher, CeleryDispatcher)
+    eid = post(celery_app, callback_body("snapshot/job-0001/1.jpg", T0))
+    deadline = time.monotonic() + 10
+    while r.llen(QUEUE) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [raw] = r.lrange(QUEUE, 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == TASK_NAME
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([eid], {})
+    assert status(svc, eid).status == "pending"  # the web process only records and dispatches
+    r.close()
+
+
+def test_callbacks_are_accepted_while_the_broker_is_down(settings):
+    app = build_app(settings.with_(queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    svc = app.extensions["receiver"]
+    try:
+        started = time.monotonic()
+        ids = [post(app, callback_body(f"snapshot/job-0001/{i}.jpg", T0 + i)) for i in range(3)]
+        assert time.monotonic() - started < 3  # ICE's deadline; publishing is off the request thread
+        svc.dispatcher.stop()  # flushes the publisher: its failure is logged, nothing raised
+        assert {status(svc, i).status for i in ids} == {"pending"}
+        assert redispatch_due(svc, grace=0) == sorted(ids)  # the sweeper will send them once Redis is back
+    finally:
+        svc.close()
+
+
+def test_sweeper_rules(svc: Services):
+    app_ids = []
+    with svc.sessions.begin() as s:
+        now = utcnow()
+        for i, (st, next_at, lease) in enumerate([
+            ("pending", now, None),  # just recorded: its message is on the way
+            ("pending", now - dt.timedelta(seconds=600), None),  # overdue: message lost
+            ("processing", now - dt.timedelta(seconds=600), now - dt.timedelta(seconds=1)),  # worker died
+            ("processing", now - dt.timedelta(seconds=600), now + dt.timedelta(seconds=60)),  # running
+            ("done", now - dt.timedelta(seconds=600), None),
+        ]):
+            ev = Event(job_id="job-0001", identity=f"id{i}", origin="callback", status=st, attempts=1,
+                       raw_body="{}", received_at=now, updated_at=now, next_attempt_at=next_at, lease_until=lease)
+            s.add(ev)
+            s.flush()
+            app_ids.append(ev.id)
+    fresh, lost, dead, running, done = app_ids
+    assert redispatch_due(svc, grace=60) == [lost, dead]
+    assert status(svc, dead).status == "pending" and status(svc, dead).lease_until is None
+    assert redispatch_due(svc, grace=60) == []  # marked as just dispatched: not re-sent every sweep
+    with svc.sessions.begin() as s:
+        s.execute(update(Event).where(Event.id == running).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
+    assert redispatch_due(svc, grace=60) == [running]
+    assert {status(svc, i).status for i in (fresh, done)} == {"pending", "done"}

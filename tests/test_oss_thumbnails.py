@@ -1,0 +1,49 @@
+"""RECEIVER_THUMBNAIL_STORE=oss://…: thumbnails written to (fake) OSS, served streamed or by a 302 to a
+presigned URL that the fake OSS verifies like the real one."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from sqlalchemy import select
+
+from receiver.dispatch import drain
+from receiver.models import Thumbnail
+
+from .conftest import OSS_ENDPOINT, build_app, callback_body, put_snapshot
+
+T0 = 1796212805123
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+def test_oss_thumbnail_store_streams_or_redirects(settings, fake_ice, fake_oss, frame, redirect):
+    fake_oss.create_bucket("thumbs")
+    store = f"oss://thumbs/receiver/thumbs?endpoint={OSS_ENDPOINT}&redirect={int(redirect)}"
+    app = build_app(settings.with_(thumbnail_store=store))
+    svc = app.extensions["receiver"]
+    try:
+        client = app.test_client()
+        client.post("/callbacks/live-snapshot", data=callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+        drain(svc)
+        [snap] = client.get("/v1/jobs/job-0001/snapshots").get_json()["items"]
+        keys = fake_oss.keys("thumbs")
+        assert len(keys) == 2 and all(k.startswith("receiver/thumbs/") for k in keys)
+        resp = client.get(snap["thumbnails"][0]["url"])
+        if not redirect:
+            assert resp.status_code == 200 and resp.data[:2] == b"\xff\xd8"
+            assert "immutable" in resp.headers["Cache-Control"]
+            return
+        assert resp.status_code == 302
+        location = resp.headers["Location"]
+        assert location.startswith(fake_oss.url) and "Signature" in location
+        with urllib.request.urlopen(location, timeout=5) as r:  # the presigned URL works without our keys
+            assert r.status == 200 and r.read()[:2] == b"\xff\xd8"
+        # Revalidation is still answered from the index, without a redirect or an OSS call.
+        with svc.sessions() as s:
+            etag = s.execute(select(Thumbnail.etag).where(Thumbnail.snapshot_id == int(snap["id"]),
+                                                          Thumbnail.width == 320)).scalar_one()
+        again = client.get(snap["thumbnails"][0]["url"], headers={"If-None-Match": f'"{etag}"'})
+        assert again.status_code == 304
+    finally:
+        svc.close()

@@ -1,0 +1,104 @@
+"""prune: exactly the old snapshots, their thumbnail files and links, and old done/rejected events."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select, update
+
+from receiver.cli import main
+from receiver.dispatch import drain
+from receiver.models import Event, EventSnapshot, Snapshot, Thumbnail
+from receiver.retention import parse_duration, prune
+from receiver.services import Services
+from receiver.sim.frames import make_frame
+from receiver.timeutil import now_ms
+
+from .conftest import BUCKET, callback_body, put_snapshot
+from .test_reconcile import cli_env
+
+DAY = 86_400_000
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("12h", 43200), ("30d", 2592000), ("2w", 1209600), ("90s", 90),
+                                               ("45m", 2700), ("7", 604800), ("1.5d", 129600)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0d", "-1d", "3y", "d", "12 hours"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def index(client, svc: Services, fake_ice, fake_oss, ages_days: list[float]) -> dict[float, int]:
+    now = now_ms()
+    frame = make_frame(seed=5, width=320, height=180)
+    for age in ages_days:
+        ms = now - int(age * DAY)
+        key = put_snapshot(fake_oss, fake_ice, ms, frame)
+        assert client.post("/callbacks/live-snapshot", data=callback_body(key, ms)).status_code == 200
+    drain(svc)
+    with svc.sessions() as s:
+        rows = s.execute(select(Snapshot.id, Snapshot.captured_at_ms)).all()
+    return {round((now - at) / DAY, 3): sid for sid, at in rows}
+
+
+def thumb_keys(svc: Services, snapshot_ids: list[int]) -> list[str]:
+    with svc.sessions() as s:
+        return list(s.execute(select(Thumbnail.storage_key).where(Thumbnail.snapshot_id.in_(snapshot_ids))).scalars())
+
+
+def count(svc: Services, model: type) -> int:
+    with svc.sessions() as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_prune_removes_exactly_the_old_rows_and_files(client, svc, fake_ice, fake_oss):
+    by_age = index(client, svc, fake_ice, fake_oss, [40, 35, 31, 29, 1, 0.1])
+    old = [by_age[40], by_age[35], by_age[31]]
+    young = [by_age[29], by_age[1], by_age[0.1]]
+    old_keys, young_keys = thumb_keys(svc, old), thumb_keys(svc, young)
+    assert len(old_keys) == 6 and all(svc.thumbs.exists(k) for k in old_keys + young_keys)
+    # Events are as old as their arrival: age the ones for old snapshots, and one failed event.
+    with svc.sessions.begin() as s:
+        old_events = list(s.execute(select(EventSnapshot.event_id).where(EventSnapshot.snapshot_id.in_(old)))
+                          .scalars())
+        s.execute(update(Event).where(Event.id.in_(old_events))
+                  .values(received_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
+        young_event = s.execute(select(EventSnapshot.event_id).where(EventSnapshot.snapshot_id == young[0])).scalar()
+        s.execute(update(Event).where(Event.id == young_event)
+                  .values(status="failed", received_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
+
+    dry = prune(svc, parse_duration("30d"), dry_run=True)
+    assert (dry.snapshots, dry.thumbnails, dry.events) == (3, 6, 3)
+    assert count(svc, Snapshot) == 6 and all(svc.thumbs.exists(k) for k in old_keys)
+
+    done = prune(svc, parse_duration("30d"), batch=2)  # several batches
+    assert (done.snapshots, done.thumbnails, done.events) == (3, 6, 3)
+    with svc.sessions() as s:
+        assert sorted(s.execute(select(Snapshot.id)).scalars()) == sorted(young)
+        assert s.execute(select(func.count()).select_from(Thumbnail)).scalar_one() == 6
+        assert set(s.execute(select(EventSnapshot.snapshot_id)).scalars()) == set(young)
+        statuses = sorted(s.execute(select(Event.status)).scalars())
+    assert statuses == ["done", "done", "failed"]  # the failed one stays, however old
+    assert not any(svc.thumbs.exists(k) for k in old_keys)
+    assert all(svc.thumbs.exists(k) for k in young_keys)
+    assert fake_oss.keys(BUCKET)  # the sources in the job's bucket are never touched
+    assert prune(svc, parse_duration("30d")).snapshots == 0
+
+
+def test_cli_prune_dry_run_prints_and_keeps(client, svc, settings, fake_ice, fake_oss):
+    index(client, svc, fake_ice, fake_oss, [10, 3])
+    runner = CliRunner(env=cli_env(settings, fake_ice, fake_oss))
+    res = runner.invoke(main, ["prune", "--older-than", "1w", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "job-0001: 1 snapshots" in res.output and "would delete 1 snapshots (2 thumbnail files)" in res.output
+    assert count(svc, Snapshot) == 2
+    res = runner.invoke(main, ["prune", "--older-than", "1w"])
+    assert res.exit_code == 0 and "deleted 1 snapshots" in res.output
+    assert count(svc, Snapshot) == 1
+    assert runner.invoke(main, ["prune", "--older-than", "soon"]).exit_code == 2
