@@ -26,6 +26,8 @@ errorlog = "-"
 loglevel = os.environ.get("RECEIVER_LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn >= 24's control socket lives in $HOME, which the image's non-root user cannot write; unused here.
+control_socket_disable = True
 
 
 def _services(worker: Any) -> Any:

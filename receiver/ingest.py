@@ -55,7 +55,7 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
     _check_output(svc, job, ev)
     if ev.oss_object:
         key = ev.oss_object
-        if ev.origin == "reconcile":
+        if ev.key_from_ice:
             # ListLiveSnapshotFiles is authoritative: a format mismatch teaches us ICE's real rendering.
             check_key_safe(key)
             try:

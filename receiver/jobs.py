@@ -30,6 +30,6 @@ def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
     job.callback_url = info.callback_url
     job.raw = info.to_json()
     job.fetched_at = utcnow()
-    if track:
+    if track and not job.untracked:
         job.tracked = True
     return job

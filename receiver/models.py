@@ -75,6 +75,8 @@ class Job(Base):
     raw: Mapped[dict[str, Any] | None]
     fetched_at: Mapped[dt.datetime | None]
     tracked: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Set by `receiver untrack`: a later verified callback must not silently start sweeping the job again.
+    untracked: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     reconciled_until_ms: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -94,6 +96,9 @@ class Event(Base):
     job_id: Mapped[str] = mapped_column(String(128))
     identity: Mapped[str] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(String(16), default="callback")
+    # The object key came from ListLiveSnapshotFiles (authoritative), not from a callback body (a hint that
+    # must match the job's formats). Kept apart from origin so a replayed event is checked as strictly.
+    key_from_ice: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

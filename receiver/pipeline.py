@@ -37,6 +37,7 @@ class Claimed:
     attempts: int
     job_id: str
     origin: str
+    key_from_ice: bool
     oss_object: str | None
     oss_bucket: str | None
     oss_endpoint: str | None
@@ -61,8 +62,8 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
             )
             .values(status="processing", attempts=Event.attempts + 1, lease_until=lease, updated_at=now)
             .returning(
-                Event.id, Event.attempts, Event.job_id, Event.origin, Event.oss_object, Event.oss_bucket,
-                Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
+                Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
+                Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
             )
         ).one_or_none()
     if result is None:

@@ -198,17 +198,18 @@ class Reconciler:
             run.extend(rec.new_ids)
             old = sorted(set(rec.event_ids) - set(rec.new_ids))
             for i in range(0, len(old), CHUNK):
-                rows = s.execute(select(Event.id, Event.status, Event.origin, Event.last_error)
+                rows = s.execute(select(Event.id, Event.status, Event.key_from_ice, Event.last_error)
                                  .where(Event.id.in_(old[i:i + CHUNK]))).all()
-                for eid, status, origin, last_error in rows:
+                for eid, status, key_from_ice, last_error in rows:
                     if status in ("pending", "processing"):
                         tally.queued += 1
                     elif status == "done":
                         tally.indexed += 1
-                    elif origin == "callback":
+                    elif not key_from_ice:
                         # ICE lists the file, so the callback's failure (e.g. a bad hint) is not the last word.
                         s.execute(update(Event).where(Event.id == eid).values(
-                            status="pending", origin="reconcile", attempts=0, next_attempt_at=utcnow(),
+                            status="pending", origin="reconcile", key_from_ice=True, attempts=0,
+                            next_attempt_at=utcnow(),
                             lease_until=None, last_error=f"re-queued by reconcile; was {status}: {last_error}"[:2000]))
                         run.append(eid)
                     else:

@@ -1,8 +1,8 @@
 """`receiver replay`: put final events back in the queue, and run events to the end in this process.
 
-Replay keeps each event's origin: it says where the facts came from (a callback's keys must match the job's
-formats, a ListLiveSnapshotFiles key is authoritative), and a replayed event must be checked the same way.
-The replay itself is recorded in last_error ("replayed at ...; was failed: ...") until the next attempt ends.
+Replay sets the event's origin to ``replay`` (what operators filter on); how strictly its object key is checked
+stays with ``key_from_ice``, so a replayed callback is checked as strictly as the first time and a replayed
+reconcile event keeps the listing's authority. The replay is noted in last_error until the next attempt ends.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def replay(svc: Services, statuses: Iterable[str] = ("failed",), job_id: str | N
             for eid, status, last_error in rows:
                 note = f"replayed at {dt_to_iso(now)}; was {status}: {last_error}"[:2000]
                 s.execute(update(Event).where(Event.id == eid, Event.status == status).values(
-                    status="pending", attempts=0, next_attempt_at=now, lease_until=None, last_error=note,
-                    updated_at=now))
+                    status="pending", origin="replay", attempts=0, next_attempt_at=now, lease_until=None,
+                    last_error=note, updated_at=now))
                 out.append(eid)
             last = rows[-1].id
 

@@ -20,6 +20,7 @@ def track(svc: Services, job_id: str) -> JobInfo:
     """Verify the job with ICE (JobNotFound propagates) and mark it tracked."""
     info = svc.ice.get_job(job_id)
     with svc.sessions.begin() as s:
+        s.execute(update(Job).where(Job.job_id == job_id).values(untracked=False))
         upsert_job(s, info, track=True)
     return info
 
@@ -27,7 +28,7 @@ def track(svc: Services, job_id: str) -> JobInfo:
 def untrack(svc: Services, job_id: str) -> bool:
     """Stop sweeping the job; False if we never knew it. The cursor is kept, so `track` resumes from it."""
     with svc.sessions.begin() as s:
-        res = s.execute(update(Job).where(Job.job_id == job_id).values(tracked=False))
+        res = s.execute(update(Job).where(Job.job_id == job_id).values(tracked=False, untracked=True))
         return bool(res.rowcount)  # type: ignore[attr-defined]
 
 

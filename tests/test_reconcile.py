@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from receiver.cli import main
 from receiver.config import Settings
+from receiver.dispatch import drain
 from receiver.ice import parse_ice_time
 from receiver.models import Event, Job, Snapshot
 from receiver.reconcile import DAY_MS, Reconciler
@@ -248,3 +249,15 @@ def test_cli_track_reconcile_and_summary(svc, settings, fake_ice, fake_oss):
     assert runner.invoke(main, ["reconcile", "--job", "ghost"]).exit_code == 1
     assert runner.invoke(main, ["reconcile", "--since", "yesterday-ish"]).exit_code == 2
     assert runner.invoke(main, ["untrack", JOB]).exit_code == 0
+
+
+def test_untrack_sticks_until_track(client, svc, fake_ice, fake_oss):
+    """An operator's untrack is not undone by the next verified callback; `track` undoes it."""
+    key = put_snapshot(fake_oss, fake_ice, 1795867200000, make_frame(seed=3, width=320, height=180))
+    track(svc, JOB)
+    assert untrack(svc, JOB)
+    assert client.post("/callbacks/live-snapshot", data=callback_body(key, 1795867200000)).status_code == 200
+    drain(svc)
+    assert Reconciler(svc).tracked_jobs() == []
+    track(svc, JOB)
+    assert Reconciler(svc).tracked_jobs() == [JOB]

@@ -1,4 +1,4 @@
-"""replay: failed (or rejected) events go back to pending with attempts reset, keeping their origin."""
+"""replay: failed (or rejected) events go back to pending with attempts reset and origin `replay`."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def failing(client, svc: Services, fake_ice, fake_oss, n: int = 2) -> list[str]:
     return keys
 
 
-def test_replay_requeues_failed_events_and_keeps_their_origin(client, svc, fake_ice, fake_oss):
+def test_replay_requeues_failed_events_as_replay_and_keeps_key_strictness(client, svc, fake_ice, fake_oss):
     keys = failing(client, svc, fake_ice, fake_oss)
     assert replay(svc, job_id="other-job") == []
     ids = replay(svc)
     assert len(ids) == 2
     for ev in events(svc):
-        assert (ev.status, ev.attempts, ev.origin) == ("pending", 0, "callback")
+        assert (ev.status, ev.attempts, ev.origin, ev.key_from_ice) == ("pending", 0, "replay", False)
         assert ev.last_error and ev.last_error.startswith("replayed at ") and "was failed: NotAJpeg" in ev.last_error
     for key in keys:
         fake_oss.put(BUCKET, key, make_frame(seed=1, width=320, height=180))
