@@ -42,6 +42,7 @@ class Services:
             close = getattr(store, "close", None)
             if close is not None:
                 close()
+        self.intake.close()
         self.engine.dispose()
 
 

@@ -280,3 +280,36 @@ def test_concurrent_distinct_callbacks_share_commits_but_keep_their_own_ids(app:
     by_id = {str(e.id): e.oss_object for e in events(svc)}
     assert len(by_id) == 24
     assert all(by_id[answers[i]] == f"snapshot/{JOB}/{i}.jpg" for i in range(24))
+
+
+def test_intake_stores_timestamps_as_sqlalchemy_does_and_events_are_due(client, svc):
+    """The SQLite fast path writes rows itself; what it stores must read back and compare like ORM rows."""
+    from receiver.dispatch import due_event_ids
+    from receiver.models import utcnow
+
+    def naive(t):  # type: ignore[no-untyped-def]
+        return t.replace(tzinfo=None)  # SQLite gives naive UTC back, whichever way the row was written
+
+    before = naive(utcnow())
+    assert post(client, json.dumps({"JobId": JOB, "OssObject": "a.jpg"})).status_code == 200
+    [ev] = events(svc)
+    assert before <= naive(ev.received_at) == naive(ev.updated_at) == naive(ev.next_attempt_at) <= naive(utcnow())
+    assert ev.key_from_ice is False
+    with svc.engine.connect() as conn:
+        [raw] = conn.exec_driver_sql("SELECT next_attempt_at FROM events").scalars()
+    assert "+" not in raw and "T" not in raw  # SQLAlchemy's text form, which the due query compares as text
+    assert ev.id in due_event_ids(svc)
+
+
+def test_one_write_with_the_same_item_twice_records_it_once(svc):
+    """ICE retrying while the first delivery is still in the group commit: the copy is a duplicate."""
+    from receiver.callback_parse import parse_callback
+    from receiver.inbox import record_events
+
+    [item], _ = parse_callback(json.dumps({"JobId": JOB, "OssObject": "a.jpg"}).encode())
+    with svc.engine.begin() as conn:
+        first = record_events(conn, [item, item])
+        again = record_events(conn, [item])
+    assert first.event_ids == [first.new_ids[0]] * 2 and len(first.new_ids) == 1
+    assert again.event_ids == first.event_ids[:1] and again.new_ids == []
+    assert len(events(svc)) == 1

@@ -1,0 +1,181 @@
+"""End to end through HTTP: callbacks in, thumbnails stored and snapshots indexed, next to the bare kernel.
+
+    .venv/bin/python bench/pipeline.py [--frames 200] [--workers 1,2] [--kind photo] [--rounds 1]
+
+Fake ICE and fake OSS run in this process (real SDK clients, signed requests over loopback); the service is
+`python -m receiver serve` in a subprocess (waitress, SQLite WAL, thumbnails to a local folder, default
+widths and format) with RECEIVER_WORKERS=1, then 2. Each run seeds --frames distinct 1920x1080 JPEGs of
+--kind into the fake OSS and ICE's file list, posts one callback per frame (8 client threads) and times
+from the first post until every frame is indexed (snapshot rows counted in the database).
+
+The baseline, measured in the same run and interleaved with the end-to-end runs (kernel, e2e, kernel, ...):
+`make_thumbnails` on the same frames, one thread, no I/O. The figure is end-to-end frames/s per worker
+over kernel frames/s (target >= 0.6), and the 2-worker rate over the 1-worker rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import resource
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from receiver.config import Settings  # noqa: E402
+from receiver.sim.fake_ice import FakeIce  # noqa: E402
+from receiver.sim.fake_oss import FakeOss  # noqa: E402
+from receiver.sim.frames import make_frame  # noqa: E402
+from receiver.thumbnails import make_thumbnails  # noqa: E402
+from tests.cluster import AK, BUCKET, OSS_ENDPOINT, SK, callback  # noqa: E402
+
+DISTINCT = 16  # distinct frames, cycled (generating a 1080p frame costs more than thumbnailing it)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def kernel_ms(frames: list[bytes], n: int) -> float:
+    """Median ms per frame of the thumbnail kernel alone, with the service's default settings."""
+    s = Settings.from_env({})
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        make_thumbnails(frames[i % len(frames)], s.thumbnail_widths, s.thumbnail_format, quality=s.thumbnail_quality)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def start_server(ice: FakeIce, oss: FakeOss, data_dir: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "RECEIVER_DATA_DIR": data_dir, "RECEIVER_ICE_ENDPOINT": ice.url,
+           "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,
+           "RECEIVER_OSS_ENDPOINT_MAP": f"{OSS_ENDPOINT}={oss.url}", "RECEIVER_WORKERS": str(workers),
+           "RECEIVER_RECONCILE_SECONDS": "0", "RECEIVER_LOG_LEVEL": "WARNING"}
+    with open(Path(data_dir) / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def post_all(port: int, bodies: list[bytes]) -> None:
+    def send(chunk: list[bytes]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for body in chunk:
+            conn.request("POST", "/callbacks/live-snapshot", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"callback answered {resp.status}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, [bodies[i::8] for i in range(8)]))
+
+
+def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers: int, tag: str) -> dict[str, float]:
+    job = f"bench-pipe-{tag}"
+    ice.add_job(job, bucket=BUCKET, endpoint=OSS_ENDPOINT)
+    bodies = []
+    for i in range(n):
+        ms = 1796212805000 + i * 1000
+        key = f"snapshot/{job}/{ms}.jpg"
+        oss.put(BUCKET, key, frames[i % len(frames)])
+        ice.add_file(job, key, ms)
+        bodies.append(callback(job, key, ms))
+    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as d:
+        proc, port = start_server(ice, oss, d, workers)
+        try:
+            db = sqlite3.connect(f"{d}/receiver.db", timeout=30)
+            server_cpu0, own_cpu0 = cpu_seconds(proc.pid), own_cpu()
+            t0 = time.perf_counter()
+            post_all(port, bodies)
+            posted = time.perf_counter() - t0
+            deadline = t0 + 60 + n
+            while True:
+                [(indexed,)] = db.execute("SELECT count(*) FROM snapshots WHERE job_id = ?", (job,)).fetchall()
+                [(failed,)] = db.execute("SELECT count(*) FROM events WHERE job_id = ? AND status IN "
+                                         "('failed', 'rejected')", (job,)).fetchall()
+                if indexed + failed >= n or time.perf_counter() > deadline:
+                    break
+                time.sleep(0.02)
+            wall = time.perf_counter() - t0
+            server_cpu, fakes_cpu = cpu_seconds(proc.pid) - server_cpu0, own_cpu() - own_cpu0
+            db.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    if indexed != n:
+        raise SystemExit(f"{indexed} of {n} indexed, {failed} failed (see the server log)")
+    return {"rate": n / wall, "posted_s": posted, "wall_s": wall, "server_ms": server_cpu / n * 1000,
+            "fakes_ms": fakes_cpu / n * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--kind", default="photo", choices=["smooth", "photo", "noisy"])
+    ap.add_argument("--rounds", type=int, default=1)
+    a = ap.parse_args()
+    worker_counts = [int(w) for w in a.workers.split(",")]
+    frames = [make_frame(seed=i, kind=a.kind) for i in range(DISTINCT)]
+    kernel_runs = max(40, a.frames // 4)
+    kernel = [kernel_ms(frames, kernel_runs)]
+    results: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
+    with FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss:
+        oss.create_bucket(BUCKET)
+        for r in range(a.rounds):
+            for w in worker_counts:
+                results[w].append(end_to_end(ice, oss, frames, a.frames, w, f"{w}w-{r}"))
+                kernel.append(kernel_ms(frames, kernel_runs))
+    k_ms = statistics.median(kernel)
+    k_rate = 1000 / k_ms
+    print(f"machine: {os.cpu_count()} cores; {a.frames} x 1920x1080 {a.kind} JPEG "
+          f"({statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths (320, 160) JPEG q80")
+    print(f"bare kernel (make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = {k_rate:.0f} frames/s "
+          f"(median of {len(kernel)} interleaved measurements: {', '.join(f'{k:.2f}' for k in kernel)} ms)")
+    print("server ms: server process CPU per frame; fakes ms: this process (fake ICE + OSS, poller) per frame")
+    print(f"{'workers':>7} {'frames/s':>9} {'per worker':>10} {'x kernel':>9} {'x 1 worker':>10} "
+          f"{'post s':>7} {'server ms':>9} {'fakes ms':>8}")
+    one = statistics.median(r["rate"] for r in results[worker_counts[0]])
+    for w in worker_counts:
+        m = {k: statistics.median(r[k] for r in results[w]) for k in results[w][0]}
+        print(f"{w:7d} {m['rate']:9.1f} {m['rate'] / w:10.1f} {m['rate'] / w / k_rate:9.2f} {m['rate'] / one:10.2f} "
+              f"{m['posted_s']:7.2f} {m['server_ms']:9.2f} {m['fakes_ms']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
