@@ -65,7 +65,27 @@ def _bool(value: Any) -> bool | None:
 
 
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (legal in JSON text, not in UTF-8): escape everything so it can be stored and hashed.
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return text
+
+
+# Column sizes of the inbox, and what a database refuses in text (NUL on PostgreSQL, lone surrogates).
+_FIELD_LIMITS = {"JobId": MAX_JOB_ID_LENGTH, "OssObject": 1023, "OssBucket": 255, "OssEndpoint": 255}
+
+
+def _bad_field(name: str, value: str | None) -> CallbackParseError | None:
+    if value is None:
+        return None
+    if len(value.encode("utf-8", "surrogatepass")) > _FIELD_LIMITS[name]:
+        return CallbackParseError(f"Invalid{name}", f"{name} longer than {_FIELD_LIMITS[name]} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        return CallbackParseError(f"Invalid{name}", f"{name} contains control characters or invalid Unicode")
+    return None
 
 
 def _message_body(fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -82,9 +102,12 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
     job_id = _str(merged.get("jobid"))
     if job_id is None:
         return CallbackParseError("MissingJobId", "no JobId in the callback item")
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        return CallbackParseError("InvalidJobId", f"JobId longer than {MAX_JOB_ID_LENGTH} characters")
     oss_object = _str(merged.get("ossobject"))
+    oss_bucket, oss_endpoint = _str(merged.get("ossbucket")), _str(merged.get("ossendpoint"))
+    for name, value in (("JobId", job_id), ("OssObject", oss_object), ("OssBucket", oss_bucket),
+                        ("OssEndpoint", oss_endpoint)):
+        if (bad := _bad_field(name, value)) is not None:
+            return bad
     ts_raw = merged.get("createtimestamp")
     create_ts = parse_time_ms(ts_raw) if ts_raw is not None else None
     if create_ts is None:
@@ -98,8 +121,8 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
         job_id=job_id,
         identity=hashlib.sha256(identity_src.encode()).hexdigest(),
         oss_object=oss_object,
-        oss_bucket=_str(merged.get("ossbucket")),
-        oss_endpoint=_str(merged.get("ossendpoint")),
+        oss_bucket=oss_bucket,
+        oss_endpoint=oss_endpoint,
         create_timestamp_ms=create_ts,
         is_overlay=_bool(merged.get("isoverlay")),
         raw=_canonical(raw_obj),

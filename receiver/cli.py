@@ -111,6 +111,11 @@ def worker(once: bool, pool: str) -> None:
         click.echo(f"processed {drain(svc, timeout=3600)} events")
         svc.close()
         return
+    from .reconcile import start_reconciler
+
+    # Workers are where the reconciler and retention run in a scale-out deployment (gunicorn web processes
+    # only record and dispatch); RECEIVER_RECONCILE_SECONDS=0 turns it off on all but one worker if wanted.
+    start_reconciler(svc)
     if settings.queue == "celery":
         from .celery_app import run_worker
 

@@ -105,7 +105,7 @@ def track(job_id: str) -> None:
 @click.command()
 @click.argument("job_id")
 def untrack(job_id: str) -> None:
-    """Remove a job from reconciliation (a later verified callback tracks it again)."""
+    """Remove a job from reconciliation, until `receiver track` (callbacks no longer re-track it)."""
     from .tracking import untrack as do_untrack
 
     with _services() as svc:

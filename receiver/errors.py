@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -45,7 +45,15 @@ _HTTP_CODES = {
 }
 
 
+def _refuse_nul() -> Response | None:
+    # PostgreSQL cannot hold NUL in text: a %00 in a path or query value would reach it as a 500.
+    if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+        return error_response(400, "InvalidParameter", "NUL characters are not allowed in paths or parameters")
+    return None
+
+
 def register_error_handlers(app: Flask) -> None:
+    app.before_request(_refuse_nul)
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> Response:
         return error_response(e.status, e.code, e.message, e.headers)

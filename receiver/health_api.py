@@ -50,7 +50,8 @@ def _job(s: Session, job_id: str) -> Job:
 
 
 def _window() -> tuple[int, int]:
-    until = time_param("until") or now_ms()
+    until_param = time_param("until")
+    until = now_ms() if until_param is None else until_param
     since = time_param("since")
     since = until - DEFAULT_WINDOW_MS if since is None else since
     if since >= until:

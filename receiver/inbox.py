@@ -19,6 +19,8 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -217,9 +219,11 @@ class GroupCommitter:
                 conn.close()
                 raise
         except Exception as e:
-            if len(batch) == 1:
-                batch[0].error = e
-                batch[0].done = True
+            if len(batch) == 1 or isinstance(e, OperationalError | PoolTimeout):
+                # The database itself is unavailable (or locked past the intake's short timeout): every
+                # request in the batch gets its 503 now, instead of one timeout after another.
+                for entry in batch:
+                    entry.error, entry.done = e, True
                 return
             # One bad entry must not fail its neighbours: fall back to one transaction each.
             for entry in batch:

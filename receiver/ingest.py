@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SEQUENCE_LOOKBACK_MIN_S = 60
 SEQUENCE_LOOKAHEAD_S = 60
 MAX_LIST_PAGES = 20
+# Last-Modified has second precision and OSS stamps the end of the upload: beyond this, it is another write.
+OVERWRITE_TIME_TOLERANCE_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,12 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
     t_store = time.perf_counter()
     ident = hashlib.sha256(f"{job.job_id}\0{bucket}\0{t.key}\0{obj.etag}".encode()).hexdigest()[:32]
     rows = []
+    made: set[int] = set()
     for th in thumbs.thumbnails:
+        # A source narrower than a configured width is not upscaled, so two widths can clamp to one size.
+        if th.width in made:
+            continue
+        made.add(th.width)
         ext = "jpg" if th.format == "jpeg" else th.format
         storage_key = f"{ident[:2]}/{ident}/{th.width}.{ext}"
         # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
@@ -147,6 +154,11 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         rows.append(Thumbnail(width=th.width, height=th.height, format=th.format, storage_key=storage_key,
                               size=len(th.data), etag=hashlib.sha256(th.data).hexdigest()[:32]))
     captured = t.create_ts_ms or t.key_ts_ms or obj.last_modified_ms or now_ms()
+    if t.kind == "overwrite" and obj.last_modified_ms is not None and t.create_ts_ms is not None \
+            and abs(obj.last_modified_ms - t.create_ts_ms) > OVERWRITE_TIME_TOLERANCE_MS:
+        # Fetched late (retries, backlog): the bytes are a later rewrite than the event's moment, and the
+        # object's own Last-Modified is the truth about them.
+        captured = obj.last_modified_ms
     snap = Snapshot(
         job_id=job.job_id, captured_at_ms=captured, kind=t.kind, oss_endpoint=endpoint, oss_bucket=bucket,
         oss_object=t.key, etag=obj.etag, size=obj.size, width=thumbs.source_width, height=thumbs.source_height,

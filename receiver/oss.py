@@ -46,6 +46,7 @@ __all__ = [
 _HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _BATCH = 1000  # OSS's per-request limit for batch delete
 _MAX_CACHED_BUCKETS = 256
+_READ_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ class SourceStore:
             return b
 
     def get(self, endpoint: str, bucket: str, key: str, max_bytes: int) -> FetchedObject:
-        """Fetch a whole object, never holding more than ``max_bytes`` (+ one 8 KiB chunk) in memory."""
+        """Fetch a whole object, never holding more than ``max_bytes`` (+ one 256 KiB read) in memory."""
         b = self._bucket(endpoint, bucket)
         where = f"oss://{bucket}/{key}"
         with _translated(where, "GetObject"), b.get_object(key) as r:
@@ -247,7 +248,9 @@ class SourceStore:
                 # Leaving the with-block closes the response without reading the body.
                 raise TooLarge(f"{where}: {declared} bytes exceeds the {max_bytes}-byte limit")
             buf = bytearray()
-            for chunk in r:
+            # 256 KiB reads, not the 8 KiB the iterator yields: a quarter less CPU for a 300 KB frame
+            # (bench/pipeline.py), with the CRC still computed on the way.
+            while chunk := r.read(_READ_CHUNK):
                 buf += chunk
                 if len(buf) > max_bytes:
                     raise TooLarge(f"{where}: more than {max_bytes} bytes")

@@ -162,7 +162,12 @@ class Reconciler:
         while window <= end:
             window_end = min(window + DAY_MS, end + 1)  # exclusive; every file falls in exactly one window
             files: list[SnapshotFile] = []
-            for f in iter_files(self.ice, job_id, window, window_end - 1):
+            # List one second past the window (ICE's EndTime has second precision and may be exclusive), then
+            # keep only this window's files: the next window lists the boundary second again.
+            for f in iter_files(self.ice, job_id, window, window_end + 1000):
+                ts = f.create_timestamp_ms
+                if ts is not None and not window <= ts < window_end:
+                    continue
                 if f.is_overlay:
                     # One key, always the latest frame: only the newest listing of it matters.
                     if newest_overlay is None or (f.create_timestamp_ms or 0) >= (newest_overlay.create_timestamp_ms

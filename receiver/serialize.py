@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app, has_app_context
+
 from .health_query import job_status
 from .models import Event, Job, Snapshot
 from .queries import JobCounters
 from .timeutil import dt_to_iso, ms_to_iso
 from .urlsign import thumbnail_url
+
+
+def _url_width(actual: int) -> int:
+    """The configured width that serves a rendition: itself, or for a source narrower than a configured
+    width (not upscaled), the smallest configured width above it (the endpoint serves the largest rendition
+    not wider than the width asked)."""
+    if not has_app_context():
+        return actual
+    widths = current_app.extensions["receiver"].settings.thumbnail_widths
+    if actual in widths:
+        return actual
+    wider = [w for w in widths if w > actual]
+    return min(wider) if wider else actual
 
 
 def snapshot_json(snap: Snapshot, signing_key: str | None = None) -> dict[str, Any]:
@@ -33,7 +48,7 @@ def snapshot_json(snap: Snapshot, signing_key: str | None = None) -> dict[str, A
                 "width": t.width,
                 "height": t.height,
                 "format": t.format,
-                "url": thumbnail_url(snap.id, t.width, signing_key),
+                "url": thumbnail_url(snap.id, _url_width(t.width), signing_key),
             }
             for t in snap.thumbnails
         ],

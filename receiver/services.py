@@ -43,6 +43,8 @@ class Services:
             if close is not None:
                 close()
         self.intake.close()
+        if self.intake.engine is not self.engine:
+            self.intake.engine.dispose()
         self.engine.dispose()
 
 
@@ -73,7 +75,9 @@ def build_services(
         source=source if source is not None else SourceStore(settings),
         thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
         policy=EndpointPolicy.from_settings(settings),
-        intake=GroupCommitter(engine),
+        # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
+        intake=GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite
+                              else engine),
     )
     svc.dispatcher = make_dispatcher(svc)
     return svc

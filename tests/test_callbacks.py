@@ -313,3 +313,30 @@ def test_one_write_with_the_same_item_twice_records_it_once(svc):
     assert first.event_ids == [first.new_ids[0]] * 2 and len(first.new_ids) == 1
     assert again.event_ids == first.event_ids[:1] and again.new_ids == []
     assert len(events(svc)) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("OssBucket", "b" * 300, "InvalidOssBucket"),
+        ("OssEndpoint", "e" * 300, "InvalidOssEndpoint"),
+        ("OssObject", "k" * 1100, "InvalidOssObject"),
+        ("OssObject", "a\x00b.jpg", "InvalidOssObject"),
+        ("JobId", "job\x00x", "InvalidJobId"),
+        ("JobId", "job\ud800", "InvalidJobId"),
+    ],
+)
+def test_unstorable_fields_skip_the_item_and_keep_its_neighbours(client, svc, field, value, code):
+    """Values no database column can hold are refused per item, never as a 500 that loses the batch."""
+    bad = {"JobId": JOB, "OssObject": "snapshot/job-0001/1.jpg", field: value}
+    good = {"JobId": JOB, "OssObject": "snapshot/job-0001/2.jpg"}
+    resp = post(client, json.dumps([bad, good]))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert [s["code"] for s in resp.get_json()["skipped"]] == [code]
+    assert [e.oss_object for e in events(svc)] == ["snapshot/job-0001/2.jpg"]
+    assert_error(post(client, json.dumps(bad)), 400, code)
+
+
+def test_nul_in_read_parameters_is_a_400(client):
+    assert_error(client.get("/v1/events?job_id=a%00b"), 400, "InvalidParameter")
+    assert_error(client.get("/v1/jobs/a%00b/snapshots"), 400, "InvalidParameter")

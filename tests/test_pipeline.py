@@ -192,14 +192,15 @@ def test_job_cache_makes_far_fewer_ice_calls_than_callbacks(client, svc, fake_ic
 
 def test_overwrite_mode_one_snapshot_per_etag(client, svc, fake_ice, fake_oss):
     key = f"snapshot/{JOB}.jpg"
-    fake_oss.put(BUCKET, key, make_frame(seed=10))
+    # ICE writes the object and reports the write: Last-Modified agrees with CreateTimestamp (to the second).
+    fake_oss.put(BUCKET, key, make_frame(seed=10), last_modified=T0 / 1000)
     send(client, callback_body(key, T0))
     send(client, callback_body(key, T0 + 5000))  # a later write event, same content
     drain(svc)
     assert snapshot_count(svc) == 1
     gets_before = len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"])
     assert gets_before == 1  # the second event saw the known ETag with a HEAD, no download
-    fake_oss.put(BUCKET, key, make_frame(seed=11))
+    fake_oss.put(BUCKET, key, make_frame(seed=11), last_modified=(T0 + 10000) / 1000)
     send(client, callback_body(key, T0 + 10000))
     drain(svc)
     with svc.sessions() as s:
@@ -279,3 +280,50 @@ def test_threaded_dispatcher_processes_a_burst(client, svc, fake_ice, fake_oss, 
     page = client.get(f"/v1/jobs/{JOB}/snapshots?limit=7&order=asc").get_json()
     assert [i["captured_at_ms"] for i in page["items"]] == [T0 + i * 5000 for i in range(7)]
     assert page["next_cursor"]
+
+
+def test_sources_narrower_than_the_configured_widths_are_served(client, svc, fake_ice, fake_oss):
+    """A 200 px source (between 160 and 320) and a 100 px one (below both) are not upscaled; every URL in
+    the JSON still answers with an image."""
+    keys = [put_snapshot(fake_oss, fake_ice, T0 + i, make_frame(seed=i, width=w, height=w * 9 // 16))
+            for i, w in enumerate((200, 100))]
+    ids = [send(client, callback_body(k, T0 + i)) for i, k in enumerate(keys)]
+    drain(svc)
+    assert [the_event(svc, e).status for e in ids] == ["done", "done"]
+    got = {}
+    for item in client.get(f"/v1/jobs/{JOB}/snapshots?order=asc").get_json()["items"]:
+        got[item["width"]] = [(t["width"], t["url"].split("width=")[1]) for t in item["thumbnails"]]
+        for t in item["thumbnails"]:
+            resp = client.get(t["url"])
+            assert resp.status_code == 200 and resp.data[:2] == b"\xff\xd8"
+    assert got == {200: [(200, "320"), (160, "160")], 100: [(100, "160")]}
+
+
+def test_bare_job_id_callback_survives_a_missing_overwrite_object(client, svc, fake_ice, fake_oss, frame):
+    now = int(time.time() * 1000)
+    put_snapshot(fake_oss, fake_ice, now - 5000, frame)  # a sequence file, but no overwrite object yet
+    eid = send(client, json.dumps({"JobId": JOB, "CreateTimestamp": now}).encode())
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "done", ev.last_error
+    assert len(ev.snapshot_ids) == 1
+
+
+def test_overwrite_fetched_late_takes_the_objects_own_time(client, svc, fake_oss):
+    key = f"snapshot/{JOB}.jpg"
+    fake_oss.put(BUCKET, key, make_frame(seed=20), last_modified=(T0 + 60_000) / 1000)
+    send(client, callback_body(key, T0))  # the event is a minute older than the bytes now in the object
+    drain(svc)
+    with svc.sessions() as s:
+        assert s.execute(select(Snapshot.captured_at_ms)).scalar_one() == (T0 + 60_000) // 1000 * 1000
+
+
+def test_an_event_that_keeps_killing_its_worker_is_given_up(client, svc, fake_ice, fake_oss, frame):
+    eid = int(send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0)))
+    with svc.sessions.begin() as s:  # every earlier attempt died holding the lease
+        s.execute(update(Event).where(Event.id == eid).values(
+            status="processing", attempts=svc.settings.max_attempts, lease_until=Event.received_at))
+    assert process_event(svc, eid).status == "failed"
+    ev = the_event(svc, str(eid))
+    assert ev.status == "failed" and "never finished" in (ev.last_error or "")
+    assert snapshot_count(svc) == 0
