@@ -82,6 +82,7 @@ class Settings:
     discover_jobs: bool = False
     retention_days: float = 0.0
     queue: str = "thread"
+    worker_pool: str = "thread"  # thread | process: how in-process workers run (RECEIVER_WORKER_POOL)
     broker_url: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     api_keys: tuple[str, ...] = ()
@@ -114,6 +115,8 @@ class Settings:
             raise ConfigError(f"RECEIVER_THUMBNAIL_FORMAT must be jpeg or webp, got {self.thumbnail_format!r}")
         if not self.thumbnail_widths or any(w < 8 or w > 4096 for w in self.thumbnail_widths):
             raise ConfigError("RECEIVER_THUMBNAIL_WIDTHS must be a list of widths between 8 and 4096")
+        if self.worker_pool not in {"thread", "process"}:
+            raise ConfigError(f"RECEIVER_WORKER_POOL must be thread or process, got {self.worker_pool!r}")
         if self.queue not in {"thread", "celery"}:
             raise ConfigError(f"RECEIVER_QUEUE must be thread or celery, got {self.queue!r}")
         if self.queue == "celery" and not self.broker_url:
@@ -154,13 +157,14 @@ class Settings:
             "RECEIVER_CALLBACK_TOKEN": "callback_token",
             "RECEIVER_PUBLIC_URL": "public_url",
             "RECEIVER_QUEUE": "queue",
+            "RECEIVER_WORKER_POOL": "worker_pool",
             "RECEIVER_BROKER_URL": "broker_url",
             "RECEIVER_URL_SIGNING_KEY": "url_signing_key",
             "RECEIVER_LOG_LEVEL": "log_level",
         }
         for var, attr in simple.items():
             if (v := get(var)) is not None:
-                kw[attr] = v.strip().lower() if attr in {"thumbnail_format", "queue"} else v
+                kw[attr] = v.strip().lower() if attr in {"thumbnail_format", "queue", "worker_pool"} else v
         ints = {
             "RECEIVER_MAX_IMAGE_BYTES": ("max_image_bytes", 1),
             "RECEIVER_MAX_IMAGE_PIXELS": ("max_image_pixels", 1),

@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
+import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import or_, select, update
@@ -22,6 +25,8 @@ from sqlalchemy import or_, select, update
 from .models import Event, utcnow
 
 if TYPE_CHECKING:
+    from .config import Settings
+    from .pipeline import Outcome
     from .services import Services
 
 log = logging.getLogger(__name__)
@@ -77,7 +82,7 @@ class ThreadDispatcher:
         self.svc = svc
         self.workers = max(1, workers)
         self.sweep_seconds = sweep_seconds
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = None
         self._cond = threading.Condition()
         self._timers: list[tuple[float, int]] = []  # (monotonic due time, event id)
         self._inflight: set[int] = set()
@@ -93,11 +98,14 @@ class ThreadDispatcher:
         if self._executor is not None:
             return
         self._stopping = False
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="receiver-worker")
+        self._new_pool()
         self._thread = threading.Thread(target=self._loop, name="receiver-scheduler", daemon=True)
         self._thread.start()
         backlog, self._backlog = self._backlog, []
         self.submit(backlog)
+
+    def _new_pool(self) -> None:
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="receiver-worker")
 
     def stop(self, wait: bool = True) -> None:
         with self._cond:
@@ -120,7 +128,11 @@ class ThreadDispatcher:
                         self._backlog.append(i)
                 elif i not in self._inflight and not self._stopping:
                     self._inflight.add(i)
-                    self._executor.submit(self._run, i)
+                    self._start_one(i)
+
+    def _start_one(self, event_id: int) -> None:
+        assert self._executor is not None
+        self._executor.submit(self._run, event_id)
 
     def _schedule(self, event_id: int, delay: float) -> None:
         with self._cond:
@@ -307,9 +319,67 @@ class CeleryDispatcher:
                 self.submit(ids)
 
 
+_CHILD_SVC: Services | None = None
+
+
+def _init_child(settings: Settings) -> None:
+    """Runs once in each worker process: its own engine, gateways and stores (nothing shared across fork)."""
+    global _CHILD_SVC
+    from .services import build_services
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
+    _CHILD_SVC = build_services(settings)
+
+
+def _process_in_child(event_id: int) -> Outcome:
+    from .pipeline import process_event
+
+    assert _CHILD_SVC is not None
+    return process_event(_CHILD_SVC, event_id)
+
+
+class ProcessDispatcher(ThreadDispatcher):
+    """The same scheduler and sweeper, running process_event in worker processes.
+
+    Thumbnailing is CPU work around Python code that holds the GIL (oss2, SQLAlchemy), so threads share one
+    core; processes use them all. Children are spawned, not forked: the parent has threads and pools.
+    """
+
+    def _new_pool(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_child,
+                                             initargs=(self.svc.settings,))
+
+    def _start_one(self, event_id: int) -> None:
+        assert self._executor is not None
+        try:
+            future = self._executor.submit(_process_in_child, event_id)
+        except BrokenProcessPool:
+            log.error("worker pool broken (a worker died); starting a new one")
+            self._new_pool()
+            future = self._executor.submit(_process_in_child, event_id)
+        future.add_done_callback(lambda f: self._done(event_id, f))
+
+    def _done(self, event_id: int, future: Future[Outcome]) -> None:
+        outcome: Outcome | None = None
+        try:
+            outcome = future.result()
+        except CancelledError:
+            pass
+        except Exception:
+            # A killed child (BrokenProcessPool) or a database failure: the lease and the sweeper recover it.
+            log.exception("event %s: worker process failed; the sweeper will retry it", event_id)
+        with self._cond:
+            self._inflight.discard(event_id)
+        if outcome is not None and outcome.retry_in is not None:
+            self._schedule(event_id, outcome.retry_in)
+
+
 def make_dispatcher(svc: Services) -> Dispatcher:
     if svc.settings.queue == "celery":
         return CeleryDispatcher(svc)
+    if svc.settings.worker_pool == "process":
+        return ProcessDispatcher(svc, svc.settings.workers, svc.settings.sweep_seconds)
     return ThreadDispatcher(svc, svc.settings.workers, svc.settings.sweep_seconds)
 
 

@@ -131,9 +131,12 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         return found
     with metrics.stage(svc, "fetch"):
         obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
-    found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
-    if found is not None:
-        return found
+    if t.kind == "overwrite":
+        # The object may have been rewritten between HEAD and GET: its new content may be indexed already.
+        # (A sequence object raced by another worker is caught by the unique constraint below instead.)
+        found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
+        if found is not None:
+            return found
     with metrics.stage(svc, "thumbnail"):
         thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
                                  quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)

@@ -327,3 +327,21 @@ def test_an_event_that_keeps_killing_its_worker_is_given_up(client, svc, fake_ic
     ev = the_event(svc, str(eid))
     assert ev.status == "failed" and "never finished" in (ev.last_error or "")
     assert snapshot_count(svc) == 0
+
+
+def test_process_worker_pool_indexes_each_snapshot_once(settings, fake_ice, fake_oss):
+    """RECEIVER_WORKER_POOL=process: the same scheduler and sweeper, process_event in spawned processes."""
+    app = build_app(settings.with_(worker_pool="process", workers=2))
+    svc: Services = app.extensions["receiver"]
+    c = app.test_client()
+    small = make_frame(seed=4, width=320, height=180)
+    ids = [send(c, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, small), T0 + i * 5000))
+           for i in range(12)]
+    svc.dispatcher.start()
+    try:
+        assert wait_idle(svc, timeout=60)
+    finally:
+        svc.close()
+    assert {the_event(svc, e).status for e in ids} == {"done"}
+    assert snapshot_count(svc) == 12
+    assert len([r for r in fake_oss.fetched() if r["method"] == "GET"]) == 12
