@@ -340,3 +340,11 @@ def test_unstorable_fields_skip_the_item_and_keep_its_neighbours(client, svc, fi
 def test_nul_in_read_parameters_is_a_400(client):
     assert_error(client.get("/v1/events?job_id=a%00b"), 400, "InvalidParameter")
     assert_error(client.get("/v1/jobs/a%00b/snapshots"), 400, "InvalidParameter")
+
+
+def test_stored_times_come_back_aware_in_utc(client, svc):
+    """SQLite keeps no zone: a naive value read back would be taken as local time by .timestamp()."""
+    post(client, json.dumps({"JobId": JOB, "OssObject": "a.jpg"}))
+    [ev] = events(svc)
+    assert ev.received_at.utcoffset() is not None and ev.received_at.utcoffset().total_seconds() == 0
+    assert abs(ev.received_at.timestamp() - time.time()) < 60
