@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
-from .exceptions import Rejected
+from .exceptions import ObjectNotFound, Rejected
 from .formats import check_key_safe, match_key, overwrite_key
 from .ice import JobInfo, format_ice_time
 from .models import Snapshot, Thumbnail
@@ -32,6 +32,8 @@ SEQUENCE_LOOKAHEAD_S = 60
 MAX_LIST_PAGES = 20
 # Last-Modified has second precision and OSS stamps the end of the upload: beyond this, it is another write.
 OVERWRITE_TIME_TOLERANCE_MS = 2000
+# A callback's CreateTimestamp within this of the object's Last-Modified is believed (ICE writes, then calls).
+HINT_TIME_TOLERANCE_MS = 5 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Target:
     kind: str  # overwrite | sequence
     create_ts_ms: int | None  # from the callback or ListLiveSnapshotFiles
     key_ts_ms: int | None  # from {UnixTimestamp} in the key
+    time_from_ice: bool = False  # create_ts_ms came from ICE's listing, not from a callback body (a hint)
 
 
 def _check_output(svc: Services, job: JobInfo, ev: Claimed) -> None:
@@ -62,11 +65,11 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
             check_key_safe(key)
             try:
                 m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
-                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
+                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, time_from_ice=True)]
             except Rejected:
                 log.warning("job %s: listed key %r matches neither format; indexing it anyway", job.job_id, key)
                 kind = "overwrite" if ev.is_overlay else "sequence"
-                return [Target(key, kind, ev.create_timestamp_ms, None)]
+                return [Target(key, kind, ev.create_timestamp_ms, None, time_from_ice=True)]
         m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
         return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
     targets: list[Target] = []
@@ -76,6 +79,11 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
     if job.sequence_format:
         targets.extend(_recent_sequence_files(svc, job, ev))
     if not targets:
+        if job.sequence_format:
+            # Not a spoof: ICE lists nothing near this callback's time (yet, or any more). The reconciler
+            # finds files ICE lists later; `receiver replay` retries this event.
+            raise ObjectNotFound(f"ListLiveSnapshotFiles shows no file for job {job.job_id} near the "
+                                 "callback's time, and the callback names none")
         raise Rejected(f"job {job.job_id} has neither OverwriteFormat nor SequenceFormat")
     return targets
 
@@ -102,11 +110,31 @@ def _recent_sequence_files(svc: Services, job: JobInfo, ev: Claimed) -> list[Tar
                 check_key_safe(f.oss_object)
                 key_ts = None
             seen.add(f.oss_object)
-            out.append(Target(f.oss_object, "sequence", f.create_timestamp_ms, key_ts))
+            out.append(Target(f.oss_object, "sequence", f.create_timestamp_ms, key_ts, time_from_ice=True))
         if not page.next_start_time or page.next_start_time == start:
             break
         start = page.next_start_time
     return out
+
+
+def captured_at(t: Target, last_modified_ms: int | None) -> int:
+    """product.md: the file's CreateTimestamp/CreateTime, else {UnixTimestamp} in the key, else Last-Modified.
+
+    A time from a callback body is only a hint: it is used when it agrees with the object's own
+    Last-Modified, so a forged or mistaken callback cannot move a snapshot in history.
+    """
+    lm = last_modified_ms
+    create = t.create_ts_ms
+    if create is not None and lm is not None:
+        if not t.time_from_ice and abs(create - lm) > HINT_TIME_TOLERANCE_MS:
+            log.warning("callback time %s for %s is far from its Last-Modified %s; not used", create, t.key, lm)
+            create = None
+        elif t.kind == "overwrite" and abs(lm - create) > OVERWRITE_TIME_TOLERANCE_MS:
+            # Fetched late (retries, backlog): the bytes are a later rewrite than the event's moment.
+            create = None
+    if t.kind == "overwrite" and create is None and lm is not None:
+        return lm
+    return create or t.key_ts_ms or lm or now_ms()
 
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
@@ -156,12 +184,7 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         metrics.count_thumbnail_bytes(svc, len(th.data))
         rows.append(Thumbnail(width=th.width, height=th.height, format=th.format, storage_key=storage_key,
                               size=len(th.data), etag=hashlib.sha256(th.data).hexdigest()[:32]))
-    captured = t.create_ts_ms or t.key_ts_ms or obj.last_modified_ms or now_ms()
-    if t.kind == "overwrite" and obj.last_modified_ms is not None and t.create_ts_ms is not None \
-            and abs(obj.last_modified_ms - t.create_ts_ms) > OVERWRITE_TIME_TOLERANCE_MS:
-        # Fetched late (retries, backlog): the bytes are a later rewrite than the event's moment, and the
-        # object's own Last-Modified is the truth about them.
-        captured = obj.last_modified_ms
+    captured = captured_at(t, obj.last_modified_ms)
     snap = Snapshot(
         job_id=job.job_id, captured_at_ms=captured, kind=t.kind, oss_endpoint=endpoint, oss_bucket=bucket,
         oss_object=t.key, etag=obj.etag, size=obj.size, width=thumbs.source_width, height=thumbs.source_height,

@@ -345,3 +345,24 @@ def test_process_worker_pool_indexes_each_snapshot_once(settings, fake_ice, fake
     assert {the_event(svc, e).status for e in ids} == {"done"}
     assert snapshot_count(svc) == 12
     assert len([r for r in fake_oss.fetched() if r["method"] == "GET"]) == 12
+
+
+def test_a_callbacks_time_is_only_a_hint(client, svc, fake_ice, fake_oss, frame):
+    """captured_at from a callback body is used only when it agrees with the object's Last-Modified."""
+    now = int(time.time() * 1000)
+    believed = put_snapshot(fake_oss, fake_ice, now - 1500, frame)  # key ts differs from CreateTimestamp
+    forged = put_snapshot(fake_oss, fake_ice, now - 800, make_frame(seed=5))
+    send(client, callback_body(believed, now - 700))  # plausible: within minutes of Last-Modified
+    send(client, callback_body(forged, 946684800000))  # the year 2000: ignored, the key's time is used
+    drain(svc)
+    with svc.sessions() as s:
+        got = dict(s.execute(select(Snapshot.oss_object, Snapshot.captured_at_ms)).all())
+    assert got == {believed: now - 700, forged: now - 800}
+
+
+def test_bare_job_id_with_nothing_listed_fails_with_the_real_reason(client, svc, fake_ice):
+    fake_ice.add_job("seq-only", bucket=BUCKET, endpoint=OSS_ENDPOINT, overwrite_format="")
+    eid = send(client, json.dumps({"JobId": "seq-only"}).encode())
+    drain(svc)
+    ev = the_event(svc, eid)
+    assert ev.status == "failed" and "no file" in (ev.last_error or "")
