@@ -8,14 +8,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics
 from .exceptions import ObjectNotFound, Rejected
 from .formats import check_key_safe, match_key, overwrite_key
 from .ice import JobInfo, format_ice_time
-from .models import Snapshot, Thumbnail
+from .models import Snapshot, Thumbnail, utcnow
 from .services import Services
 from .signals import snapshot_columns
 from .thumbnails import make_thumbnails
@@ -182,21 +182,22 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
         svc.thumbs.put(storage_key, th.data, th.content_type)
         metrics.count_thumbnail_bytes(svc, len(th.data))
-        rows.append(Thumbnail(width=th.width, height=th.height, format=th.format, storage_key=storage_key,
-                              size=len(th.data), etag=hashlib.sha256(th.data).hexdigest()[:32]))
-    captured = captured_at(t, obj.last_modified_ms)
-    snap = Snapshot(
-        job_id=job.job_id, captured_at_ms=captured, kind=t.kind, oss_endpoint=endpoint, oss_bucket=bucket,
-        oss_object=t.key, etag=obj.etag, size=obj.size, width=thumbs.source_width, height=thumbs.source_height,
-        sha256=hashlib.sha256(obj.data).hexdigest(), create_timestamp_ms=t.create_ts_ms,
-        last_modified_ms=obj.last_modified_ms, thumbnails=rows, **snapshot_columns(thumbs.thumbnails),
-    )
+        rows.append({"width": th.width, "height": th.height, "format": th.format, "storage_key": storage_key,
+                     "size": len(th.data), "etag": hashlib.sha256(th.data).hexdigest()[:32]})
+    snap = {
+        "job_id": job.job_id, "captured_at_ms": captured_at(t, obj.last_modified_ms), "kind": t.kind,
+        "oss_endpoint": endpoint, "oss_bucket": bucket, "oss_object": t.key, "etag": obj.etag, "size": obj.size,
+        "width": thumbs.source_width, "height": thumbs.source_height, "sha256": hashlib.sha256(obj.data).hexdigest(),
+        "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms, "indexed_at": utcnow(),
+        **snapshot_columns(thumbs.thumbnails),
+    }
     metrics.observe_stage(svc, "store", time.perf_counter() - t_store)
     try:
-        with metrics.stage(svc, "index"), svc.sessions.begin() as s:
-            s.add(snap)
-            s.flush()
-            return snap.id
+        # Core statements on a connection: the ORM unit of work cost ~1.5 ms per frame here for two INSERTs.
+        with metrics.stage(svc, "index"), svc.engine.begin() as conn:
+            sid: int = conn.execute(insert(Snapshot).returning(Snapshot.id), snap).scalar_one()
+            conn.execute(insert(Thumbnail), [{**r, "snapshot_id": sid} for r in rows])
+            return sid
     except IntegrityError:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         found = _existing(svc, job.job_id, bucket, t.key, obj.etag)

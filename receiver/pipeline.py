@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from sqlalchemy import or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from . import metrics
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
@@ -55,8 +56,8 @@ CLOCK_TOLERANCE = dt.timedelta(seconds=2)
 def _claim(svc: Services, event_id: int) -> Claimed | None:
     now = utcnow()
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
-    with svc.sessions.begin() as s:
-        result = s.execute(
+    with svc.engine.begin() as conn:
+        result = conn.execute(
             update(Event)
             .where(
                 Event.id == event_id,
@@ -84,18 +85,20 @@ def _finish(svc: Services, ev: Claimed, status: str, error: str | None, snapshot
     values: dict[str, object] = {"status": status, "last_error": error, "lease_until": None, "updated_at": now}
     if retry_in is not None:
         values["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
-    with svc.sessions.begin() as s:
-        res = s.execute(
+    with svc.engine.begin() as conn:
+        res = conn.execute(
             update(Event)
             .where(Event.id == ev.id, Event.status == "processing", Event.attempts == ev.attempts)
             .values(**values)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
             return False
-        for sid in snapshot_ids:
-            if s.get(EventSnapshot, (ev.id, sid)) is None:
-                s.add(EventSnapshot(event_id=ev.id, snapshot_id=sid))
+        if snapshot_ids:
+            # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(dialect_insert(EventSnapshot).on_conflict_do_nothing(),
+                         [{"event_id": ev.id, "snapshot_id": sid} for sid in snapshot_ids])
     return True
 
 
