@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ def _canonical(obj: Any) -> str:
 
 
 # Column sizes of the inbox, and what a database refuses in text (NUL on PostgreSQL, lone surrogates).
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _FIELD_LIMITS = {"JobId": MAX_JOB_ID_LENGTH, "OssObject": 1023, "OssBucket": 255, "OssEndpoint": 255}
 
 
@@ -83,7 +85,7 @@ def _bad_field(name: str, value: str | None) -> CallbackParseError | None:
         return None
     if len(value.encode("utf-8", "surrogatepass")) > _FIELD_LIMITS[name]:
         return CallbackParseError(f"Invalid{name}", f"{name} longer than {_FIELD_LIMITS[name]} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if _UNSTORABLE.search(value):
         return CallbackParseError(f"Invalid{name}", f"{name} contains control characters or invalid Unicode")
     return None
 
