@@ -120,7 +120,11 @@ def _same_picture(a: Frame, b: Frame, t: Thresholds) -> bool:
 
 
 def expected_count(since_ms: int, end_ms: int, interval_ms: int) -> int:
-    return max(0, (end_ms - since_ms) // interval_ms) if interval_ms > 0 else 0
+    """Capture slots in [since, end): one at since, then every interval (so a partial last interval counts:
+    frames at 0, 5, 10, 15, 20 s are 5 expected by 20.5 s, not 4)."""
+    if interval_ms <= 0 or end_ms <= since_ms:
+        return 0
+    return -(-(end_ms - since_ms) // interval_ms)
 
 
 def assess(

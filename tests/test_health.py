@@ -144,3 +144,9 @@ def test_health_endpoint_reports_gap_frozen_black(client, svc, fake_oss, fake_ic
 def test_health_endpoint_errors(client):
     assert client.get("/v1/jobs/nope/health").status_code == 404
     assert client.get(f"/v1/jobs/{JOB}/health?since=2000&until=1000").status_code == 400
+
+
+def test_expected_counts_the_slot_at_the_start_of_a_partial_interval():
+    # Five frames 5 s apart, asked 0.5 s after the last one: five slots, not four.
+    h = run(live(5), until=T0 + 20_500)
+    assert (h.expected, h.seen) == (5, 5)
