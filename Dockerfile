@@ -8,10 +8,10 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 # Dependencies first, so a source change does not reinstall them.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir receiver && touch receiver/__init__.py \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install ".[postgres,celery,server]" \
+    && /opt/venv/bin/pip install -c constraints.txt ".[postgres,celery,server]" \
     && /opt/venv/bin/pip uninstall -y receiver
 COPY receiver ./receiver
 COPY migrations ./migrations
