@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -60,7 +61,7 @@ def db_upgrade(revision: str) -> None:
     engine.dispose()
 
 
-def run_server(app: Flask, host: str, port: int, threads: int = 16) -> None:
+def run_server(app: Flask, host: str, port: int, threads: int | None = None) -> None:
     from waitress import serve as waitress_serve
 
     settings: Settings = app.extensions["receiver"].settings
@@ -68,6 +69,8 @@ def run_server(app: Flask, host: str, port: int, threads: int = 16) -> None:
         log.warning("no RECEIVER_CALLBACK_TOKEN or RECEIVER_CALLBACK_AUTH_KEYS: anyone can post callbacks "
                     "(they are verified with ICE, but they cost ICE API calls)")
     click.echo(f"receiver listening on http://{host}:{port}/", err=True)
+    if threads is None:
+        threads = int(os.environ.get("RECEIVER_WEB_THREADS", "16"))
     waitress_serve(app, host=host, port=port, threads=threads, ident="receiver", clear_untrusted_proxy_headers=True)
 
 
