@@ -20,7 +20,7 @@ gaps, and break black and frozen runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .config import Settings
@@ -38,14 +38,18 @@ class Frame:
     dhash: int | None = None  # unsigned
 
 
+# The defaults live in Settings (documented with their env variables); read them, do not restate them.
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    gap_factor: float = 1.5
-    stale_factor: float = 4.0
-    frozen_hamming: int = 3
-    frozen_min_frames: int = 6
-    black_luma: float = 20.0
-    black_spread: float = 10.0
+    gap_factor: float = _DEFAULTS["health_gap_factor"]
+    stale_factor: float = _DEFAULTS["health_stale_factor"]
+    frozen_hamming: int = _DEFAULTS["health_frozen_hamming"]
+    frozen_min_frames: int = _DEFAULTS["health_frozen_min_frames"]
+    black_luma: float = _DEFAULTS["health_black_luma"]
+    black_spread: float = _DEFAULTS["health_black_spread"]
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
