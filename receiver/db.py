@@ -24,7 +24,7 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
     """``busy_timeout_s`` bounds how long a SQLite writer waits for the lock (the callback path uses a short
     one: ICE gives up after 3 s, so a 503 it will retry beats a 200 it never sees)."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
@@ -32,7 +32,9 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
         # Worker threads share the engine; SQLite's own locking (WAL + busy timeout) serialises writers.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
     else:
-        kwargs.update(pool_size=10, max_overflow=20)
+        # A server connection can die between uses (restart, idle timeout); a SQLite file handle cannot, so
+        # SQLite skips the ping that every checkout would otherwise pay (four per processed frame).
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", lambda conn, rec: _sqlite_pragmas(conn, rec, busy_timeout_s))

@@ -6,10 +6,12 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
 
 from . import metrics
 from .exceptions import ObjectNotFound, Rejected
@@ -137,12 +139,26 @@ def captured_at(t: Target, last_modified_ms: int | None) -> int:
     return create or t.key_ts_ms or lm or now_ms()
 
 
+@cache
+def _existing_statement(with_etag: bool) -> Executable:
+    # Built once (see pipeline._claim_statement): constructing a SELECT costs more than running it.
+    q = select(Snapshot.id).where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
+                                  Snapshot.oss_object == bindparam("key"))
+    if with_etag:
+        q = q.where(Snapshot.etag == bindparam("etag"))
+    return q.limit(1)
+
+
+@cache
+def _index_statements() -> tuple[Executable, Executable]:
+    return insert(Snapshot).returning(Snapshot.id), insert(Thumbnail)
+
+
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
-    q = select(Snapshot.id).where(Snapshot.job_id == job_id, Snapshot.oss_bucket == bucket, Snapshot.oss_object == key)
-    if etag is not None:
-        q = q.where(Snapshot.etag == etag)
-    with svc.sessions() as s:
-        return s.execute(q.limit(1)).scalar_one_or_none()
+    params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
+    with svc.engine.connect() as conn:
+        found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
+        return found
 
 
 def ingest(svc: Services, job: JobInfo, t: Target) -> int:
@@ -194,9 +210,10 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
     metrics.observe_stage(svc, "store", time.perf_counter() - t_store)
     try:
         # Core statements on a connection: the ORM unit of work cost ~1.5 ms per frame here for two INSERTs.
+        insert_snapshot, insert_thumbnails = _index_statements()
         with metrics.stage(svc, "index"), svc.engine.begin() as conn:
-            sid: int = conn.execute(insert(Snapshot).returning(Snapshot.id), snap).scalar_one()
-            conn.execute(insert(Thumbnail), [{**r, "snapshot_id": sid} for r in rows])
+            sid: int = conn.execute(insert_snapshot, snap).scalar_one()
+            conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in rows])
             return sid
     except IntegrityError:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.

@@ -11,9 +11,12 @@ import datetime as dt
 import logging
 import random
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Executable
 
 from . import metrics
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
@@ -53,26 +56,53 @@ class Claimed:
 CLOCK_TOLERANCE = dt.timedelta(seconds=2)
 
 
+# The per-event statements are built once, with bound parameters: building one costs more than running it
+# (~0.3 ms to construct and key an UPDATE against ~0.09 ms to execute it on SQLite, bench/pipeline.py).
+@cache
+def _claim_statement() -> Executable:
+    return (
+        update(Event)
+        .where(
+            Event.id == bindparam("event_id"),
+            Event.next_attempt_at <= bindparam("due"),
+            or_(Event.status == "pending", (Event.status == "processing") & (Event.lease_until < bindparam("now"))),
+        )
+        .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
+                updated_at=bindparam("now"))
+        .returning(
+            Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
+            Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
+        )
+    )
+
+
+@cache
+def _finish_statement(retry: bool) -> Executable:
+    values: dict[str, Any] = {"status": bindparam("new_status"), "last_error": bindparam("error"), "lease_until": None,
+                              "updated_at": bindparam("now")}
+    if retry:
+        values["next_attempt_at"] = bindparam("next_attempt_at")
+    return (
+        update(Event)
+        .where(Event.id == bindparam("event_id"), Event.status == "processing",
+               Event.attempts == bindparam("claimed_attempts"))
+        .values(values)
+    )
+
+
+@cache
+def _link_statement(dialect: str) -> Executable:
+    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return dialect_insert(EventSnapshot).on_conflict_do_nothing()
+
+
 def _claim(svc: Services, event_id: int) -> Claimed | None:
     now = utcnow()
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
+    params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
     with svc.engine.begin() as conn:
-        result = conn.execute(
-            update(Event)
-            .where(
-                Event.id == event_id,
-                Event.next_attempt_at <= now + CLOCK_TOLERANCE,
-                or_(
-                    Event.status == "pending",
-                    (Event.status == "processing") & (Event.lease_until < now),
-                ),
-            )
-            .values(status="processing", attempts=Event.attempts + 1, lease_until=lease, updated_at=now)
-            .returning(
-                Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
-                Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
-            )
-        ).one_or_none()
+        result = conn.execute(_claim_statement(), params).one_or_none()
     if result is None:
         return None
     return Claimed(**result._mapping)
@@ -82,22 +112,17 @@ def _finish(svc: Services, ev: Claimed, status: str, error: str | None, snapshot
             retry_in: float | None = None) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
     now = utcnow()
-    values: dict[str, object] = {"status": status, "last_error": error, "lease_until": None, "updated_at": now}
+    params: dict[str, object] = {"event_id": ev.id, "claimed_attempts": ev.attempts, "new_status": status,
+                                 "error": error, "now": now}
     if retry_in is not None:
-        values["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
+        params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
     with svc.engine.begin() as conn:
-        res = conn.execute(
-            update(Event)
-            .where(Event.id == ev.id, Event.status == "processing", Event.attempts == ev.attempts)
-            .values(**values)
-        )
+        res = conn.execute(_finish_statement(retry_in is not None), params)
         if res.rowcount != 1:
             log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
             return False
         if snapshot_ids:
-            # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
-            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            conn.execute(dialect_insert(EventSnapshot).on_conflict_do_nothing(),
+            conn.execute(_link_statement(conn.dialect.name),
                          [{"event_id": ev.id, "snapshot_id": sid} for sid in snapshot_ids])
     return True
 

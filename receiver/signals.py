@@ -19,6 +19,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import mul
 from typing import Any
 
 from PIL import Image, ImageStat
@@ -110,30 +111,19 @@ def blurhash_encode(rgb: Image.Image, x_components: int = 4, y_components: int =
     table = _to_linear_table()
     lin = [table[c] for c in rgb.convert("RGB").tobytes()]
     # The cosine basis is separable: sum each row against every x basis once, then combine rows per y basis.
-    # Same sums as the reference double loop, about four times fewer multiplications (this runs per frame).
-    rlin, glin, blin = lin[0::3], lin[1::3], lin[2::3]
-    row_sums: list[list[tuple[float, float, float]]] = []  # [i][y]
+    # Same sums as the reference double loop, about four times fewer multiplications (this runs per frame);
+    # sum(map(mul, ...)) keeps the multiply-adds in C, half the time of a generator expression.
+    channels = (lin[0::3], lin[1::3], lin[2::3])
+    row_sums = []  # [i][channel][y]
     for i in range(x_components):
         cx = [math.cos(math.pi * i * x / w) for x in range(w)]
-        per_row = []
-        for y in range(h):
-            o = y * w
-            per_row.append((
-                sum(c * v for c, v in zip(cx, rlin[o:o + w], strict=True)),
-                sum(c * v for c, v in zip(cx, glin[o:o + w], strict=True)),
-                sum(c * v for c, v in zip(cx, blin[o:o + w], strict=True)),
-            ))
-        row_sums.append(per_row)
-    factors: list[tuple[float, float, float]] = []
+        row_sums.append([[sum(map(mul, cx, ch[y * w:(y + 1) * w])) for y in range(h)] for ch in channels])
+    factors: list[tuple[float, ...]] = []
     for j in range(y_components):
         cy = [math.cos(math.pi * j * y / h) for y in range(h)]
         for i in range(x_components):
-            rows = row_sums[i]
-            r = sum(cy[y] * rows[y][0] for y in range(h))
-            g = sum(cy[y] * rows[y][1] for y in range(h))
-            b = sum(cy[y] * rows[y][2] for y in range(h))
             scale = (1 if i == 0 and j == 0 else 2) / (w * h)
-            factors.append((r * scale, g * scale, b * scale))
+            factors.append(tuple(sum(map(mul, cy, row_sums[i][c])) * scale for c in range(3)))
     dc, ac = factors[0], factors[1:]
     out = _b83((x_components - 1) + (y_components - 1) * 9, 1)
     if ac:

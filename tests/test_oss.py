@@ -507,6 +507,41 @@ def test_oss_store(fake: FakeOss, settings: Settings) -> None:
         store.get("job1/a b.webp")
 
 
+def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) -> None:
+    # The store checks CRC-64 itself (oss2's own check is off for speed): a wrong CRC in either direction is
+    # a Transient error, so the event is retried, and the good bytes are still readable afterwards.
+    fake.create_bucket("thumbs")
+    store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
+    fake.corrupt_crc_next(1)
+    with pytest.raises(Transient, match="crc mismatch after upload"):
+        store.put("a.jpg", b"thumb" * 100, "image/jpeg")
+    fake.corrupt_crc_next(1)
+    with pytest.raises(Transient, match="crc mismatch"):
+        store.get("a.jpg")
+    assert store.get("a.jpg") == b"thumb" * 100
+
+
+def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests would re-read proxies and CA bundles from os.environ on every request; the stores read them
+    # once. A CA bundle becomes the session's verify; a proxy keeps requests' own per-request handling.
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom-ca.pem")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    plain = SourceStore(settings)
+    try:
+        assert plain._session.session.trust_env is False
+        assert plain._session.session.verify == "/etc/ssl/custom-ca.pem"
+    finally:
+        plain.close()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    proxied = SourceStore(settings)
+    try:
+        assert proxied._session.session.trust_env is True
+    finally:
+        proxied.close()
+
+
 def test_oss_store_batch_delete_chunks(fake: FakeOss, settings: Settings) -> None:
     keys = [f"k{i:04d}.jpg" for i in range(1001)]
     for k in keys:

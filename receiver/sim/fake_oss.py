@@ -386,6 +386,7 @@ class FakeOss:
             self._failures.setdefault(method.upper(), []).extend([(status, code)] * n)
 
     def corrupt_crc_next(self, n: int) -> None:
+        """Send a wrong ``x-oss-hash-crc64ecma`` in the next ``n`` GET or PUT answers."""
         with self._lock:
             self._corrupt_crc += n
 
@@ -732,9 +733,14 @@ class FakeOss:
             return self._error(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
         meta = {k[len("x-oss-meta-") :]: v for k, v in h.items() if k.startswith("x-oss-meta-")}
         obj = self._make_object(body, h.get("content-type") or "application/octet-stream", meta, None)
+        crc = obj.crc
         with self._lock:
             b.objects[key] = obj
-        return _Reply(200, {"ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(obj.crc)})
+            if self._corrupt_crc:
+                # Stored intact, answered wrong: what a client sees when the upload was damaged on the way.
+                self._corrupt_crc -= 1
+                crc ^= 0x1
+        return _Reply(200, {"ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(crc)})
 
     def _batch_delete(self, b: _Bucket, h: Mapping[str, str], body: bytes) -> _Reply:
         if h.get("content-md5") != _content_md5(body):
