@@ -35,4 +35,5 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     metrics.init_app(app)
     openapi.init_app(app)
     logging.getLogger("receiver").setLevel(settings.log_level.upper())
+    app.wsgi_app = callbacks.CallbackRoute(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app

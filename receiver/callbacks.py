@@ -1,4 +1,12 @@
-"""POST /callbacks/live-snapshot: authenticate, parse, record, dispatch, answer 200. Nothing slow."""
+"""POST /callbacks/live-snapshot[/<token>]: authenticate, parse, record, dispatch, answer 200. Nothing slow.
+
+The callback is answered straight from the WSGI environ by ``CallbackRoute``, a thin WSGI layer in front of
+Flask: it is the one request ICE sends at the rate of every job's snapshots, and Flask's request context,
+routing and hooks cost about as much as parsing and recording the event (bench/callbacks.py). Everything
+else, and any request to these paths that is not a POST, goes to Flask. The blueprint's views call the same
+``answer`` so the app behaves the same if the layer is left out. Errors are rendered by errors.py as
+everywhere else.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +15,74 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.wsgi import get_current_url
 
+from . import metrics
 from .callback_parse import CallbackParseError, parse_callback
-from .errors import ApiError
+from .errors import ApiError, as_api_error, error_body
 from .services import Services
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("callbacks", __name__)
 
+PATH = "/callbacks/live-snapshot"
+_STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
+                 413: "413 Payload Too Large", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
-def _services() -> Services:
-    svc: Services = current_app.extensions["receiver"]
-    return svc
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-def _read_bounded(limit: int) -> bytes:
-    declared = request.content_length
+def _token_of(path: str) -> str | None:
+    """The token segment of a callback path, "" for the bare path; None when the path is not a callback's
+    (the same rule as Flask's ``<token>``: one non-empty segment)."""
+    if path == PATH:
+        return ""
+    if path.startswith(PATH + "/"):
+        token = path[len(PATH) + 1 :]
+        if token and "/" not in token:
+            return token
+    return None
+
+
+def _read_bounded(environ: Environ, limit: int) -> bytes:
+    declared: int | None
+    try:
+        declared = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        declared = None
     if declared is not None and declared > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
-    data = request.stream.read(limit + 1)
+    stream = environ["wsgi.input"]
+    # The servers we run under end wsgi.input at the body's end; a declared length bounds the read anyway.
+    data: bytes = stream.read(min(limit + 1, declared) if declared is not None and declared >= 0 else limit + 1)
     if len(data) > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
     return data
 
 
-def _candidate_urls(public_url: str | None) -> list[str]:
-    query = request.query_string.decode("latin-1")
-    base = public_url.rstrip("/") + request.path if public_url else request.base_url
+def _candidate_urls(environ: Environ, public_url: str | None) -> list[str]:
+    query = environ.get("QUERY_STRING", "")
+    if public_url:
+        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+        base = public_url.rstrip("/") + path
+    else:
+        base = get_current_url(environ, strip_querystring=True)
     urls = [base + ("?" + query if query else "")]
     if query:
         urls.append(base)
     return urls
 
 
-def _check_signature(keys: tuple[str, ...], max_skew: int, public_url: str | None) -> None:
-    ts = request.headers.get("X-ICE-TIMESTAMP", "").strip()
-    sig = request.headers.get("X-ICE-SIGNATURE", "").strip().lower()
+def _check_signature(environ: Environ, keys: tuple[str, ...], max_skew: int, public_url: str | None) -> None:
+    ts = environ.get("HTTP_X_ICE_TIMESTAMP", "").strip()
+    sig = environ.get("HTTP_X_ICE_SIGNATURE", "").strip().lower()
     if not ts or not sig:
         raise ApiError(401, "MissingSignature", "X-ICE-TIMESTAMP and X-ICE-SIGNATURE are required")
     if not ts.isdigit():
@@ -54,7 +91,7 @@ def _check_signature(keys: tuple[str, ...], max_skew: int, public_url: str | Non
         raise ApiError(401, "StaleSignature", f"X-ICE-TIMESTAMP is more than {max_skew} s from now")
     ok = False
     # Check every candidate so the time taken does not reveal which key or URL nearly matched.
-    for url in _candidate_urls(public_url):
+    for url in _candidate_urls(environ, public_url):
         for key in keys:
             expected = hashlib.md5(f"{url}|{ts}|{key}".encode()).hexdigest()
             ok |= hmac.compare_digest(expected, sig)
@@ -62,12 +99,25 @@ def _check_signature(keys: tuple[str, ...], max_skew: int, public_url: str | Non
         raise ApiError(401, "InvalidSignature", "X-ICE-SIGNATURE does not match")
 
 
-def _handle() -> Response:
-    svc = _services()
+def _check_token(svc: Services, token: str) -> None:
+    expected = svc.settings.callback_token
+    if not token:
+        if expected:
+            raise ApiError(404, "NotFound", "the callback path needs its token")
+        return
+    if not expected:
+        raise ApiError(404, "NotFound", "no callback token is configured")
+    # PATH_INFO carries the raw bytes as latin-1 (PEP 3333); the configured token is compared as UTF-8.
+    if not hmac.compare_digest(token.encode("latin-1", "replace"), expected.encode()):
+        raise ApiError(401, "InvalidToken", "wrong callback token")
+
+
+def _accept(svc: Services, environ: Environ, token: str) -> tuple[bytes, str]:
     s = svc.settings
-    body = _read_bounded(s.max_callback_bytes)
+    _check_token(svc, token)
+    body = _read_bounded(environ, s.max_callback_bytes)
     if s.callback_auth_keys:
-        _check_signature(s.callback_auth_keys, s.callback_max_skew, s.public_url)
+        _check_signature(environ, s.callback_auth_keys, s.callback_max_skew, s.public_url)
     try:
         items, skipped = parse_callback(body)
     except CallbackParseError as e:
@@ -80,31 +130,60 @@ def _handle() -> Response:
     recorded = svc.intake.record(items)
     if recorded.new_ids and svc.dispatcher is not None:
         svc.dispatcher.submit(recorded.new_ids)
-    answer: dict[str, object] = {
-        "status": "accepted" if recorded.new_ids else "duplicate",
-        "events": [str(i) for i in recorded.event_ids],
-    }
+    status = "accepted" if recorded.new_ids else "duplicate"
+    answer: dict[str, object] = {"status": status, "events": [str(i) for i in recorded.event_ids]}
     if skipped:
         # A batch with some unusable items still records the good ones; say what was dropped and why.
         answer["skipped"] = [{"code": e.code, "message": str(e)} for e in skipped]
-    # Encoded here rather than by jsonify, and the answer left on `g` for the metrics hook so it does not
-    # parse the body back: together ~10 % of a callback's CPU under load (bench/callbacks.py).
-    g.callback_answer = answer["status"]
-    return Response(json.dumps(answer, separators=(",", ":")) + "\n", mimetype="application/json")
+    return (json.dumps(answer, separators=(",", ":")) + "\n").encode(), status
 
 
-@bp.post("/callbacks/live-snapshot")
+def answer(svc: Services, environ: Environ, token: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The whole callback: status, headers and body, counted in the metrics."""
+    headers = [("Content-Type", "application/json")]
+    try:
+        body, label = _accept(svc, environ, token)
+        status = 200
+    except Exception as e:
+        err = as_api_error(e)
+        status, label, body = err.status, err.code, error_body(err.code, err.message)
+        headers.extend(err.headers.items())
+    metrics.count_callback(svc, status, label)
+    headers.append(("Content-Length", str(len(body))))
+    return status, headers, body
+
+
+class CallbackRoute:
+    """WSGI layer: POSTs to the callback paths are answered here, everything else by the wrapped app."""
+
+    def __init__(self, app: WsgiApp, svc: Services) -> None:
+        self.app = app
+        self.svc = svc
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST":
+            token = _token_of(environ.get("PATH_INFO", ""))
+            if token is not None:
+                status, headers, body = answer(self.svc, environ, token)
+                start_response(_STATUS_LINES.get(status) or f"{status} Error", headers)
+                return [body]
+        return self.app(environ, start_response)
+
+
+def _flask_answer(token: str) -> Response:
+    svc: Services = current_app.extensions["receiver"]
+    g.callback_counted = True
+    # The raw segment, as CallbackRoute sees it (Flask's has been decoded from UTF-8 already).
+    raw = _token_of(request.environ.get("PATH_INFO", ""))
+    status, headers, body = answer(svc, request.environ, token if raw is None else raw)
+    return Response(body, status=status, headers=headers)
+
+
+@bp.post(PATH)
 def callback() -> Response:
-    if _services().settings.callback_token:
-        raise ApiError(404, "NotFound", "the callback path needs its token")
-    return _handle()
+    return _flask_answer("")
 
 
-@bp.post("/callbacks/live-snapshot/<token>")
+@bp.post(PATH + "/<token>")
 def callback_with_token(token: str) -> Response:
-    expected = _services().settings.callback_token
-    if not expected:
-        raise ApiError(404, "NotFound", "no callback token is configured")
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(401, "InvalidToken", "wrong callback token")
-    return _handle()
+    return _flask_answer(token)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -24,12 +25,34 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The encoded error document (what Flask's jsonify would write: compact, ASCII, newline-terminated)."""
+    return (json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")) + "\n").encode()
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    resp = jsonify({"error": {"code": code, "message": message}})
-    resp.status_code = status
+    resp = Response(error_body(code, message), status=status, mimetype="application/json")
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
+
+
+def as_api_error(e: Exception) -> ApiError:
+    """What any exception raised while answering a request becomes (logged here, as it is decided).
+
+    Used by the Flask handlers below and by the callback's WSGI route, which answers without Flask.
+    """
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, OperationalError | PoolTimeout) or (isinstance(e, DBAPIError) and e.connection_invalidated):
+        log.warning("database unavailable: %s", e)
+        # 503 makes ICE (and any sane client) retry; the event is not lost.
+        return ApiError(503, "DatabaseUnavailable", "the database is unavailable, retry later", {"Retry-After": "1"})
+    if isinstance(e, DBAPIError):
+        log.exception("database error")
+    else:
+        log.exception("unhandled error")
+    return ApiError(500, "InternalError", "internal error")
 
 
 _HTTP_CODES = {
@@ -68,22 +91,7 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = e.get_response().headers["Allow"]
         return error_response(status, _HTTP_CODES.get(status, "HTTPError"), e.description or e.name, headers)
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(PoolTimeout)
-    def _db_unavailable(e: Exception) -> Response:
-        log.warning("database unavailable: %s", e)
-        # 503 makes ICE (and any sane client) retry; the event is not lost.
-        return error_response(503, "DatabaseUnavailable", "the database is unavailable, retry later",
-                              {"Retry-After": "1"})
-
-    @app.errorhandler(DBAPIError)
-    def _db_error(e: DBAPIError) -> Response:
-        if e.connection_invalidated:
-            return _db_unavailable(e)
-        log.exception("database error")
-        return error_response(500, "InternalError", "internal error")
-
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "InternalError", "internal error")
+        err = as_api_error(e)
+        return error_response(err.status, err.code, err.message, err.headers)

@@ -88,7 +88,11 @@ def _insert_sqlite(conn: Connection, groups: list[tuple[list[EventItem], str]], 
     render = _table.c.received_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     assert render is not None  # SQLite stores datetimes as text; the claim query compares that text
     stamp = render(now)
-    values = [tuple(_params(item, origin, stamp)[c] for c in _COLUMNS) for items, origin in groups for item in items]
+    values = []
+    for items, origin in groups:
+        for item in items:
+            row = _params(item, origin, stamp)
+            values.append(tuple(row[c] for c in _COLUMNS))
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
     inserted: dict[tuple[str, str], int] = {}

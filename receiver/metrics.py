@@ -123,19 +123,21 @@ def count_thumbnail_bytes(svc: Services, n: int, direction: str = "written") -> 
     for_svc(svc).thumbnail_bytes.labels(direction).inc(n)
 
 
+def count_callback(svc: Services, status: int, answer: str) -> None:
+    for_svc(svc).callbacks.labels(str(status), answer).inc()
+
+
 def _record_request(resp: Response) -> Response:
     svc: Services = current_app.extensions["receiver"]
-    m = for_svc(svc)
     if request.path.startswith("/callbacks/") and request.method == "POST":
-        answer = g.get("callback_answer", "unknown")  # set by a callback that succeeded
-        body = resp.get_json(silent=True) if answer == "unknown" and resp.is_json else None
-        if isinstance(body, dict):
-            err = body.get("error")
-            answer = str(err.get("code")) if isinstance(err, dict) else str(body.get("status"))
-        m.callbacks.labels(str(resp.status_code), answer).inc()
+        # Callbacks are counted where they are answered (callbacks.answer); this is the rest (404s).
+        if not g.get("callback_counted"):
+            body = resp.get_json(silent=True) if resp.is_json else None
+            err = body.get("error") if isinstance(body, dict) else None
+            count_callback(svc, resp.status_code, str(err.get("code")) if isinstance(err, dict) else "unknown")
     elif request.url_rule is not None:
         # The rule, not the path: job and snapshot ids would make the label set unbounded.
-        m.requests.labels(request.url_rule.rule, str(resp.status_code)).inc()
+        for_svc(svc).requests.labels(request.url_rule.rule, str(resp.status_code)).inc()
     return resp
 
 
