@@ -7,10 +7,10 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from . import metrics
@@ -150,8 +150,12 @@ def _existing_statement(with_etag: bool) -> Executable:
 
 
 @cache
-def _index_statements() -> tuple[Executable, Executable]:
-    return insert(Snapshot).returning(Snapshot.id), insert(Thumbnail)
+def _index_statements(dialect: str) -> tuple[Executable, Executable]:
+    # DO NOTHING on the identity constraint rather than an IntegrityError: the insert shares its transaction
+    # with the event's own update (pipeline._finish_done), which an error would abort.
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    snapshot = dialect_insert(Snapshot).on_conflict_do_nothing().returning(Snapshot.id)
+    return snapshot, insert(Thumbnail)
 
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
@@ -161,8 +165,44 @@ def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | Non
         return found
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One object ready to index: either already indexed (``existing``) or fetched, thumbnailed and stored,
+    with the rows still to write."""
+
+    existing: int | None
+    snapshot: dict[str, Any] | None = None
+    thumbnails: tuple[dict[str, Any], ...] = ()
+
+
 def ingest(svc: Services, job: JobInfo, t: Target) -> int:
-    """Index one object; returns the snapshot id (the existing one when already indexed)."""
+    """Index one object in a transaction of its own; returns the snapshot id (the existing one when already
+    indexed). The pipeline uses prepare + write_index instead, to share the event's transaction."""
+    prepared = prepare(svc, job, t)
+    with svc.engine.begin() as conn:
+        return write_index(conn, prepared)
+
+
+def write_index(conn: Connection, p: Prepared) -> int:
+    """Write a prepared object's rows on ``conn`` (the caller's transaction); returns the snapshot id."""
+    if p.existing is not None:
+        return p.existing
+    assert p.snapshot is not None
+    insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
+    sid: int | None = conn.execute(insert_snapshot, p.snapshot).scalar_one_or_none()
+    if sid is None:
+        # Raced with another worker (or the reconciler) on the same content: theirs is the row.
+        snap = p.snapshot
+        params = {"job_id": snap["job_id"], "bucket": snap["oss_bucket"], "key": snap["oss_object"],
+                  "etag": snap["etag"]}
+        found: int = conn.execute(_existing_statement(True), params).scalar_one()
+        return found
+    conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+    return sid
+
+
+def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
+    """Everything before the database write: skip what is indexed, fetch, thumbnail, store the files."""
     assert job.endpoint and job.bucket
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
@@ -172,15 +212,15 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
         found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
     if found is not None:
-        return found
+        return Prepared(found)
     with metrics.stage(svc, "fetch"):
         obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
     if t.kind == "overwrite":
         # The object may have been rewritten between HEAD and GET: its new content may be indexed already.
-        # (A sequence object raced by another worker is caught by the unique constraint below instead.)
+        # (A sequence object raced by another worker is caught by the unique constraint instead.)
         found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
         if found is not None:
-            return found
+            return Prepared(found)
     with metrics.stage(svc, "thumbnail"):
         thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
                                  quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
@@ -205,19 +245,7 @@ def ingest(svc: Services, job: JobInfo, t: Target) -> int:
         "oss_endpoint": endpoint, "oss_bucket": bucket, "oss_object": t.key, "etag": obj.etag, "size": obj.size,
         "width": thumbs.source_width, "height": thumbs.source_height, "sha256": hashlib.sha256(obj.data).hexdigest(),
         "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms, "indexed_at": utcnow(),
-        **snapshot_columns(thumbs.thumbnails),
+        **snapshot_columns(thumbs),
     }
     metrics.observe_stage(svc, "store", time.perf_counter() - t_store)
-    try:
-        # Core statements on a connection: the ORM unit of work cost ~1.5 ms per frame here for two INSERTs.
-        insert_snapshot, insert_thumbnails = _index_statements()
-        with metrics.stage(svc, "index"), svc.engine.begin() as conn:
-            sid: int = conn.execute(insert_snapshot, snap).scalar_one()
-            conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in rows])
-            return sid
-    except IntegrityError:
-        # Raced with another worker (or the reconciler) on the same content: theirs is the row.
-        found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
-        if found is None:
-            raise
-        return found
+    return Prepared(None, snap, tuple(rows))

@@ -275,22 +275,27 @@ class SourceStore:
             if declared is not None and declared > max_bytes:
                 # Leaving the with-block closes the response without reading the body.
                 raise TooLarge(f"{where}: {declared} bytes exceeds the {max_bytes}-byte limit")
-            buf = bytearray()
+            # Pieces joined once at the end: growing a bytearray and copying it out cost ~0.25 ms per 300 KB
+            # frame (each large reallocation takes fresh pages from the kernel), b"".join about 6 us.
+            chunks: list[bytes] = []
+            size = 0
             # 256 KiB reads, not the 8 KiB the iterator yields: a quarter less CPU for a 300 KB frame
             # (bench/pipeline.py).
             while chunk := r.read(_READ_CHUNK):
-                buf += chunk
-                if len(buf) > max_bytes:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
                     raise TooLarge(f"{where}: more than {max_bytes} bytes")
-            if declared is not None and len(buf) != declared:
-                raise Transient(f"{where}: truncated transfer ({len(buf)} of {declared} bytes)")
+            if declared is not None and size != declared:
+                raise Transient(f"{where}: truncated transfer ({size} of {declared} bytes)")
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             # Over the whole body, not as it streams: one pass in C instead of one call per read.
-            if r.server_crc is not None and crc64(buf) != r.server_crc:
+            if r.server_crc is not None and crc64(data) != r.server_crc:
                 raise Transient(f"{where}: crc mismatch")
             return FetchedObject(
-                data=bytes(buf),
+                data=data,
                 etag=r.etag or "",
-                size=len(buf),
+                size=size,
                 last_modified_ms=_ms(r.last_modified),
                 content_type=r.content_type,
             )

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import Connection, bindparam, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from . import metrics
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
 from .ice import JobInfo
-from .ingest import Target, ingest, resolve_targets
+from .ingest import Prepared, Target, prepare, resolve_targets, write_index
 from .jobs import upsert_job
 from .models import Event, EventSnapshot, utcnow
 from .services import Services
@@ -108,22 +108,32 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     return Claimed(**result._mapping)
 
 
-def _finish(svc: Services, ev: Claimed, status: str, error: str | None, snapshot_ids: tuple[int, ...] = (),
-            retry_in: float | None = None) -> bool:
+def _finish(svc: Services, ev: Claimed, status: str, error: str | None, retry_in: float | None = None) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
+    with svc.engine.begin() as conn:
+        return _set_status(conn, ev, status, error, retry_in)
+
+
+def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[int, ...]:
+    """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
+    with metrics.stage(svc, "index"), svc.engine.begin() as conn:
+        ids = tuple(dict.fromkeys(write_index(conn, p) for p in prepared))
+        # The rows are facts whoever holds the claim, so they are committed either way; the links are the
+        # owner's to write.
+        if _set_status(conn, ev, "done", None, None):
+            conn.execute(_link_statement(conn.dialect.name), [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
+    return ids
+
+
+def _set_status(conn: Connection, ev: Claimed, status: str, error: str | None, retry_in: float | None) -> bool:
     now = utcnow()
     params: dict[str, object] = {"event_id": ev.id, "claimed_attempts": ev.attempts, "new_status": status,
                                  "error": error, "now": now}
     if retry_in is not None:
         params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
-    with svc.engine.begin() as conn:
-        res = conn.execute(_finish_statement(retry_in is not None), params)
-        if res.rowcount != 1:
-            log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
-            return False
-        if snapshot_ids:
-            conn.execute(_link_statement(conn.dialect.name),
-                         [{"event_id": ev.id, "snapshot_id": sid} for sid in snapshot_ids])
+    if conn.execute(_finish_statement(retry_in is not None), params).rowcount != 1:
+        log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
+        return False
     return True
 
 
@@ -158,7 +168,8 @@ def process_event(svc: Services, event_id: int) -> Outcome:
 
 def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
     try:
-        snapshot_ids = _run(svc, ev)
+        # Indexing shares the done-transaction; a database error there is retried like any other.
+        snapshot_ids = _finish_done(svc, ev, _run(svc, ev))
     except (Rejected, JobNotFound) as e:
         log.info("event %s rejected: %s", ev.id, e)
         _finish(svc, ev, "rejected", _describe(e))
@@ -179,11 +190,10 @@ def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
         delay = backoff_seconds(svc, ev.attempts, e.retry_after if isinstance(e, Transient) else None)
         _finish(svc, ev, "pending", _describe(e), retry_in=delay)
         return Outcome("pending", retry_in=delay)
-    _finish(svc, ev, "done", None, snapshot_ids)
     return Outcome("done", snapshot_ids=snapshot_ids)
 
 
-def _run(svc: Services, ev: Claimed) -> tuple[int, ...]:
+def _run(svc: Services, ev: Claimed) -> list[Prepared]:
     with metrics.stage(svc, "verify"):
         job = svc.ice.get_job(ev.job_id)
     # The gateway hands back the same JobInfo object until its cache entry expires; writing the job row again
@@ -197,18 +207,18 @@ def _run(svc: Services, ev: Claimed) -> tuple[int, ...]:
     with metrics.stage(svc, "resolve"):
         targets: list[Target] = resolve_targets(svc, job, ev)
     if len(targets) == 1:
-        return (ingest(svc, job, targets[0]),)
+        return [prepare(svc, job, targets[0])]
     # A bare-JobId callback names several objects: one missing or bad object (the overwrite object not yet
     # written, one broken frame) must not cost the others. Transient errors still retry the whole event
     # (ingest is idempotent); the event fails only when nothing at all could be indexed.
-    ids: list[int] = []
+    done: list[Prepared] = []
     errors: list[ReceiverError] = []
     for t in targets:
         try:
-            ids.append(ingest(svc, job, t))
+            done.append(prepare(svc, job, t))
         except (ObjectNotFound, ImageError, Rejected) as e:
             log.info("event %s: %s skipped: %s", ev.id, t.key, e)
             errors.append(e)
-    if not ids and errors:
+    if not done and errors:
         raise errors[0]
-    return tuple(dict.fromkeys(ids))
+    return done

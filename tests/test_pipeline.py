@@ -271,6 +271,55 @@ def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice,
     svc2.close()
 
 
+def test_an_object_indexed_by_someone_else_meanwhile_is_linked_not_duplicated(client, svc, fake_ice, fake_oss,
+                                                                             frame, monkeypatch):
+    """Between fetching and writing, another worker (or the reconciler) indexed the same object: the event
+    links to that row; no second snapshot or thumbnail rows, no error."""
+    from receiver import pipeline
+    from receiver.ingest import Target, ingest
+
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    eid = int(send(client, callback_body(key, T0)))
+    job = svc.ice.get_job(JOB)
+    real_prepare = pipeline.prepare
+
+    def prepare_then_race(svc_, job_, target):  # type: ignore[no-untyped-def]
+        prepared = real_prepare(svc_, job_, target)
+        # The existence check has passed; the other worker commits first.
+        prepare_then_race.other = ingest(svc_, job, Target(key, "sequence", T0, T0))  # type: ignore[attr-defined]
+        return prepared
+
+    monkeypatch.setattr(pipeline, "prepare", prepare_then_race)
+    outcome = process_event(svc, eid)
+    assert outcome.status == "done" and outcome.snapshot_ids == (prepare_then_race.other,)  # type: ignore[attr-defined]
+    assert snapshot_count(svc) == 1
+    with svc.sessions() as s:
+        assert s.execute(select(func.count()).select_from(Thumbnail)).scalar_one() == 2
+    assert the_event(svc, str(eid)).snapshot_ids == [prepare_then_race.other]  # type: ignore[attr-defined]
+
+
+def test_a_claim_lost_while_working_keeps_the_rows_and_leaves_the_event_to_its_new_owner(client, svc, fake_ice,
+                                                                                           fake_oss, frame,
+                                                                                           monkeypatch):
+    from receiver import pipeline
+
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    eid = int(send(client, callback_body(key, T0)))
+    real_prepare = pipeline.prepare
+
+    def prepare_then_lose_claim(svc_, job_, target):  # type: ignore[no-untyped-def]
+        prepared = real_prepare(svc_, job_, target)
+        with svc.sessions.begin() as s:  # the lease ran out and another worker claimed the event
+            s.execute(update(Event).where(Event.id == eid).values(attempts=Event.attempts + 1))
+        return prepared
+
+    monkeypatch.setattr(pipeline, "prepare", prepare_then_lose_claim)
+    process_event(svc, eid)
+    ev = the_event(svc, str(eid))
+    assert ev.status == "processing" and ev.attempts == 2 and ev.snapshot_ids == []
+    assert snapshot_count(svc) == 1  # the new owner will find it and link it
+
+
 def test_threaded_dispatcher_processes_a_burst(client, svc, fake_ice, fake_oss, frame):
     svc.dispatcher.start()
     for i in range(20):

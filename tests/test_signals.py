@@ -122,3 +122,17 @@ def test_original_streamed_when_configured(settings, fake_oss, fake_ice):
         assert r.status_code == 200 and r.mimetype == "image/jpeg" and r.data == data
     finally:
         app.extensions["receiver"].close()
+
+
+def test_luma_statistics_match_pillows_imagestat():
+    # The histogram sums run in C; the figures are ImageStat's own, to the last digit that is stored.
+    from PIL import ImageStat
+
+    from receiver.signals import _mean_and_spread
+
+    for kind in ("photo", "black", "noisy", "smooth"):
+        grey = Image.open(io.BytesIO(make_frame(3, width=320, height=180, kind=kind))).convert("L")
+        stat = ImageStat.Stat(grey)
+        mean, spread = _mean_and_spread(grey.histogram())
+        assert round(mean, 2) == round(stat.mean[0], 2) and round(spread, 2) == round(stat.stddev[0], 2), kind
+    assert _mean_and_spread([0] * 256) == (0.0, 0.0)
