@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -144,19 +145,7 @@ class EndpointPolicy:
         Raises Rejected (not ValueError) when no valid DNS host name or IPv4 address remains, because the
         input usually comes from a callback and the pipeline already turns Rejected into a final failure.
         """
-        text = endpoint.strip()
-        if "\\" in text or any(c.isspace() for c in text):
-            raise Rejected(f"invalid OSS endpoint {endpoint!r}")
-        # "//" makes urlsplit treat a bare "host:port/path" as a network location.
-        parts = urlsplit(text if "://" in text else "//" + text)
-        try:
-            host = (parts.hostname or "").rstrip(".")
-            parts.port  # noqa: B018 - raises ValueError for a non-numeric port
-        except ValueError:
-            raise Rejected(f"invalid OSS endpoint {endpoint!r}") from None
-        if not host or not _HOST_RE.match(host):
-            raise Rejected(f"invalid OSS endpoint {endpoint!r}")
-        return host
+        return _normalize(endpoint)
 
     def is_allowed(self, endpoint: str) -> bool:
         try:
@@ -177,6 +166,25 @@ class EndpointPolicy:
         """Like resolve, without the allow-list (for endpoints we configured ourselves)."""
         host = self.normalize(endpoint)
         return self.endpoint_map.get(host) or f"https://{host}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalize(endpoint: str) -> str:
+    # Cached: every frame checks its job's endpoint several times (policy, bucket lookup, callback fields),
+    # and a job's endpoint does not change. Invalid input raises, which lru_cache does not remember.
+    text = endpoint.strip()
+    if "\\" in text or any(c.isspace() for c in text):
+        raise Rejected(f"invalid OSS endpoint {endpoint!r}")
+    # "//" makes urlsplit treat a bare "host:port/path" as a network location.
+    parts = urlsplit(text if "://" in text else "//" + text)
+    try:
+        host = (parts.hostname or "").rstrip(".")
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric port
+    except ValueError:
+        raise Rejected(f"invalid OSS endpoint {endpoint!r}") from None
+    if not host or not _HOST_RE.match(host):
+        raise Rejected(f"invalid OSS endpoint {endpoint!r}")
+    return host
 
 
 def _path_style(url: str) -> bool:

@@ -399,3 +399,24 @@ def test_route_edges(settings):
     cut = c.post(URL + "/" + quote("töken-ü"), data=body, environ_overrides={"CONTENT_LENGTH": "5"})
     assert_error(cut, 400, "InvalidJson")
     app.extensions["receiver"].close()
+
+
+def test_a_database_locked_past_the_intake_timeout_gets_503_and_the_retry_is_accepted(client, svc):
+    # Another writer holds SQLite's write lock: the callback waits at most the intake's 2.5 s busy timeout
+    # (ICE gives up after 3 s), answers 503 with Retry-After, and records nothing; ICE's retry then lands.
+    import sqlite3
+
+    body = json.dumps({"JobId": JOB, "OssObject": "a.jpg"})
+    blocker = sqlite3.connect(svc.engine.url.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.monotonic()
+        resp = post(client, body)
+        waited = time.monotonic() - t0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert_error(resp, 503, "DatabaseUnavailable")
+    assert resp.headers["Retry-After"] == "1" and 2.0 < waited < 10
+    assert events(svc) == []
+    assert post(client, body).get_json()["status"] == "accepted"
