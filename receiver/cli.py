@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from typing import Any
 
 import click
 from flask import Flask
@@ -74,6 +76,10 @@ def run_server(app: Flask, host: str, port: int, threads: int | None = None) -> 
     waitress_serve(app, host=host, port=port, threads=threads, ident="receiver", clear_untrusted_proxy_headers=True)
 
 
+def _raise_system_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -89,6 +95,9 @@ def serve(host: str, port: int) -> None:
     from .reconcile import start_reconciler
 
     start_reconciler(svc)  # reconcile every RECEIVER_RECONCILE_SECONDS, prune per RECEIVER_RETENTION_DAYS
+    # SIGTERM (systemd, docker stop, a supervisor) ends the server like Ctrl-C: the finally below stops the
+    # workers (and a process pool's children) instead of the interpreter dying around them.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         run_server(app, host, port)
     finally:
@@ -101,7 +110,6 @@ def serve(host: str, port: int) -> None:
               help="Celery pool (RECEIVER_QUEUE=celery); RECEIVER_WORKERS sets its concurrency.")
 def worker(once: bool, pool: str) -> None:
     """Workers only: process events from the inbox (a Celery worker when RECEIVER_QUEUE=celery)."""
-    import signal
     import threading
 
     from .dispatch import drain

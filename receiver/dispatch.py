@@ -10,6 +10,7 @@ import datetime as dt
 import heapq
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -329,6 +330,18 @@ def _init_child(settings: Settings) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
     _CHILD_SVC = build_services(settings)
+    # A parent killed without shutting the pool down (SIGKILL, OOM) would leave its children waiting on the
+    # call queue forever, holding memory and database connections: they leave with it. An event a child was
+    # running stays `processing` until its lease expires, as after any crash.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="receiver-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 def _process_in_child(event_id: int) -> Outcome:

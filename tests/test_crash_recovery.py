@@ -129,3 +129,40 @@ def test_sigkill_with_events_in_every_state(server, db, fake_ice, fake_oss):
         [reason] = c.execute(select(Event.last_error).where(Event.status == "failed")).scalars()
     assert objects == Counter(good)  # every good file exactly once
     assert reason and "NotAJpeg" in reason
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_process_pool_children_leave_with_serve(server, db, fake_ice, fake_oss, sig):
+    """RECEIVER_WORKER_POOL=process: stopping `serve` (SIGTERM) shuts its worker processes down, and killing it
+    (SIGKILL) makes them exit on their own; none is left running, holding memory and the database."""
+    server.env.update(RECEIVER_WORKER_POOL="process", RECEIVER_WORKERS="2")
+    server.start()
+    assert server.proc is not None
+    for i in range(4):
+        server.post(callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, make_frame(seed=i)), T0 + i * 5000))
+    wait_for(lambda: statuses(db).get("done", 0) == 4, what="4 events done by the worker processes")
+    children = _children(server.proc.pid)
+    assert children, "the process pool should have started worker processes"
+    server.proc.send_signal(sig)
+    server.proc.wait(timeout=20)
+    wait_for(lambda: not any(_alive(c) for c in children), timeout=20, what="worker processes to exit")
