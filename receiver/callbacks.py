@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.wsgi import get_current_url
+from werkzeug.wrappers import Request
 
 from . import metrics
 from .callback_parse import CallbackParseError, parse_callback
@@ -59,8 +59,11 @@ def _read_bounded(environ: Environ, limit: int) -> bytes:
         declared = None
     if declared is not None and declared > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        # Neither a length nor a server that ends the stream (chunked under gunicorn, waitress): reading
+        # could wait for the client to hang up, so there is no body, as werkzeug would have it.
+        return b""
     stream = environ["wsgi.input"]
-    # The servers we run under end wsgi.input at the body's end; a declared length bounds the read anyway.
     data: bytes = stream.read(min(limit + 1, declared) if declared is not None and declared >= 0 else limit + 1)
     if len(data) > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
@@ -69,11 +72,9 @@ def _read_bounded(environ: Environ, limit: int) -> bytes:
 
 def _candidate_urls(environ: Environ, public_url: str | None) -> list[str]:
     query = environ.get("QUERY_STRING", "")
-    if public_url:
-        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
-        base = public_url.rstrip("/") + path
-    else:
-        base = get_current_url(environ, strip_querystring=True)
+    # Flask's request.path and base_url: host, script root and path decoded as werkzeug does (UTF-8 paths).
+    req = Request(environ)
+    base = public_url.rstrip("/") + req.path if public_url else req.base_url
     urls = [base + ("?" + query if query else "")]
     if query:
         urls.append(base)
@@ -85,7 +86,7 @@ def _check_signature(environ: Environ, keys: tuple[str, ...], max_skew: int, pub
     sig = environ.get("HTTP_X_ICE_SIGNATURE", "").strip().lower()
     if not ts or not sig:
         raise ApiError(401, "MissingSignature", "X-ICE-TIMESTAMP and X-ICE-SIGNATURE are required")
-    if not ts.isdigit():
+    if not (ts.isascii() and ts.isdigit()):  # "²".isdigit() is true and int() refuses it
         raise ApiError(401, "InvalidSignature", "X-ICE-TIMESTAMP must be Unix seconds")
     if abs(time.time() - int(ts)) > max_skew:
         raise ApiError(401, "StaleSignature", f"X-ICE-TIMESTAMP is more than {max_skew} s from now")

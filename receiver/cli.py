@@ -101,6 +101,7 @@ def serve(host: str, port: int) -> None:
     try:
         run_server(app, host, port)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         svc.close()
 
 

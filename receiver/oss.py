@@ -105,6 +105,10 @@ def _translated(where: str, op: str = "other") -> Iterator[None]:
         # oss2's wrapping: a connection dropped mid-body or a read timeout.
         metrics.count_call("oss", op, Transient.code)
         raise Transient(f"{where}: transfer failed: {e}") from e
+    except ReceiverError as e:
+        # Our own checks on the answer (size, truncation, CRC) fail the call too.
+        metrics.count_call("oss", op, e.code)
+        raise
     else:
         metrics.count_call("oss", op)
 
@@ -145,7 +149,8 @@ class EndpointPolicy:
         Raises Rejected (not ValueError) when no valid DNS host name or IPv4 address remains, because the
         input usually comes from a callback and the pipeline already turns Rejected into a final failure.
         """
-        return _normalize(endpoint)
+        # Endpoints are short (callback fields are capped at 255 bytes); anything longer is not worth caching.
+        return _normalize(endpoint) if len(endpoint) <= 512 else _normalize.__wrapped__(endpoint)
 
     def is_allowed(self, endpoint: str) -> bool:
         try:
@@ -219,7 +224,8 @@ def _skip_environment_lookups(session: Any) -> None:
     per-request lookup (their NO_PROXY rules are requests' own), a CA bundle becomes the session's
     ``verify``. A netrc login, which would replace the OSS signature, is no longer picked up.
     """
-    if urllib.request.getproxies():
+    # NO_PROXY alone ("no") routes nothing through a proxy; only real proxy entries need requests' handling.
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):
         return
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle and session.session.verify is True:
@@ -368,10 +374,11 @@ class FileThumbnailStore:
     def put(self, key: str, data: bytes, content_type: str) -> None:
         # content_type is not stored: the file name's extension says it when the file is served.
         path = self.path_for(key)
-        # Unique per process and thread, so no random name (mkstemp) and no mkdir unless the open says the
-        # folder is missing: together half of this function's time per frame (py-spy, bench/pipeline.py).
-        tmp = f"{path.parent}{os.sep}.tmp-{os.getpid()}-{threading.get_ident()}-{path.name}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        # No mkstemp (its retry loop over random names) and no mkdir unless the open says the folder is
+        # missing: together half of this function's time per frame (py-spy, bench/pipeline.py). The random
+        # part keeps names apart across hosts and containers sharing the folder (same pids, same keys).
+        tmp = f"{path.parent}{os.sep}.tmp-{os.urandom(6).hex()}-{path.name}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         try:
             fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
@@ -427,16 +434,16 @@ class OssThumbnailStore:
         where = f"oss://{self.bucket.bucket_name}/{k}"
         with _translated(where, "PutObject"):
             r = self.bucket.put_object(k, data, headers={"Content-Type": content_type})
-        if r.crc is not None and r.crc != crc64(data):
-            raise Transient(f"{where}: crc mismatch after upload")
+            if r.crc is not None and r.crc != crc64(data):
+                raise Transient(f"{where}: crc mismatch after upload")
 
     def get(self, key: str) -> bytes:
         k = self._key(key)
         where = f"oss://{self.bucket.bucket_name}/{k}"
         with _translated(where), self.bucket.get_object(k) as r:
             data = bytes(r.read())
-        if r.server_crc is not None and r.server_crc != crc64(data):
-            raise Transient(f"{where}: crc mismatch")
+            if r.server_crc is not None and r.server_crc != crc64(data):
+                raise Transient(f"{where}: crc mismatch")
         return data
 
 

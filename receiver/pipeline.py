@@ -219,6 +219,14 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
         except (ObjectNotFound, ImageError, Rejected) as e:
             log.info("event %s: %s skipped: %s", ev.id, t.key, e)
             errors.append(e)
+        except Exception:
+            # The event will be retried, but an overwrite object fetched already may be rewritten by then:
+            # index what is in hand first, as each object was indexed on its own before.
+            if done:
+                with svc.engine.begin() as conn:
+                    for p in done:
+                        write_index(conn, p)
+            raise
     if not done and errors:
         raise errors[0]
     return done

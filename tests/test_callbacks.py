@@ -420,3 +420,27 @@ def test_a_database_locked_past_the_intake_timeout_gets_503_and_the_retry_is_acc
     assert resp.headers["Retry-After"] == "1" and 2.0 < waited < 10
     assert events(svc) == []
     assert post(client, body).get_json()["status"] == "accepted"
+
+
+def test_signature_over_a_utf8_path_and_odd_timestamps(settings):
+    # Without RECEIVER_PUBLIC_URL the signed URL is the request's own, with its path decoded from UTF-8 (as
+    # Flask's base_url); a timestamp of non-ASCII digits is an invalid signature (401), not a 500.
+    from urllib.parse import quote
+
+    app = make_app(settings, callback_auth_keys=("K1abc",), callback_token="café")
+    c = app.test_client()
+    now = int(time.time())
+    body = json.dumps({"JobId": JOB})
+    path = URL + "/" + quote("café")
+    assert post(c, body, path=path, headers=sign("http://localhost" + URL + "/café", now, "K1abc")).status_code == 200
+    odd = {**sign("http://localhost" + URL + "/café", now, "K1abc"), "X-ICE-TIMESTAMP": "²"}
+    assert_error(post(c, body, path=path, headers=odd), 401, "InvalidSignature")
+    app.extensions["receiver"].close()
+
+
+def test_a_body_with_no_length_and_no_end_is_empty(client, svc):
+    # No Content-Length and a server that does not mark the stream's end: nothing is read (a read could wait
+    # for the client to hang up), so the callback is a 400 at once.
+    resp = client.post(URL, data=json.dumps({"JobId": JOB}), environ_overrides={"CONTENT_LENGTH": ""})
+    assert_error(resp, 400, "InvalidJson")
+    assert events(svc) == []

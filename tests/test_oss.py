@@ -512,9 +512,14 @@ def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) 
     # a Transient error, so the event is retried, and the good bytes are still readable afterwards.
     fake.create_bucket("thumbs")
     store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
+    from receiver import metrics
+
+    failed_puts = metrics._calls.get(("oss", "PutObject", "Transient"), 0)
     fake.corrupt_crc_next(1)
     with pytest.raises(Transient, match="crc mismatch after upload"):
         store.put("a.jpg", b"thumb" * 100, "image/jpeg")
+    # Counted as the failed call it is (receiver_external_calls), not as a success.
+    assert metrics._calls.get(("oss", "PutObject", "Transient"), 0) == failed_puts + 1
     fake.corrupt_crc_next(1)
     with pytest.raises(Transient, match="crc mismatch"):
         store.get("a.jpg")
@@ -534,6 +539,12 @@ def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch:
         assert plain._session.session.verify == "/etc/ssl/custom-ca.pem"
     finally:
         plain.close()
+    monkeypatch.setenv("NO_PROXY", "localhost,.internal")  # no proxy configured: still nothing to look up
+    no_proxy_only = SourceStore(settings)
+    try:
+        assert no_proxy_only._session.session.trust_env is False
+    finally:
+        no_proxy_only.close()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     proxied = SourceStore(settings)
     try:

@@ -358,6 +358,25 @@ def test_bare_job_id_callback_survives_a_missing_overwrite_object(client, svc, f
     assert len(ev.snapshot_ids) == 1
 
 
+def test_bare_job_id_callback_keeps_the_overwrite_frame_when_a_sequence_file_fails_transiently(client, svc,
+                                                                                                 fake_ice, fake_oss,
+                                                                                                 frame):
+    """The event is retried for the sequence file, but the overwrite object's content, fetched already and
+    rewritten by ICE before the retry, is indexed at once rather than dropped with the attempt."""
+    now = int(time.time() * 1000)
+    fake_oss.put(BUCKET, f"snapshot/{JOB}.jpg", make_frame(seed=7))  # the overwrite object (OverwriteFormat)
+    seq = put_snapshot(fake_oss, fake_ice, now - 5000, frame)
+    fake_oss.fail_next("GET", 1, status=503, code="ServiceUnavailable", key=seq)
+    eid = send(client, json.dumps({"JobId": JOB, "CreateTimestamp": now}).encode())
+    assert process_event(svc, int(eid)).status == "pending"  # retried for the sequence file
+    with svc.sessions() as s:
+        assert s.execute(select(Snapshot.oss_object)).scalars().all() == [f"snapshot/{JOB}.jpg"]
+    assert run_until_final(svc, eid).status == "done"
+    with svc.sessions() as s:
+        assert sorted(s.execute(select(Snapshot.oss_object)).scalars().all()) == sorted([f"snapshot/{JOB}.jpg", seq])
+    assert len(the_event(svc, eid).snapshot_ids) == 2
+
+
 def test_overwrite_fetched_late_takes_the_objects_own_time(client, svc, fake_oss):
     key = f"snapshot/{JOB}.jpg"
     fake_oss.put(BUCKET, key, make_frame(seed=20), last_modified=(T0 + 60_000) / 1000)

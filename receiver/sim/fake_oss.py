@@ -380,10 +380,13 @@ class FakeOss:
 
     # fault injection
 
-    def fail_next(self, method: str, n: int, status: int = 500, code: str = "InternalError") -> None:
-        """Answer the next ``n`` authenticated ``method`` requests with an error instead of serving them."""
+    def fail_next(self, method: str, n: int, status: int = 500, code: str = "InternalError",
+                  key: str | None = None) -> None:
+        """Answer the next ``n`` authenticated ``method`` requests (for ``key`` only, if given) with an error
+        instead of serving them."""
         with self._lock:
-            self._failures.setdefault(method.upper(), []).extend([(status, code)] * n)
+            self._failures.setdefault(method.upper() if key is None else f"{method.upper()} {key}", []).extend(
+                [(status, code)] * n)
 
     def corrupt_crc_next(self, n: int) -> None:
         """Send a wrong ``x-oss-hash-crc64ecma`` in the next ``n`` GET or PUT answers."""
@@ -428,7 +431,8 @@ class FakeOss:
         auth = "anon"
         try:
             auth = self._authenticate(method, headers, bucket, key, query)
-            reply = self._injected(method) or self._route(method, bucket, key, query, headers, body)
+            reply = (self._injected(f"{method} {key}") or self._injected(method)
+                     or self._route(method, bucket, key, query, headers, body))
         except _Denied as e:
             status = 400 if e.code in ("InvalidArgument", "InvalidRequest") else 403
             reply = self._error(status, e.code, e.message, **e.details)
@@ -450,9 +454,9 @@ class FakeOss:
             )
         return reply
 
-    def _injected(self, method: str) -> _Reply | None:
+    def _injected(self, which: str) -> _Reply | None:
         with self._lock:
-            queue = self._failures.get(method)
+            queue = self._failures.get(which)
             if not queue:
                 return None
             status, code = queue.pop(0)
