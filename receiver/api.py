@@ -104,7 +104,7 @@ def readyz() -> Response:
 def jobs() -> Response:
     limit = limit_param()
     cursor = decode_cursor("jobs", (str,))
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         rows = queries.jobs_with_latest(s, cursor[0] if cursor else None, limit + 1)
         key = _signing_key()
         items = [job_json(job, latest, key) for job, latest in rows[:limit]]
@@ -114,7 +114,7 @@ def jobs() -> Response:
 
 @bp.get("/v1/jobs/<job_id>")
 def job_detail(job_id: str) -> Response:
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         job = _job(s, job_id)
         latest = queries.latest_snapshot(s, job_id)
         counters = queries.job_counters(s, job_id)
@@ -128,7 +128,7 @@ def job_snapshots(job_id: str) -> Response:
     scope = f"snapshots:{job_id}:{order}"
     cursor = decode_cursor(scope, (int, int))
     q = queries.HistoryQuery(job_id, since, until, order, (cursor[0], cursor[1]) if cursor else None, limit + 1)
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         _job(s, job_id)
         rows = queries.history(s, q)
         key = _signing_key()
@@ -147,7 +147,7 @@ def job_snapshots(job_id: str) -> Response:
 
 @bp.get("/v1/jobs/<job_id>/snapshots/latest")
 def job_latest(job_id: str) -> Response:
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         _job(s, job_id)
         snap = queries.latest_snapshot(s, job_id)
         if snap is None:
@@ -159,7 +159,7 @@ def job_latest(job_id: str) -> Response:
 def job_nearest(job_id: str) -> Response:
     t = time_param("time", required=True)
     assert t is not None
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         _job(s, job_id)
         snap = queries.nearest(s, job_id, t)
         if snap is None:
@@ -169,7 +169,7 @@ def job_nearest(job_id: str) -> Response:
 
 @bp.get("/v1/snapshots/<snapshot_id>")
 def snapshot(snapshot_id: str) -> Response:
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         snap = s.get(Snapshot, _int_id(snapshot_id, "snapshot"))
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
@@ -191,7 +191,7 @@ def thumbnail(snapshot_id: str) -> Response:
     svc = _svc()
     sid = _int_id(snapshot_id, "snapshot")
     width = _width_param(svc.settings.thumbnail_widths)
-    with svc.sessions() as s:
+    with svc.readers() as s:
         # The asked width, or (a source narrower than it was not upscaled) the largest rendition below it,
         # or failing that the smallest there is.
         thumbs = list(s.execute(select(Thumbnail).where(Thumbnail.snapshot_id == sid)).scalars())
@@ -239,7 +239,7 @@ def events() -> Response:
         # Newest first by id: events inserted while paging have larger ids, so they never shift a page.
         q = q.where(Event.id < cursor[0])
     q = q.order_by(Event.id.desc()).limit(limit + 1)
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         rows = list(s.execute(q).scalars())
         items = [event_json(e) for e in rows[:limit]]
     next_cursor = encode_cursor(scope, [rows[limit - 1].id]) if len(rows) > limit else None

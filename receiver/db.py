@@ -38,8 +38,13 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", lambda conn, rec: _sqlite_pragmas(conn, rec, busy_timeout_s))
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine and pool for transactions that only read (see _sqlite_begin)."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any, busy_timeout_s: float = 30.0) -> None:
@@ -54,10 +59,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, busy_timeout_s: float = 30.0)
     cur.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
-    # Taking the write lock up front turns lock upgrades (which fail instantly with SQLITE_BUSY) into
-    # waits bounded by busy_timeout.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+READ_ONLY = "receiver_read_only"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front: that turns lock upgrades (which fail instantly with SQLITE_BUSY)
+    # into waits bounded by busy_timeout. Readers must not: with WAL they never block a writer, but a read
+    # that took the write lock held off every callback for as long as it ran (an API page, a metrics
+    # scrape), and a read over 2.5 s cost ICE a 503.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

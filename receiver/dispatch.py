@@ -55,7 +55,7 @@ def due_event_ids(svc: Services, limit: int = SWEEP_BATCH, exclude: set[int] | N
         .order_by(Event.next_attempt_at, Event.id)
         .limit(limit + len(exclude or ()))
     )
-    with svc.sessions() as s:
+    with svc.readers() as s:
         ids = list(s.execute(q).scalars())
     if exclude:
         ids = [i for i in ids if i not in exclude]
@@ -400,7 +400,7 @@ def wait_idle(svc: Services, timeout: float) -> bool:
     """Until no event is pending-and-due or processing (tests and the demo)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with svc.sessions() as s:
+        with svc.readers() as s:
             busy = s.execute(
                 select(Event.id).where(Event.status.in_(("pending", "processing"))).limit(1)
             ).first()

@@ -75,7 +75,7 @@ def _not_modified(etag: str) -> bool:
 def job_health(job_id: str) -> Response:
     since, until = _window()
     now = now_ms()
-    with _svc().sessions() as s:
+    with _svc().readers() as s:
         job = _job(s, job_id)
         frames = hq.window_frames(s, job_id, since, until)
         interval = hq.interval_ms(job, frames)
@@ -94,7 +94,7 @@ def job_health(job_id: str) -> Response:
 
 def _plan(job_id: str, since: int, until: int) -> sb.Plan:
     svc = _svc()
-    with svc.sessions() as s:
+    with svc.readers() as s:
         job = _job(s, job_id)
         # One row per snapshot with its smallest thumbnail: the tiles are small, so is their source.
         t2 = aliased(Thumbnail)
@@ -174,7 +174,7 @@ def original(snapshot_id: str) -> BaseResponse:
     svc = _svc()
     if not is_ascii_int(snapshot_id):
         raise ApiError(404, "NotFound", f"no snapshot {snapshot_id[:100]!r}")
-    with svc.sessions() as s:
+    with svc.readers() as s:
         snap = s.get(Snapshot, int(snapshot_id))
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")

@@ -160,7 +160,7 @@ def _index_statements(dialect: str) -> tuple[Executable, Executable]:
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
-    with svc.engine.connect() as conn:
+    with svc.read_engine.connect() as conn:
         found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
         return found
 

@@ -63,7 +63,7 @@ class _InboxCollector(Collector):
         from .queries import events_by_status
 
         now = utcnow()
-        with self.svc.sessions() as s:
+        with self.svc.readers() as s:
             counts = events_by_status(s)
             due = s.execute(select(func.count()).select_from(Event).where(or_(
                 (Event.status == "pending") & (Event.next_attempt_at <= now),

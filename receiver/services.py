@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .db import make_engine, make_session_factory
+from .db import make_engine, make_session_factory, reader
 from .inbox import GroupCommitter
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    # For work that only reads (the API, metrics, the sweeper's scan): on SQLite it never takes the write
+    # lock, so it cannot hold up callbacks or workers. Nothing may be written through these.
+    read_engine: Engine
+    readers: sessionmaker[Session]
     ice: IceGateway
     source: SourceStore
     thumbs: ThumbnailStore
@@ -67,10 +71,13 @@ def build_services(
             ttl=settings.job_cache_seconds,
             negative_ttl=settings.job_negative_cache_seconds,
         )
+    read_engine = reader(engine)
     svc = Services(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
+        read_engine=read_engine,
+        readers=make_session_factory(read_engine),
         ice=ice,
         source=source if source is not None else SourceStore(settings),
         thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
