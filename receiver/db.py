@@ -49,7 +49,7 @@ def reader(engine: Engine) -> Engine:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any, busy_timeout_s: float = 30.0) -> None:
     # pysqlite's implicit transactions would defer BEGIN and upgrade locks mid-transaction (deadlock-prone);
-    # we issue BEGIN IMMEDIATE ourselves in _sqlite_begin_immediate.
+    # we issue BEGIN (IMMEDIATE for writers) ourselves in _sqlite_begin.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
