@@ -15,7 +15,6 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,12 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.pg_redis import free_port, wait_healthy  # noqa: E402
 
 
 def start_server(port: int, data_dir: str, with_workers: bool) -> subprocess.Popen[bytes]:
@@ -40,17 +36,8 @@ def start_server(port: int, data_dir: str, with_workers: bool) -> subprocess.Pop
     if not with_workers:
         env["RECEIVER_WORKERS"] = "0"  # intake alone: events stay pending in the inbox
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/healthz")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
+    wait_healthy(port, proc)
+    return proc
 
 
 def _body(worker: int, i: int) -> bytes:

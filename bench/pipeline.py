@@ -19,7 +19,6 @@ import argparse
 import http.client
 import os
 import resource
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -38,14 +37,9 @@ from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
 from receiver.thumbnails import make_thumbnails  # noqa: E402
 from tests.cluster import AK, BUCKET, OSS_ENDPOINT, SK, callback  # noqa: E402
+from tests.pg_redis import free_port, wait_healthy  # noqa: E402
 
 DISTINCT = 16  # distinct frames, cycled (generating a 1080p frame costs more than thumbnailing it)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,17 +86,8 @@ def start_server(ice: FakeIce, oss: FakeOss, data_dir: str, workers: int,
     with open(Path(data_dir) / "serve.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/healthz")
-            if c.getresponse().status == 200:
-                return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
+    wait_healthy(port, proc)
+    return proc, port
 
 
 def post_all(port: int, bodies: list[bytes]) -> None:

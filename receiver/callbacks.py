@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
 
 PATH = "/callbacks/live-snapshot"
-_STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found",
-                 413: "413 Payload Too Large", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -166,7 +165,7 @@ class CallbackRoute:
             token = _token_of(environ.get("PATH_INFO", ""))
             if token is not None:
                 status, headers, body = answer(self.svc, environ, token)
-                start_response(_STATUS_LINES.get(status) or f"{status} Error", headers)
+                start_response(f"{status} {HTTPStatus(status).phrase}", headers)
                 return [body]
         return self.app(environ, start_response)
 

@@ -21,9 +21,10 @@ from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExec
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from .models import Event, utcnow
+from .queries import due_events
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -46,12 +47,7 @@ def due_event_ids(svc: Services, limit: int = SWEEP_BATCH, exclude: set[int] | N
     now = utcnow()
     q = (
         select(Event.id)
-        .where(
-            or_(
-                (Event.status == "pending") & (Event.next_attempt_at <= now),
-                (Event.status == "processing") & (Event.lease_until < now),
-            )
-        )
+        .where(due_events(now, now))
         .order_by(Event.next_attempt_at, Event.id)
         .limit(limit + len(exclude or ()))
     )
@@ -200,12 +196,7 @@ def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH) -> lis
     stale = now - dt.timedelta(seconds=grace)
     due = (
         select(Event.id)
-        .where(
-            or_(
-                (Event.status == "pending") & (Event.next_attempt_at <= stale),
-                (Event.status == "processing") & (Event.lease_until < now),
-            )
-        )
+        .where(due_events(stale, now))
         .order_by(Event.next_attempt_at, Event.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -175,14 +175,6 @@ class Prepared:
     thumbnails: tuple[dict[str, Any], ...] = ()
 
 
-def ingest(svc: Services, job: JobInfo, t: Target) -> int:
-    """Index one object in a transaction of its own; returns the snapshot id (the existing one when already
-    indexed). The pipeline uses prepare + write_index instead, to share the event's transaction."""
-    prepared = prepare(svc, job, t)
-    with svc.engine.begin() as conn:
-        return write_index(conn, prepared)
-
-
 def write_index(conn: Connection, p: Prepared) -> int:
     """Write a prepared object's rows on ``conn`` (the caller's transaction); returns the snapshot id."""
     if p.existing is not None:

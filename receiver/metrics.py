@@ -21,7 +21,7 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from .models import Event, utcnow
 
@@ -60,15 +60,12 @@ class _InboxCollector(Collector):
         self.svc = svc
 
     def collect(self) -> Iterable[Metric]:
-        from .queries import events_by_status
+        from .queries import due_events, events_by_status
 
         now = utcnow()
         with self.svc.readers() as s:
             counts = events_by_status(s)
-            due = s.execute(select(func.count()).select_from(Event).where(or_(
-                (Event.status == "pending") & (Event.next_attempt_at <= now),
-                (Event.status == "processing") & (Event.lease_until < now),
-            ))).scalar_one()
+            due = s.execute(select(func.count()).select_from(Event).where(due_events(now, now))).scalar_one()
         fam = GaugeMetricFamily("receiver_events", "Events in the inbox by status", labels=["status"])
         for status, n in counts.items():
             fam.add_metric([status], n)

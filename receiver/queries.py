@@ -11,10 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from .models import EVENT_STATUSES, Event, Job, Snapshot
+
+
+def due_events(pending_by: Any, now: Any) -> ColumnElement[bool]:
+    """Events a worker should run: pending with next_attempt_at at or before ``pending_by``, or processing
+    with a lease that ran out before ``now`` (its worker died). One definition for the sweeper, the
+    broker re-dispatch and the queue-depth gauge."""
+    return or_(
+        (Event.status == "pending") & (Event.next_attempt_at <= pending_by),
+        (Event.status == "processing") & (Event.lease_until < now),
+    )
 
 
 def _latest_id(job_id_col: object) -> Select[Any]:

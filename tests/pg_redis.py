@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,21 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
+    """Until the receiver on ``port`` answers /healthz with 200 (tests and bench/ start `receiver serve`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before answering /healthz")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                                                   timeout=1) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"the receiver on 127.0.0.1:{port} did not answer /healthz after {timeout} s")
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:

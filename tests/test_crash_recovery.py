@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
 
 from .conftest import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from .pg_redis import free_port
 
 pytestmark = pytest.mark.slow
 T0 = 1796212805123
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:

@@ -241,10 +241,17 @@ def test_concurrent_processing_of_one_event_indexes_once(client, svc, fake_ice, 
     assert snapshot_count(svc) == 1 and the_event(svc, str(eid)).attempts == 1
 
 
+def index_now(svc: Services, target_key: str) -> int:
+    """What another worker (or a dead process) did: one sequence object indexed in its own transaction."""
+    from receiver.ingest import Target, prepare, write_index
+
+    prepared = prepare(svc, svc.ice.get_job(JOB), Target(target_key, "sequence", T0, T0))
+    with svc.engine.begin() as conn:
+        return write_index(conn, prepared)
+
+
 def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice, fake_oss, frame):
     """A worker that dies after indexing but before finishing: the next process finishes the event."""
-    from receiver.ingest import Target, ingest
-
     app = build_app(settings)
     svc: Services = app.extensions["receiver"]
     c = app.test_client()
@@ -254,8 +261,7 @@ def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice,
     with svc.sessions.begin() as s:
         s.execute(update(Event).where(Event.id.in_(ids[:2])).values(
             status="processing", attempts=1, lease_until=Event.received_at))
-    job = svc.ice.get_job(JOB)
-    first = ingest(svc, job, Target(keys[0], "sequence", T0, T0))
+    first = index_now(svc, keys[0])
     svc.close()
 
     app2 = build_app(settings)  # the restarted process
@@ -276,17 +282,15 @@ def test_an_object_indexed_by_someone_else_meanwhile_is_linked_not_duplicated(cl
     """Between fetching and writing, another worker (or the reconciler) indexed the same object: the event
     links to that row; no second snapshot or thumbnail rows, no error."""
     from receiver import pipeline
-    from receiver.ingest import Target, ingest
 
     key = put_snapshot(fake_oss, fake_ice, T0, frame)
     eid = int(send(client, callback_body(key, T0)))
-    job = svc.ice.get_job(JOB)
     real_prepare = pipeline.prepare
 
     def prepare_then_race(svc_, job_, target):  # type: ignore[no-untyped-def]
         prepared = real_prepare(svc_, job_, target)
         # The existence check has passed; the other worker commits first.
-        prepare_then_race.other = ingest(svc_, job, Target(key, "sequence", T0, T0))  # type: ignore[attr-defined]
+        prepare_then_race.other = index_now(svc_, key)  # type: ignore[attr-defined]
         return prepared
 
     monkeypatch.setattr(pipeline, "prepare", prepare_then_race)

@@ -94,12 +94,17 @@ def test_migration_adds_nullable_columns_and_models_match(tmp_path):
     engine.dispose()
 
 
-def test_original_redirects_to_a_presigned_url_that_serves_the_jpeg(client, svc, fake_oss, fake_ice):
-    data = make_frame(5, width=320, height=180)
+def _indexed_frame(client, svc, fake_oss, fake_ice, seed: int) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    """One 320x180 frame through callback and pipeline: its snapshot id and the original bytes."""
+    data = make_frame(seed, width=320, height=180)
     key = put_snapshot(fake_oss, fake_ice, T0, data)
     client.post("/callbacks/live-snapshot", data=callback_body(key, T0))
     drain(svc)
-    sid = client.get(f"/v1/jobs/{JOB}/snapshots").get_json()["items"][0]["id"]
+    return client.get(f"/v1/jobs/{JOB}/snapshots").get_json()["items"][0]["id"], data
+
+
+def test_original_redirects_to_a_presigned_url_that_serves_the_jpeg(client, svc, fake_oss, fake_ice):
+    sid, data = _indexed_frame(client, svc, fake_oss, fake_ice, seed=5)
     r = client.get(f"/v1/snapshots/{sid}/original")
     assert r.status_code == 302 and "Signature=" in r.headers["Location"] and "Expires=" in r.headers["Location"]
     with urllib.request.urlopen(r.headers["Location"], timeout=5) as resp:
@@ -113,11 +118,7 @@ def test_original_streamed_when_configured(settings, fake_oss, fake_ice):
     app = build_app(settings.with_(original_mode="stream"))
     try:
         client, svc = app.test_client(), app.extensions["receiver"]
-        data = make_frame(6, width=320, height=180)
-        key = put_snapshot(fake_oss, fake_ice, T0, data)
-        client.post("/callbacks/live-snapshot", data=callback_body(key, T0))
-        drain(svc)
-        sid = client.get(f"/v1/jobs/{JOB}/snapshots").get_json()["items"][0]["id"]
+        sid, data = _indexed_frame(client, svc, fake_oss, fake_ice, seed=6)
         r = client.get(f"/v1/snapshots/{sid}/original")
         assert r.status_code == 200 and r.mimetype == "image/jpeg" and r.data == data
     finally:
