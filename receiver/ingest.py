@@ -45,6 +45,11 @@ class Target:
     create_ts_ms: int | None  # from the callback or ListLiveSnapshotFiles
     key_ts_ms: int | None  # from {UnixTimestamp} in the key
     time_from_ice: bool = False  # create_ts_ms came from ICE's listing, not from a callback body (a hint)
+    # Named by the event itself, on its first attempt. The inbox keeps one event per named key and the
+    # reconciler only names keys not indexed, so such a sequence object is new unless a bare-JobId event's
+    # listing got to it first: prepare() then skips the lookup (~0.2 ms per frame) and the unique
+    # constraint links the existing row instead.
+    first_sight: bool = False
 
 
 def _check_output(svc: Services, job: JobInfo, ev: Claimed) -> None:
@@ -67,13 +72,15 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
             check_key_safe(key)
             try:
                 m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
-                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, time_from_ice=True)]
+                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, time_from_ice=True,
+                               first_sight=ev.attempts == 1)]
             except Rejected:
                 log.warning("job %s: listed key %r matches neither format; indexing it anyway", job.job_id, key)
                 kind = "overwrite" if ev.is_overlay else "sequence"
-                return [Target(key, kind, ev.create_timestamp_ms, None, time_from_ice=True)]
+                return [Target(key, kind, ev.create_timestamp_ms, None, time_from_ice=True,
+                               first_sight=ev.attempts == 1)]
         m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
-        return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
+        return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, first_sight=ev.attempts == 1)]
     targets: list[Target] = []
     if job.overwrite_format:
         targets.append(Target(overwrite_key(job.overwrite_format, job.job_id), "overwrite",
@@ -199,7 +206,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
         # Sequence objects are written once: any row for the key means it is done.
-        found = _existing(svc, job.job_id, bucket, t.key, None)
+        found = None if t.first_sight else _existing(svc, job.job_id, bucket, t.key, None)
     else:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
         found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
@@ -226,7 +233,10 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
             continue
         made.add(th.width)
         ext = "jpg" if th.format == "jpeg" else th.format
-        storage_key = f"{ident[:2]}/{ident}/{th.width}.{ext}"
+        # 256 shard folders, as git keeps loose objects, and no folder per snapshot: a new folder cost a
+        # failed open and a mkdir per frame, and pruning left every emptied one behind. Rows keep their own
+        # key, so thumbnails stored under the older "ab/<ident>/320.jpg" layout stay where they are.
+        storage_key = f"{ident[:2]}/{ident}-{th.width}.{ext}"
         # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
         svc.thumbs.put(storage_key, th.data, th.content_type)
         metrics.count_thumbnail_bytes(svc, len(th.data))

@@ -19,7 +19,6 @@ import ipaddress
 import os
 import re
 import threading
-import urllib.request
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import oss2
 from receiver import metrics
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, ReceiverError, Rejected, StoreError, TooLarge, Transient
+from receiver.oss_transport import session_for
 
 __all__ = [
     "EndpointPolicy",
@@ -215,24 +215,6 @@ def _auth(settings: Settings) -> Any:
     return oss2.AnonymousAuth()
 
 
-def _skip_environment_lookups(session: Any) -> None:
-    """Stop requests re-reading the environment on every request.
-
-    With ``trust_env`` requests scans os.environ for proxies and CA bundles twice per request and reads
-    ~/.netrc: ~0.2 ms of a frame's GET (cProfile over process_event). The environment does not change
-    under a running service, so it is read once here, the way requests would read it: proxies keep the
-    per-request lookup (their NO_PROXY rules are requests' own), a CA bundle becomes the session's
-    ``verify``. A netrc login, which would replace the OSS signature, is no longer picked up.
-    """
-    # NO_PROXY alone ("no") routes nothing through a proxy; only real proxy entries need requests' handling.
-    if any(scheme != "no" for scheme in urllib.request.getproxies()):
-        return
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle and session.session.verify is True:
-        session.session.verify = bundle
-    session.session.trust_env = False
-
-
 # --- ICE snapshot source ----------------------------------------------------------------------------------
 
 
@@ -244,13 +226,12 @@ class SourceStore:
         self._auth = _auth(settings)
         self._timeout = settings.oss_timeout_seconds
         # One pool for all buckets, sized for the worker threads so urllib3 does not discard connections.
-        self._session = oss2.Session(pool_size=max(10, settings.workers * 2))
-        _skip_environment_lookups(self._session)
+        self._session = session_for(max(10, settings.workers * 2))
         self._buckets: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         # Pooled keep-alive sockets left to the garbage collector raise ResourceWarning (an error in our
         # tests); close them when the store goes away even if nobody called close().
-        self._finalizer = weakref.finalize(self, self._session.session.close)
+        self._finalizer = weakref.finalize(self, self._session.close)
 
     def close(self) -> None:
         """Close pooled connections. The store stays usable (a new request reconnects)."""
@@ -379,11 +360,15 @@ class FileThumbnailStore:
         # part keeps names apart across hosts and containers sharing the folder (same pids, same keys).
         tmp = f"{path.parent}{os.sep}.tmp-{os.urandom(6).hex()}-{path.name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(tmp, flags, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, flags, 0o644)
+        for attempt in range(3):
+            try:
+                fd = os.open(tmp, flags, 0o644)
+                break
+            except FileNotFoundError:
+                # A new folder, or one a concurrent delete() just removed as empty: make it and try again.
+                if attempt == 2:
+                    raise
+                path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -401,8 +386,20 @@ class FileThumbnailStore:
             raise ObjectNotFound(f"thumbnail {key!r} not found") from e
 
     def delete(self, keys: list[str]) -> None:
+        folders = set()
         for key in keys:
-            self.path_for(key).unlink(missing_ok=True)
+            path = self.path_for(key)
+            path.unlink(missing_ok=True)
+            folders.add(path.parent)
+        # Folders emptied by the deletes go too (the older layout had one per snapshot): otherwise pruning
+        # leaves an empty folder, an inode, behind for every snapshot it removes.
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            while folder != self.root and self.root in folder.parents:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or already gone, or not ours to remove)
+                    break
+                folder = folder.parent
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -419,7 +416,7 @@ class OssThumbnailStore:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.redirect = redirect
         # See SourceStore: close the pooled sockets with the store rather than leave them to the GC.
-        self._finalizer = weakref.finalize(self, bucket.session.session.close)
+        self._finalizer = weakref.finalize(self, bucket.session.close)
 
     def close(self) -> None:
         self._finalizer()
@@ -512,8 +509,7 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
         base = endpoint.rstrip("/")
     else:
         base = f"https://{endpoint.rstrip('/')}"
-    session = oss2.Session(pool_size=max(10, settings.workers * 2))
-    _skip_environment_lookups(session)
+    session = session_for(max(10, settings.workers * 2))
     try:
         bucket = oss2.Bucket(
             _auth(settings),
@@ -525,6 +521,6 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
             enable_crc=False,  # OssThumbnailStore checks with a faster CRC (see crc64)
         )
     except oss2.exceptions.ClientError as e:
-        session.session.close()
+        session.close()
         raise ValueError(f"thumbnail store URL {url!r}: {e}") from None
     return OssThumbnailStore(bucket, parts.path, redirect=_truthy("redirect", params.get("redirect", "")))

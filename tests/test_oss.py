@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +24,7 @@ from receiver.oss import (
     SourceStore,
     thumbnail_store_from_url,
 )
+from receiver.oss_transport import DirectSession, ProxiedSession
 from receiver.sim.fake_oss import (
     FakeOss,
     crc64,
@@ -62,12 +66,14 @@ def source(settings: Settings) -> Iterator[SourceStore]:
     store.close()
 
 
-@pytest.fixture
-def session() -> Iterator[oss2.Session]:
-    # Raw oss2 buckets in these tests share one pool, closed at teardown so no socket is left to the GC.
-    s = oss2.Session()
+@pytest.fixture(params=["direct", "requests"])
+def session(request: pytest.FixtureRequest) -> Iterator[oss2.Session]:
+    # The raw-bucket tests run over both transports the stores use: receiver's direct urllib3 session and
+    # oss2's own requests session (kept for proxied environments). One pool each, closed at teardown so no
+    # socket is left to the GC.
+    s = DirectSession(10) if request.param == "direct" else ProxiedSession(10)
     yield s
-    s.session.close()
+    s.close()
 
 
 @pytest.fixture
@@ -476,6 +482,21 @@ def test_file_store(tmp_path: Path) -> None:
         store.get("job1/cam 1/320.jpg")
 
 
+def test_file_store_delete_removes_emptied_folders(tmp_path: Path) -> None:
+    # Pruning must not leave an empty folder behind per snapshot (the layout before shard folders had one).
+    store = FileThumbnailStore(tmp_path / "thumbs")
+    for key in ("ab/0123/320.jpg", "ab/0123/160.jpg", "ab/4567/320.jpg", "cd/ef/x-320.jpg"):
+        store.put(key, b"x", "image/jpeg")
+    store.delete(["ab/0123/320.jpg", "ab/0123/160.jpg"])
+    assert sorted(os.listdir(tmp_path / "thumbs")) == ["ab", "cd"]
+    assert os.listdir(tmp_path / "thumbs/ab") == ["4567"]  # the other snapshot's folder stays
+    store.delete(["ab/4567/320.jpg", "cd/ef/x-320.jpg"])
+    assert os.listdir(tmp_path / "thumbs") == []  # the store's own root stays
+    # A folder a delete removed is made again by the next put into it.
+    store.put("cd/ef/y-320.jpg", b"y", "image/jpeg")
+    assert store.get("cd/ef/y-320.jpg") == b"y"
+
+
 @pytest.mark.parametrize(
     "key", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "a//b.jpg", "", "a\\..\\b", "C:x"]
 )
@@ -527,14 +548,17 @@ def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) 
 
 
 def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    # requests would re-read proxies and CA bundles from os.environ on every request; the stores read them
-    # once. A CA bundle becomes the session's verify; a proxy keeps requests' own per-request handling.
+    # Without a proxy the stores send through urllib3 directly, with the CA bundle requests would have
+    # used; requests' session (kept for streamed uploads) does not re-read os.environ per request either.
+    # With a proxy, oss2's requests session applies the proxy and NO_PROXY rules per request.
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom-ca.pem")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     plain = SourceStore(settings)
     try:
+        assert isinstance(plain._session, DirectSession)
+        assert plain._session.pool.connection_pool_kw["ca_certs"] == "/etc/ssl/custom-ca.pem"
         assert plain._session.session.trust_env is False
         assert plain._session.session.verify == "/etc/ssl/custom-ca.pem"
     finally:
@@ -542,12 +566,13 @@ def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch:
     monkeypatch.setenv("NO_PROXY", "localhost,.internal")  # no proxy configured: still nothing to look up
     no_proxy_only = SourceStore(settings)
     try:
-        assert no_proxy_only._session.session.trust_env is False
+        assert isinstance(no_proxy_only._session, DirectSession)
     finally:
         no_proxy_only.close()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     proxied = SourceStore(settings)
     try:
+        assert isinstance(proxied._session, ProxiedSession)
         assert proxied._session.session.trust_env is True
     finally:
         proxied.close()
@@ -615,3 +640,118 @@ def test_fake_request_log_is_complete(fake: FakeOss, source: SourceStore) -> Non
     (entry,) = fake.requests
     assert entry["method"] == "GET" and entry["bucket"] == BUCKET and entry["key"] == "a.jpg"
     assert entry["auth"] == "v1" and entry["status"] == 200 and entry["request_id"]
+
+
+# --- the transport under oss2 (receiver.oss_transport) -----------------------------------------------------
+
+
+@pytest.fixture
+def direct_session() -> Iterator[DirectSession]:
+    s = DirectSession(4)
+    yield s
+    s.close()
+
+
+def test_connections_are_reused(fake: FakeOss, settings: Settings) -> None:
+    # One keep-alive connection serves a worker's GETs, HEADs and an early-closed oversized GET's successor
+    # is a fresh one (its unread body must not be handed to the next request).
+    fake.put(BUCKET, "a.jpg", b"a" * 300_000)
+    fake.put(BUCKET, "big.jpg", b"b" * 2_000)
+    store = SourceStore(settings)
+    try:
+        before = fake.connections_accepted
+        for _ in range(20):
+            assert store.get(ENDPOINT, BUCKET, "a.jpg", 1_000_000).size == 300_000
+            assert store.head(ENDPOINT, BUCKET, "a.jpg").size == 300_000
+        assert fake.connections_accepted - before == 1
+        with pytest.raises(TooLarge):
+            store.get(ENDPOINT, BUCKET, "big.jpg", 1_000)
+        assert store.get(ENDPOINT, BUCKET, "a.jpg", 1_000_000).data == b"a" * 300_000
+        assert fake.connections_accepted - before == 2
+    finally:
+        store.close()
+
+
+def test_query_parameters_match_requests(fake: FakeOss, direct_session: DirectSession) -> None:
+    # Listing sends several parameters, empty ones and ones oss2 leaves as None for the transport to drop:
+    # the fake must receive exactly what oss2's requests session sends, and answer the same pages.
+    for name in ("a/1 x.jpg", "a/2+y.jpg", "a/3&z=.jpg", "a/4%20é.jpg", "b/5.jpg"):
+        fake.put(BUCKET, name, b"x")
+    seen = []
+    for s in (direct_session, oss2.Session()):
+        bucket = oss2.Bucket(oss2.Auth(AK, SK), fake.url, BUCKET, session=s)
+        start = len(fake.requests)
+        listed = [o.key for o in oss2.ObjectIteratorV2(bucket, prefix="a/", delimiter="", max_keys=2)]
+        assert listed == ["a/1 x.jpg", "a/2+y.jpg", "a/3&z=.jpg", "a/4%20é.jpg"]
+        seen.append([(r["query"], r["status"]) for r in fake.requests[start:]])
+        s.session.close()
+    assert seen[0] == seen[1]
+    assert len(seen[0]) == 2
+
+
+def test_streamed_upload_goes_through_requests(fake: FakeOss, direct_session: DirectSession) -> None:
+    # A file object needs requests' streamed-body handling; the direct session hands it over (the stores
+    # only send bytes, so this is the one path left to requests).
+    bucket = oss2.Bucket(oss2.Auth(AK, SK), fake.url, BUCKET, session=direct_session)
+    bucket.put_object("streamed.jpg", io.BytesIO(b"s" * 10_000))
+    assert bucket.get_object("streamed.jpg").read() == b"s" * 10_000
+    assert [r["status"] for r in fake.requests[-2:]] == [200, 200]
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    target = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(301)
+        self.send_header("Location", self.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_redirects_are_not_followed(fake: FakeOss, tmp_path: Path) -> None:
+    # An object request answered with a redirect is an error, not a hop to wherever Location points
+    # (OSS does not redirect object GETs; a man in the middle or a misconfigured map might).
+    fake.put(BUCKET, "a.jpg", b"x")
+    handler = type("Handler", (_Redirecting,), {"target": fake.url})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    store = SourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
+                                 oss_endpoint_map={ENDPOINT: f"http://127.0.0.1:{server.server_port}"}))
+    try:
+        with pytest.raises(StoreError, match="status 301"):
+            store.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
+        assert fake.fetched(key="a.jpg") == []
+    finally:
+        store.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_refused_connection_is_transient(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    port = server.server_port
+    server.server_close()  # nothing listens there now
+    store = SourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
+                                 oss_endpoint_map={ENDPOINT: f"http://127.0.0.1:{port}"}))
+    try:
+        with pytest.raises(Transient, match="RequestError"):
+            store.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
+    finally:
+        store.close()
+
+
+def test_thumbnail_store_put_keeps_its_headers(fake: FakeOss, settings: Settings) -> None:
+    # A PUT through urllib3 carries the Content-Type oss2 signed (the fake checks the signature over it).
+    fake.create_bucket("thumbs")
+    store = thumbnail_store_from_url(f"oss://thumbs/p?endpoint={ENDPOINT}", settings)
+    assert isinstance(store, OssThumbnailStore) and isinstance(store.bucket.session, DirectSession)
+    try:
+        store.put("ab/cd/320.jpg", b"\xff\xd8" + b"t" * 5000, "image/jpeg")
+        assert store.get("ab/cd/320.jpg") == b"\xff\xd8" + b"t" * 5000
+        assert store.bucket.head_object("p/ab/cd/320.jpg").content_type == "image/jpeg"
+    finally:
+        store.close()

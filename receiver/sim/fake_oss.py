@@ -281,6 +281,7 @@ class FakeOss:
         self._corrupt_crc = 0
         self._truncate = 0
         self._conns: set[socket.socket] = set()
+        self.connections_accepted = 0  # TCP connections so far: tells whether clients reuse keep-alive ones
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -323,6 +324,7 @@ class FakeOss:
         with self._lock:
             if add:
                 self._conns.add(conn)
+                self.connections_accepted += 1
             else:
                 self._conns.discard(conn)
 
