@@ -105,7 +105,7 @@ def post_all(port: int, bodies: list[bytes]) -> None:
 
 
 def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers: int, tag: str,
-               pool: str = "thread") -> dict[str, float]:
+               scratch: str, pool: str = "thread") -> dict[str, float]:
     job = f"bench-pipe-{tag}"
     ice.add_job(job, bucket=BUCKET, endpoint=OSS_ENDPOINT)
     bodies = []
@@ -118,30 +118,34 @@ def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers:
         oss.put(BUCKET, key, frames[i % len(frames)])
         ice.add_file(job, key, ms)
         bodies.append(callback(job, key, ms))
-    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as d:
-        proc, port = start_server(ice, oss, d, workers, pool)
-        if pool == "process":
-            time.sleep(3)  # spawned workers import the package before they take work; not part of the rate
-        try:
-            db = sqlite3.connect(f"{d}/receiver.db", timeout=30)
-            server_cpu0, own_cpu0 = tree_cpu(proc.pid), own_cpu()
-            t0 = time.perf_counter()
-            post_all(port, bodies)
-            posted = time.perf_counter() - t0
-            deadline = t0 + 60 + n
-            while True:
-                [(indexed,)] = db.execute("SELECT count(*) FROM snapshots WHERE job_id = ?", (job,)).fetchall()
-                [(failed,)] = db.execute("SELECT count(*) FROM events WHERE job_id = ? AND status IN "
-                                         "('failed', 'rejected')", (job,)).fetchall()
-                if indexed + failed >= n or time.perf_counter() > deadline:
-                    break
-                time.sleep(0.02)
-            wall = time.perf_counter() - t0
-            server_cpu, fakes_cpu = tree_cpu(proc.pid) - server_cpu0, own_cpu() - own_cpu0
-            db.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    # Removed after the last round, not after each: thousands of deletes (with the disk's discards) would
+    # otherwise still be in the file system's journal while the next round creates its files.
+    d = tempfile.mkdtemp(prefix="receiver-bench-", dir=scratch)
+    # Start each round with nothing of the last one still waiting to be written back.
+    os.sync()
+    proc, port = start_server(ice, oss, d, workers, pool)
+    if pool == "process":
+        time.sleep(3)  # spawned workers import the package before they take work; not part of the rate
+    try:
+        db = sqlite3.connect(f"{d}/receiver.db", timeout=30)
+        server_cpu0, own_cpu0 = tree_cpu(proc.pid), own_cpu()
+        t0 = time.perf_counter()
+        post_all(port, bodies)
+        posted = time.perf_counter() - t0
+        deadline = t0 + 60 + n
+        while True:
+            [(indexed,)] = db.execute("SELECT count(*) FROM snapshots WHERE job_id = ?", (job,)).fetchall()
+            [(failed,)] = db.execute("SELECT count(*) FROM events WHERE job_id = ? AND status IN "
+                                     "('failed', 'rejected')", (job,)).fetchall()
+            if indexed + failed >= n or time.perf_counter() > deadline:
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        server_cpu, fakes_cpu = tree_cpu(proc.pid) - server_cpu0, own_cpu() - own_cpu0
+        db.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     if indexed != n:
         raise SystemExit(f"{indexed} of {n} indexed, {failed} failed (see the server log)")
     return {"rate": n / wall, "posted_s": posted, "wall_s": wall, "server_ms": server_cpu / n * 1000,
@@ -161,11 +165,12 @@ def main() -> None:
     kernel_runs = max(40, a.frames // 4)
     kernel = [kernel_ms(frames, kernel_runs)]
     results: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
-    with FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss:
+    with (FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss,
+          tempfile.TemporaryDirectory(prefix="receiver-bench-") as scratch):
         oss.create_bucket(BUCKET)
         for r in range(a.rounds):
             for w in worker_counts:
-                results[w].append(end_to_end(ice, oss, frames, a.frames, w, f"{w}w-{r}", a.pool))
+                results[w].append(end_to_end(ice, oss, frames, a.frames, w, f"{w}w-{r}", scratch, a.pool))
                 kernel.append(kernel_ms(frames, kernel_runs))
     k_ms = statistics.median(kernel)
     k_rate = 1000 / k_ms

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -25,6 +26,7 @@ from sqlalchemy import select, update
 
 from .models import Event, utcnow
 from .queries import due_events
+from .readahead import ReadAhead
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -86,6 +88,12 @@ class ThreadDispatcher:
         self._backlog: list[int] = []  # submitted before start()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Submitted ids not yet started by a worker, in the pool's (FIFO) order, and how many are running:
+        # the read-ahead fetches objects for the ids next in line while every worker is busy.
+        self._waiting: dict[int, None] = {}
+        self._running = 0
+        self._ahead: set[int] = set()
+        self.readahead = svc.readahead = ReadAhead(svc, self.workers)
 
     @property
     def started(self) -> bool:
@@ -115,6 +123,10 @@ class ThreadDispatcher:
             self._executor.shutdown(wait=wait, cancel_futures=True)
         self._executor = None
         self._thread = None
+        self.readahead.close()
+        with self._cond:
+            self._waiting.clear()
+            self._ahead.clear()
 
     def submit(self, event_ids: Iterable[int]) -> None:
         with self._cond:
@@ -128,8 +140,20 @@ class ThreadDispatcher:
                     self._start_one(i)
 
     def _start_one(self, event_id: int) -> None:
+        # Called with self._cond held.
         assert self._executor is not None
+        self._waiting[event_id] = None
         self._executor.submit(self._run, event_id)
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        # Called with self._cond held. While a worker is idle the next id starts at once: nothing to gain.
+        if self._running < self.workers:
+            return
+        for i in itertools.islice(self._waiting, self.readahead.depth):
+            if i not in self._ahead:
+                self._ahead.add(i)
+                self.readahead.start(i)
 
     def _schedule(self, event_id: int, delay: float) -> None:
         with self._cond:
@@ -139,6 +163,11 @@ class ThreadDispatcher:
     def _run(self, event_id: int) -> None:
         from .pipeline import process_event
 
+        with self._cond:
+            self._waiting.pop(event_id, None)
+            self._ahead.discard(event_id)
+            self._running += 1
+            self._read_ahead()
         try:
             outcome = process_event(self.svc, event_id)
         except Exception:
@@ -148,6 +177,7 @@ class ThreadDispatcher:
         finally:
             with self._cond:
                 self._inflight.discard(event_id)
+                self._running -= 1
         if outcome is not None and outcome.retry_in is not None:
             self._schedule(event_id, outcome.retry_in)
 
