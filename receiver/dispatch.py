@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -26,7 +25,6 @@ from sqlalchemy import select, update
 
 from .models import Event, utcnow
 from .queries import due_events
-from .readahead import ReadAhead
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -88,12 +86,6 @@ class ThreadDispatcher:
         self._backlog: list[int] = []  # submitted before start()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        # Submitted ids not yet started by a worker, in the pool's (FIFO) order, and how many are running:
-        # the read-ahead fetches objects for the ids next in line while every worker is busy.
-        self._waiting: dict[int, None] = {}
-        self._running = 0
-        self._ahead: set[int] = set()
-        self.readahead = svc.readahead = ReadAhead(svc, self.workers)
 
     @property
     def started(self) -> bool:
@@ -123,10 +115,6 @@ class ThreadDispatcher:
             self._executor.shutdown(wait=wait, cancel_futures=True)
         self._executor = None
         self._thread = None
-        self.readahead.close()
-        with self._cond:
-            self._waiting.clear()
-            self._ahead.clear()
 
     def submit(self, event_ids: Iterable[int]) -> None:
         with self._cond:
@@ -140,20 +128,8 @@ class ThreadDispatcher:
                     self._start_one(i)
 
     def _start_one(self, event_id: int) -> None:
-        # Called with self._cond held.
         assert self._executor is not None
-        self._waiting[event_id] = None
         self._executor.submit(self._run, event_id)
-        self._read_ahead()
-
-    def _read_ahead(self) -> None:
-        # Called with self._cond held. While a worker is idle the next id starts at once: nothing to gain.
-        if self._running < self.workers:
-            return
-        for i in itertools.islice(self._waiting, self.readahead.depth):
-            if i not in self._ahead:
-                self._ahead.add(i)
-                self.readahead.start(i)
 
     def _schedule(self, event_id: int, delay: float) -> None:
         with self._cond:
@@ -163,11 +139,6 @@ class ThreadDispatcher:
     def _run(self, event_id: int) -> None:
         from .pipeline import process_event
 
-        with self._cond:
-            self._waiting.pop(event_id, None)
-            self._ahead.discard(event_id)
-            self._running += 1
-            self._read_ahead()
         try:
             outcome = process_event(self.svc, event_id)
         except Exception:
@@ -177,7 +148,6 @@ class ThreadDispatcher:
         finally:
             with self._cond:
                 self._inflight.discard(event_id)
-                self._running -= 1
         if outcome is not None and outcome.retry_in is not None:
             self._schedule(event_id, outcome.retry_in)
 

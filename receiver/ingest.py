@@ -213,8 +213,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     if found is not None:
         return Prepared(found)
     with metrics.stage(svc, "fetch"):
-        ahead = svc.readahead.take(endpoint, bucket, t.key) if svc.readahead and t.first_sight else None
-        obj = ahead or svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
+        obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
     if t.kind == "overwrite":
         # The object may have been rewritten between HEAD and GET: its new content may be indexed already.
         # (A sequence object raced by another worker is caught by the unique constraint instead.)

@@ -51,11 +51,6 @@ class Claimed:
     received_at: dt.datetime
 
 
-# What a claim reads back: the fields of Claimed.
-CLAIMED_COLUMNS = (Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
-                   Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay,
-                   Event.received_at)
-
 # Hosts' clocks differ a little: a worker a few ms behind the web process must not find a fresh event
 # "not due yet" (and drop its only message). Backoff delays are seconds long, so this costs nothing.
 CLOCK_TOLERANCE = dt.timedelta(seconds=2)
@@ -74,7 +69,10 @@ def _claim_statement() -> Executable:
         )
         .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
                 updated_at=bindparam("now"))
-        .returning(*CLAIMED_COLUMNS)
+        .returning(
+            Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
+            Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
+        )
     )
 
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .dispatch import Dispatcher
     from .ice import IceGateway
     from .oss import EndpointPolicy, SourceStore, ThumbnailStore
-    from .readahead import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ class Services:
     policy: EndpointPolicy
     intake: GroupCommitter
     dispatcher: Dispatcher | None = None
-    readahead: ReadAhead | None = None  # set by the in-process thread pool (dispatch.ThreadDispatcher)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
