@@ -1,6 +1,6 @@
 """End to end through HTTP: callbacks in, thumbnails stored and snapshots indexed, next to the bare kernel.
 
-    .venv/bin/python bench/pipeline.py [--frames 200] [--workers 1,2] [--kind photo] [--rounds 1]
+    .venv/bin/python bench/pipeline.py [--frames 200] [--workers 1,2] [--kind photo] [--rounds 1] [--direct]
 
 Fake ICE and fake OSS run in this process (real SDK clients, signed requests over loopback); the service is
 `python -m receiver serve` in a subprocess (waitress, SQLite WAL, thumbnails to a local folder, default
@@ -11,12 +11,17 @@ from the first post until every frame is indexed (snapshot rows counted in the d
 The baseline, measured in the same run and interleaved with the end-to-end runs (kernel, e2e, kernel, ...):
 `make_thumbnails` on the same frames, one thread, no I/O. The figure is end-to-end frames/s per worker
 over kernel frames/s (target >= 0.6), and the 2-worker rate over the 1-worker rate.
+
+--direct adds, each round, the same pipeline without the server: process_event in a loop in a spawned
+process (fakes still here, over loopback), and the kernel timed in that process on the same frames. The gap
+between the two figures is what HTTP intake, the dispatcher and the server's other threads cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
 import os
 import resource
 import sqlite3
@@ -27,6 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -104,9 +110,8 @@ def post_all(port: int, bodies: list[bytes]) -> None:
         list(pool.map(send, [bodies[i::8] for i in range(8)]))
 
 
-def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers: int, tag: str,
-               scratch: str, pool: str = "thread") -> dict[str, float]:
-    job = f"bench-pipe-{tag}"
+def seed(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, job: str) -> list[bytes]:
+    """Put n frames into the fakes for a new job; the callback bodies that announce them."""
     ice.add_job(job, bucket=BUCKET, endpoint=OSS_ENDPOINT)
     bodies = []
     # CreateTimestamp close to the objects' Last-Modified, as ICE sends it: a time far from it is refused as
@@ -118,6 +123,13 @@ def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers:
         oss.put(BUCKET, key, frames[i % len(frames)])
         ice.add_file(job, key, ms)
         bodies.append(callback(job, key, ms))
+    return bodies
+
+
+def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers: int, tag: str,
+               scratch: str, pool: str = "thread") -> dict[str, float]:
+    job = f"bench-pipe-{tag}"
+    bodies = seed(ice, oss, frames, n, job)
     # Removed after the last round, not after each: thousands of deletes (with the disk's discards) would
     # otherwise still be in the file system's journal while the next round creates its files.
     d = tempfile.mkdtemp(prefix="receiver-bench-", dir=scratch)
@@ -152,6 +164,50 @@ def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers:
             "fakes_ms": fakes_cpu / n * 1000}
 
 
+def direct_child(ice_url: str, oss_url: str, bodies: list[bytes], data_dir: str, frames: list[bytes],
+                 out: Any) -> None:
+    """--direct, in a spawned process: process_event in a loop (no HTTP, no dispatcher), then the kernel on
+    the same frames in the same process."""
+    from receiver.callback_parse import parse_callback
+    from receiver.db import ensure_schema
+    from receiver.pipeline import process_event
+    from receiver.services import build_services
+
+    s = Settings.from_env({"RECEIVER_DATA_DIR": data_dir, "RECEIVER_ICE_ENDPOINT": ice_url,
+                           "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,
+                           "RECEIVER_OSS_ENDPOINT_MAP": f"{OSS_ENDPOINT}={oss_url}", "RECEIVER_RECONCILE_SECONDS": "0"})
+    svc = build_services(s)
+    svc.dispatcher = None  # never started: this loop is the only worker
+    ensure_schema(svc.engine)
+    ids = svc.intake.record([item for body in bodies for item in parse_callback(body)[0]]).new_ids
+    warm = min(20, len(ids) // 5)
+    for i in ids[:warm]:
+        process_event(svc, i)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    statuses = [process_event(svc, i).status for i in ids[warm:]]
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    svc.close()
+    n = len(ids) - warm
+    out.put({"ms": wall / n * 1000, "cpu_ms": cpu / n * 1000, "kernel_ms": kernel_ms(frames, max(40, n // 4)),
+             "done": statuses.count("done"), "n": n})
+
+
+def direct(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, tag: str, scratch: str) -> dict[str, float]:
+    job = f"bench-direct-{tag}"
+    bodies = seed(ice, oss, frames, n, job)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    os.sync()
+    child = ctx.Process(target=direct_child, args=(ice.url, oss.url, bodies,
+                                                   tempfile.mkdtemp(prefix="direct-", dir=scratch), frames, out))
+    child.start()
+    result: dict[str, float] = out.get(timeout=120 + n)
+    child.join(30)
+    if result["done"] != result["n"]:
+        raise SystemExit(f"--direct: {result['done']} of {result['n']} events done")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=200)
@@ -159,12 +215,16 @@ def main() -> None:
     ap.add_argument("--kind", default="photo", choices=["smooth", "photo", "noisy"])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pool", default="thread", choices=["thread", "process"], help="RECEIVER_WORKER_POOL")
+    ap.add_argument("--direct", action="store_true",
+                    help="also run process_event in a loop in one process (no HTTP, no dispatcher), with the "
+                         "kernel timed in that process: the pipeline's own overhead, without the server's")
     a = ap.parse_args()
     worker_counts = [int(w) for w in a.workers.split(",")]
     frames = [make_frame(seed=i, kind=a.kind) for i in range(DISTINCT)]
     kernel_runs = max(40, a.frames // 4)
     kernel = [kernel_ms(frames, kernel_runs)]
     results: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
+    directs: list[dict[str, float]] = []
     with (FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss,
           tempfile.TemporaryDirectory(prefix="receiver-bench-") as scratch):
         oss.create_bucket(BUCKET)
@@ -172,6 +232,8 @@ def main() -> None:
             for w in worker_counts:
                 results[w].append(end_to_end(ice, oss, frames, a.frames, w, f"{w}w-{r}", scratch, a.pool))
                 kernel.append(kernel_ms(frames, kernel_runs))
+            if a.direct:
+                directs.append(direct(ice, oss, frames, a.frames, str(r), scratch))
     k_ms = statistics.median(kernel)
     k_rate = 1000 / k_ms
     print(f"machine: {os.cpu_count()} cores; worker pool: {a.pool}; {a.frames} x 1920x1080 {a.kind} JPEG "
@@ -190,6 +252,12 @@ def main() -> None:
     for w in worker_counts:
         print(f"x kernel per worker, {w} worker(s), per round: "
               + ", ".join(f"{r['rate'] / w / k_rate:.2f}" for r in results[w]))
+    if directs:
+        ratios = [d["kernel_ms"] / d["ms"] for d in directs]
+        print(f"direct (process_event in a loop, one process, kernel timed there): x kernel "
+              f"{statistics.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)}); "
+              + "; ".join(f"{d['ms']:.2f} ms/frame wall, {d['cpu_ms']:.2f} ms CPU, kernel {d['kernel_ms']:.2f} ms"
+                          for d in directs))
 
 
 if __name__ == "__main__":
