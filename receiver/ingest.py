@@ -45,11 +45,6 @@ class Target:
     create_ts_ms: int | None  # from the callback or ListLiveSnapshotFiles
     key_ts_ms: int | None  # from {UnixTimestamp} in the key
     time_from_ice: bool = False  # create_ts_ms came from ICE's listing, not from a callback body (a hint)
-    # Named by the event itself, on its first attempt. The inbox keeps one event per named key and the
-    # reconciler only names keys not indexed, so such a sequence object is new unless a bare-JobId event's
-    # listing got to it first: prepare() then skips the lookup (~0.2 ms per frame) and the unique
-    # constraint links the existing row instead.
-    first_sight: bool = False
 
 
 def _check_output(svc: Services, job: JobInfo, ev: Claimed) -> None:
@@ -72,15 +67,13 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
             check_key_safe(key)
             try:
                 m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
-                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, time_from_ice=True,
-                               first_sight=ev.attempts == 1)]
+                return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, time_from_ice=True)]
             except Rejected:
                 log.warning("job %s: listed key %r matches neither format; indexing it anyway", job.job_id, key)
                 kind = "overwrite" if ev.is_overlay else "sequence"
-                return [Target(key, kind, ev.create_timestamp_ms, None, time_from_ice=True,
-                               first_sight=ev.attempts == 1)]
+                return [Target(key, kind, ev.create_timestamp_ms, None, time_from_ice=True)]
         m = match_key(key, job.job_id, job.overwrite_format, job.sequence_format)
-        return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms, first_sight=ev.attempts == 1)]
+        return [Target(key, m.kind, ev.create_timestamp_ms, m.timestamp_ms)]
     targets: list[Target] = []
     if job.overwrite_format:
         targets.append(Target(overwrite_key(job.overwrite_format, job.job_id), "overwrite",
@@ -206,7 +199,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
         # Sequence objects are written once: any row for the key means it is done.
-        found = None if t.first_sight else _existing(svc, job.job_id, bucket, t.key, None)
+        found = _existing(svc, job.job_id, bucket, t.key, None)
     else:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
         found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)

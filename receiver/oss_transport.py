@@ -80,9 +80,15 @@ class DirectSession(oss2.Session):
             raw = self.pool.urlopen(req.method, url, body=req.data, headers=headers, preload_content=False,
                                     redirect=False, retries=False,
                                     timeout=urllib3.Timeout(connect=timeout, read=timeout))
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            # ValueError: http.client refusing a header value, which requests reported as InvalidHeader.
             raise oss2.exceptions.RequestError(e) from e
-        return _Response(raw)
+        response = _Response(raw)
+        if req.method == "HEAD":
+            # No body, but oss2 never reads some HEAD answers (object_exists): release the connection now
+            # rather than when the response is garbage-collected.
+            response.read()
+        return response
 
 
 class _Response:

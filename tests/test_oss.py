@@ -672,6 +672,20 @@ def test_connections_are_reused(fake: FakeOss, settings: Settings) -> None:
         store.close()
 
 
+def test_existence_checks_release_their_connection(fake: FakeOss, settings: Settings) -> None:
+    # oss2 never reads the answer to object_exists' HEAD; the transport does, so the connection goes back to
+    # the pool at once instead of one socket per check until the garbage collector runs.
+    fake.create_bucket("thumbs")
+    fake.put("thumbs", "a.jpg", b"x")
+    store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
+    try:
+        before = fake.connections_accepted
+        assert all(store.exists("a.jpg") for _ in range(10)) and not store.exists("b.jpg")
+        assert fake.connections_accepted - before == 1
+    finally:
+        store.close()  # type: ignore[attr-defined]
+
+
 def test_query_parameters_match_requests(fake: FakeOss, direct_session: DirectSession) -> None:
     # Listing sends several parameters, empty ones and ones oss2 leaves as None for the transport to drop:
     # the fake must receive exactly what oss2's requests session sends, and answer the same pages.
