@@ -215,6 +215,10 @@ def main() -> None:
     ap.add_argument("--kind", default="photo", choices=["smooth", "photo", "noisy"])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--pool", default="thread", choices=["thread", "process"], help="RECEIVER_WORKER_POOL")
+    ap.add_argument("--scratch", default=None,
+                    help="folder for the service's data (database, thumbnails); default: the system's temp folder. "
+                         "On a file system without a journal, creating files costs far more for minutes after "
+                         "many deletes (ext4's recently_deleted inode check); /dev/shm (tmpfs) takes the disk out")
     ap.add_argument("--direct", action="store_true",
                     help="also run process_event in a loop in one process (no HTTP, no dispatcher), with the "
                          "kernel timed in that process: the pipeline's own overhead, without the server's")
@@ -226,7 +230,7 @@ def main() -> None:
     results: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
     directs: list[dict[str, float]] = []
     with (FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss,
-          tempfile.TemporaryDirectory(prefix="receiver-bench-") as scratch):
+          tempfile.TemporaryDirectory(prefix="receiver-bench-", dir=a.scratch) as scratch):
         oss.create_bucket(BUCKET)
         for r in range(a.rounds):
             for w in worker_counts:
@@ -237,7 +241,8 @@ def main() -> None:
     k_ms = statistics.median(kernel)
     k_rate = 1000 / k_ms
     print(f"machine: {os.cpu_count()} cores; worker pool: {a.pool}; {a.frames} x 1920x1080 {a.kind} JPEG "
-          f"({statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths (320, 160) JPEG q80")
+          f"({statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths (320, 160) JPEG q80; "
+          f"data under {a.scratch or tempfile.gettempdir()}")
     print(f"bare kernel (make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = {k_rate:.0f} frames/s "
           f"(median of {len(kernel)} interleaved measurements: {', '.join(f'{k:.2f}' for k in kernel)} ms)")
     print("server ms: server process CPU per frame; fakes ms: this process (fake ICE + OSS, poller) per frame")
