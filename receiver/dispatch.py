@@ -321,6 +321,13 @@ def _init_child(settings: Settings) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
     _CHILD_SVC = build_services(settings)
+    # Load what processing needs now: a spawned child starts with nothing imported, and the first events
+    # would each pay ~1 s of imports (bench/pipeline.py --pool process: 0.46x -> 0.54x of the kernel).
+    from PIL import Image
+
+    from . import pipeline  # noqa: F401 - ingest, thumbnails, signals (numpy), oss
+
+    Image.preinit()  # the JPEG plugin
     # A parent killed without shutting the pool down (SIGKILL, OOM) would leave its children waiting on the
     # call queue forever, holding memory and database connections: they leave with it. An event a child was
     # running stays `processing` until its lease expires, as after any crash.
@@ -353,6 +360,9 @@ class ProcessDispatcher(ThreadDispatcher):
         ctx = multiprocessing.get_context("spawn")
         self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_child,
                                              initargs=(self.svc.settings,))
+        # The executor starts a child only when work arrives and none is idle: one call per worker, submitted
+        # back to back, starts them all now (each runs _init_child), not under the first callbacks.
+        self.warming = [self._executor.submit(os.getpid) for _ in range(self.workers)]
 
     def _start_one(self, event_id: int) -> None:
         assert self._executor is not None

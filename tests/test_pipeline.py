@@ -411,6 +411,10 @@ def test_process_worker_pool_indexes_each_snapshot_once(settings, fake_ice, fake
            for i in range(12)]
     svc.dispatcher.start()
     try:
+        # Both children are started (and so initialised) at start, not by the first events.
+        for f in svc.dispatcher.warming:
+            f.result(timeout=60)
+        assert len(svc.dispatcher._executor._processes) == 2
         assert wait_idle(svc, timeout=60)
     finally:
         svc.close()

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -210,6 +211,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     fake: FakeOss
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a timeout, an early close) is normal for a server, not a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
