@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import os
+import ssl
 import threading
 import time
 import urllib.error
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import oss2
 import pytest
+import trustme
 
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, Rejected, StoreError, TooLarge, Transient
@@ -741,6 +743,38 @@ def test_redirects_are_not_followed(fake: FakeOss, tmp_path: Path) -> None:
         assert fake.fetched(key="a.jpg") == []
     finally:
         store.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An HTTPS endpoint whose certificate no trusted CA signed is refused before any request is sent; with
+    # REQUESTS_CA_BUNDLE naming its CA (as requests would read it) the same endpoint is reached.
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings = Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
+                        oss_endpoint_map={ENDPOINT: f"https://127.0.0.1:{server.server_port}"})
+    try:
+        store = SourceStore(settings)
+        try:
+            with pytest.raises(Transient, match="CERTIFICATE_VERIFY_FAILED"):
+                store.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
+        finally:
+            store.close()
+        with ca.cert_pem.tempfile() as ca_file:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+            trusting = SourceStore(settings)
+            try:
+                with pytest.raises(StoreError, match="status 301"):  # TLS accepted; the server's answer
+                    trusting.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
+            finally:
+                trusting.close()
+    finally:
         server.shutdown()
         server.server_close()
 
