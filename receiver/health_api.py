@@ -149,7 +149,7 @@ def storyboard_sprite(job_id: str, since: int, until: int, sheet: int) -> Respon
     if _not_modified(etag):
         return Response(status=304, headers=headers)
     svc = _svc()
-    store_key = f"storyboards/{sh.digest[:2]}/{sh.digest}.jpg"
+    store_key = f"{sb.SHEET_PREFIX}{sh.digest[:2]}/{sh.digest}.jpg"
     data: bytes | None = None
     if settled:
         try:

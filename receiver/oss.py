@@ -330,6 +330,10 @@ class ThumbnailStore(Protocol):
 
     def presign(self, key: str, expires: int) -> str | None: ...
 
+    def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
+        """Objects under ``prefix`` last modified before ``before`` (Unix seconds): deleted, or only counted."""
+        ...
+
 
 class FileThumbnailStore:
     """Thumbnails in a local folder. Keys are relative, "/"-separated paths."""
@@ -407,6 +411,19 @@ class FileThumbnailStore:
     def presign(self, key: str, expires: int) -> str | None:
         return None
 
+    def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
+        old: list[str] = []
+        # os.walk does not follow links; lstat dates a link itself, and delete() unlinks only the link.
+        for folder, _subfolders, names in os.walk(self.path_for(prefix.rstrip("/"))):
+            for name in names:
+                path = Path(folder, name)
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    if path.lstat().st_mtime < before:
+                        old.append(path.relative_to(self.root).as_posix())
+        if not dry_run:
+            self.delete(old)
+        return len(old)
+
 
 class OssThumbnailStore:
     """Thumbnails in our own OSS bucket under ``prefix``."""
@@ -454,6 +471,15 @@ class OssThumbnailStore:
         k = self._key(key)
         with _translated(f"oss://{self.bucket.bucket_name}/{k}"):
             return bool(self.bucket.object_exists(k))
+
+    def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
+        full = self._key(prefix)
+        with _translated(f"oss://{self.bucket.bucket_name}/{full} (list)", "ListObjectsV2"):
+            old = [o.key[len(self.prefix):] for o in oss2.ObjectIteratorV2(self.bucket, prefix=full)
+                   if o.last_modified < before]
+        if not dry_run:
+            self.delete(old)
+        return len(old)
 
     def presign(self, key: str, expires: int) -> str | None:
         # slash_safe keeps "/" readable in the URL; the signature covers the decoded key either way.

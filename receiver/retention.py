@@ -1,4 +1,5 @@
-"""`receiver prune` and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails and old events.
+"""`receiver prune` and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails, old events and old
+cached storyboard sheets.
 
 Work goes in batches of BATCH rows, one short transaction each, so the callback path (which needs the
 SQLite write lock for its inserts) waits at most one batch. Rows are deleted and committed *before* their
@@ -16,6 +17,7 @@ from sqlalchemy import delete, func, select
 
 from .models import Event, EventSnapshot, Snapshot, Thumbnail
 from .services import Services
+from .storyboard import SHEET_PREFIX
 from .timeutil import ms_to_iso, now_ms
 
 BATCH = 500
@@ -37,11 +39,12 @@ class PruneResult:
     snapshots: int = 0
     thumbnails: int = 0
     events: int = 0
+    storyboards: int = 0
     per_job: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files) and {self.events} done/rejected "
-                f"events older than {ms_to_iso(self.cutoff_ms)}")
+        return (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files), {self.events} done/rejected "
+                f"events and {self.storyboards} cached storyboard sheets older than {ms_to_iso(self.cutoff_ms)}")
 
 
 def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneResult) -> PruneResult:
@@ -101,6 +104,9 @@ def prune(svc: Services, older_than_seconds: float, *, dry_run: bool = False, ba
     cutoff_ms = (now if now is not None else now_ms()) - int(older_than_seconds * 1000)
     cutoff_dt = dt.datetime.fromtimestamp(cutoff_ms / 1000, dt.UTC)
     result = PruneResult(cutoff_ms=cutoff_ms)
+    # Sheets are cached by content digest and never rewritten, so their age is their file's; one for a range
+    # still wanted is simply rendered again.
+    result.storyboards = svc.thumbs.delete_older_than(SHEET_PREFIX, cutoff_ms / 1000, dry_run=dry_run)
     if dry_run:
         return _count(svc, cutoff_ms, cutoff_dt, result)
     _prune_snapshots(svc, cutoff_ms, result, batch)

@@ -27,6 +27,9 @@ from .exceptions import ObjectNotFound
 log = logging.getLogger(__name__)
 
 MAX_CUES = 1000
+# Rendered sheets of settled ranges are cached in the thumbnail store under this prefix (content-addressed);
+# `receiver prune` removes those older than its cutoff.
+SHEET_PREFIX = "storyboards/"
 COLUMNS = 10
 ROWS = 10
 SPRITE_QUALITY = 75

@@ -530,6 +530,30 @@ def test_oss_store(fake: FakeOss, settings: Settings) -> None:
         store.get("job1/a b.webp")
 
 
+def test_stores_delete_what_is_older_than_a_cutoff(fake: FakeOss, settings: Settings, tmp_path: Path) -> None:
+    # What `receiver prune` does to cached storyboard sheets, in both stores: only under the prefix, only
+    # what was last modified before the cutoff; a dry run counts and keeps.
+    now = time.time()
+    fake.create_bucket("thumbs")
+    oss_store = thumbnail_store_from_url(f"oss://thumbs/t/?endpoint={ENDPOINT}", settings)
+    file_store = FileThumbnailStore(tmp_path / "thumbs")
+    ages = {"sheets/ab/old.jpg": 40, "sheets/cd/old.jpg": 31, "sheets/ab/new.jpg": 1, "ab/old-thumb.jpg": 40}
+    for key, days in ages.items():
+        fake.put("thumbs", f"t/{key}", b"x", last_modified=now - days * 86400)
+        file_store.put(key, b"x", "image/jpeg")
+        os.utime(file_store.path_for(key), (now - days * 86400,) * 2)
+    cutoff = now - 30 * 86400
+    for store in (oss_store, file_store):
+        assert store.delete_older_than("sheets/", cutoff, dry_run=True) == 2
+        assert all(store.exists(k) for k in ages)
+        assert store.delete_older_than("sheets/", cutoff) == 2
+        assert [k for k in ages if store.exists(k)] == ["sheets/ab/new.jpg", "ab/old-thumb.jpg"]
+        assert store.delete_older_than("sheets/", cutoff) == 0
+    assert fake.keys("thumbs") == ["t/ab/old-thumb.jpg", "t/sheets/ab/new.jpg"]
+    assert not (tmp_path / "thumbs/sheets/cd").exists()  # emptied folders go too
+    assert file_store.delete_older_than("nothing-here/", now) == 0
+
+
 def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) -> None:
     # The store checks CRC-64 itself (oss2's own check is off for speed): a wrong CRC in either direction is
     # a Transient error, so the event is retried, and the good bytes are still readable afterwards.

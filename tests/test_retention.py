@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -73,12 +75,18 @@ def test_prune_removes_exactly_the_old_rows_and_files(client, svc, fake_ice, fak
         s.execute(update(Event).where(Event.id == young_event)
                   .values(status="failed", received_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
 
+    # Two cached storyboard sheets, one rendered 40 days ago.
+    for name, days in (("old", 40), ("new", 1)):
+        svc.thumbs.put(f"storyboards/ab/{name}.jpg", b"sheet", "image/jpeg")
+        os.utime(svc.thumbs.path_for(f"storyboards/ab/{name}.jpg"), (time.time() - days * 86400,) * 2)
+
     dry = prune(svc, parse_duration("30d"), dry_run=True)
-    assert (dry.snapshots, dry.thumbnails, dry.events) == (3, 6, 3)
+    assert (dry.snapshots, dry.thumbnails, dry.events, dry.storyboards) == (3, 6, 3, 1)
     assert count(svc, Snapshot) == 6 and all(svc.thumbs.exists(k) for k in old_keys)
 
     done = prune(svc, parse_duration("30d"), batch=2)  # several batches
-    assert (done.snapshots, done.thumbnails, done.events) == (3, 6, 3)
+    assert (done.snapshots, done.thumbnails, done.events, done.storyboards) == (3, 6, 3, 1)
+    assert not svc.thumbs.exists("storyboards/ab/old.jpg") and svc.thumbs.exists("storyboards/ab/new.jpg")
     with svc.sessions() as s:
         assert sorted(s.execute(select(Snapshot.id)).scalars()) == sorted(young)
         assert s.execute(select(func.count()).select_from(Thumbnail)).scalar_one() == 6
