@@ -288,7 +288,7 @@ class Maintenance:
                 next_prune = time.monotonic() + self.PRUNE_EVERY
                 try:
                     result = prune(self.svc, s.retention_days * 86400)
-                    if result.snapshots or result.events:
+                    if result.snapshots or result.events or result.storyboards:
                         log.info("retention: %s", result.summary())
                 except Exception:
                     log.exception("retention pass failed; will try again")
