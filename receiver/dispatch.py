@@ -356,6 +356,10 @@ class ProcessDispatcher(ThreadDispatcher):
     core; processes use them all. Children are spawned, not forked: the parent has threads and pools.
     """
 
+    def __init__(self, svc: Services, workers: int, sweep_seconds: float) -> None:
+        super().__init__(svc, workers, sweep_seconds)
+        self.warming: list[Future[int]] = []
+
     def _new_pool(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_child,

@@ -390,9 +390,11 @@ class FileThumbnailStore:
             raise ObjectNotFound(f"thumbnail {key!r} not found") from e
 
     def delete(self, keys: list[str]) -> None:
+        self._unlink([self.path_for(key) for key in keys])
+
+    def _unlink(self, paths: list[Path]) -> None:
         folders = set()
-        for key in keys:
-            path = self.path_for(key)
+        for path in paths:
             path.unlink(missing_ok=True)
             folders.add(path.parent)
         # Folders emptied by the deletes go too (the older layout had one per snapshot): otherwise pruning
@@ -412,16 +414,18 @@ class FileThumbnailStore:
         return None
 
     def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
-        old: list[str] = []
-        # os.walk does not follow links; lstat dates a link itself, and delete() unlinks only the link.
+        old: list[Path] = []
+        # os.walk does not follow links; lstat dates a link itself, and unlink removes only the link. The
+        # paths found are removed as they are, not turned back into keys (a name with a backslash would
+        # become another path).
         for folder, _subfolders, names in os.walk(self.path_for(prefix.rstrip("/"))):
             for name in names:
                 path = Path(folder, name)
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
                     if path.lstat().st_mtime < before:
-                        old.append(path.relative_to(self.root).as_posix())
+                        old.append(path)
         if not dry_run:
-            self.delete(old)
+            self._unlink(old)
         return len(old)
 
 

@@ -10,15 +10,19 @@ ever indexed again, because storage keys are deterministic) rather than rows poi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select
 
+from .exceptions import ReceiverError
 from .models import Event, EventSnapshot, Snapshot, Thumbnail
 from .services import Services
 from .storyboard import SHEET_PREFIX
 from .timeutil import ms_to_iso, now_ms
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 FINAL_EVENT_STATUSES = ("done", "rejected")  # failed events stay until replayed: operators need them
@@ -104,11 +108,20 @@ def prune(svc: Services, older_than_seconds: float, *, dry_run: bool = False, ba
     cutoff_ms = (now if now is not None else now_ms()) - int(older_than_seconds * 1000)
     cutoff_dt = dt.datetime.fromtimestamp(cutoff_ms / 1000, dt.UTC)
     result = PruneResult(cutoff_ms=cutoff_ms)
-    # Sheets are cached by content digest and never rewritten, so their age is their file's; one for a range
-    # still wanted is simply rendered again.
-    result.storyboards = svc.thumbs.delete_older_than(SHEET_PREFIX, cutoff_ms / 1000, dry_run=dry_run)
     if dry_run:
-        return _count(svc, cutoff_ms, cutoff_dt, result)
-    _prune_snapshots(svc, cutoff_ms, result, batch)
-    _prune_events(svc, cutoff_dt, result, batch)
+        _count(svc, cutoff_ms, cutoff_dt, result)
+    else:
+        _prune_snapshots(svc, cutoff_ms, result, batch)
+        _prune_events(svc, cutoff_dt, result, batch)
+    _prune_sheets(svc, cutoff_ms, result, dry_run)
     return result
+
+
+def _prune_sheets(svc: Services, cutoff_ms: int, result: PruneResult, dry_run: bool) -> None:
+    """Cached storyboard sheets written before the cutoff: content-addressed and never rewritten, so their
+    age is their file's; one for a range still wanted is rendered again. Last and on its own: a store that
+    cannot list (an OSS policy without ListObjects) must not stop snapshots and events from being pruned."""
+    try:
+        result.storyboards = svc.thumbs.delete_older_than(SHEET_PREFIX, cutoff_ms / 1000, dry_run=dry_run)
+    except (ReceiverError, OSError) as e:
+        log.warning("retention: cached storyboard sheets not pruned: %s", e)

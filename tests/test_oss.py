@@ -552,6 +552,13 @@ def test_stores_delete_what_is_older_than_a_cutoff(fake: FakeOss, settings: Sett
     assert fake.keys("thumbs") == ["t/ab/old-thumb.jpg", "t/sheets/ab/new.jpg"]
     assert not (tmp_path / "thumbs/sheets/cd").exists()  # emptied folders go too
     assert file_store.delete_older_than("nothing-here/", now) == 0
+    # A file name the key syntax would read differently ("\\" is a separator in keys) is removed as it is.
+    odd = tmp_path / "thumbs/sheets/a\\b.jpg"
+    odd.write_bytes(b"x")
+    os.utime(odd, (now - 40 * 86400,) * 2)
+    file_store.put("sheets/a/b.jpg", b"keep", "image/jpeg")
+    assert file_store.delete_older_than("sheets/", cutoff) == 1
+    assert not odd.exists() and file_store.get("sheets/a/b.jpg") == b"keep"
 
 
 def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) -> None:
@@ -774,11 +781,15 @@ def test_redirects_are_not_followed(fake: FakeOss, tmp_path: Path) -> None:
 def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An HTTPS endpoint whose certificate no trusted CA signed is refused before any request is sent; with
     # REQUESTS_CA_BUNDLE naming its CA (as requests would read it) the same endpoint is reached.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)  # the direct transport, with certifi's bundle
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
     server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket.settimeout(5)  # the handshake runs in accept(): a stalled client must not hang shutdown()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     settings = Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,

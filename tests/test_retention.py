@@ -99,6 +99,23 @@ def test_prune_removes_exactly_the_old_rows_and_files(client, svc, fake_ice, fak
     assert prune(svc, parse_duration("30d")).snapshots == 0
 
 
+def test_a_store_that_cannot_list_does_not_stop_the_prune(client, svc, fake_ice, fake_oss, monkeypatch, caplog):
+    # An OSS policy without ListObjects: sheets cannot be found, snapshots and events are pruned anyway.
+    from receiver.exceptions import StoreError
+
+    by_age = index(client, svc, fake_ice, fake_oss, [40, 1])
+
+    def cannot_list(prefix: str, before: float, *, dry_run: bool = False) -> int:
+        raise StoreError("oss://thumbs/storyboards/ (list): AccessDenied (status 403, request -)")
+
+    monkeypatch.setattr(svc.thumbs, "delete_older_than", cannot_list)
+    done = prune(svc, parse_duration("30d"))
+    assert (done.snapshots, done.storyboards) == (1, 0)
+    with svc.sessions() as s:
+        assert list(s.execute(select(Snapshot.id)).scalars()) == [by_age[1]]
+    assert "cached storyboard sheets not pruned" in caplog.text and "AccessDenied" in caplog.text
+
+
 def test_cli_prune_dry_run_prints_and_keeps(client, svc, settings, fake_ice, fake_oss):
     index(client, svc, fake_ice, fake_oss, [10, 3])
     runner = CliRunner(env=cli_env(settings, fake_ice, fake_oss))
