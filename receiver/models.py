@@ -85,6 +85,16 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Lease(Base):
+    """Which process runs a loop meant to run once per deployment (reconcile, prune), and until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[dt.datetime]
+
+
 class Event(Base):
     """The inbox: every callback item (or reconcile/replay hint) as received, and how processing went."""
 

@@ -249,15 +249,22 @@ class Reconciler:
 
 
 class Maintenance:
-    """The background thread of `serve`: reconcile every RECEIVER_RECONCILE_SECONDS, prune hourly."""
+    """The background thread of `serve` and `receiver worker`: reconcile every RECEIVER_RECONCILE_SECONDS,
+    prune hourly. Each runs in one process of the deployment at a time (a lease, see leases.py)."""
 
     PRUNE_EVERY = 3600.0
+    # A holder renews on every pass; another process takes over this many periods after it stopped.
+    LEASE_PERIODS = 3
 
     def __init__(self, svc: Services) -> None:
+        from .leases import holder_name
+
         self.svc = svc
+        self.holder = holder_name()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="receiver-reconciler", daemon=True)
         self._ignored: set[str] = set()  # discovered jobs whose CallbackUrl is not ours (it cannot change)
+        self._next_prune = time.monotonic()
 
     def start(self) -> Maintenance:
         self._thread.start()
@@ -269,35 +276,51 @@ class Maintenance:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        s = self.svc.settings
+        while not self._stop.is_set():
+            self.run_once()
+            period = s.reconcile_seconds if s.reconcile_seconds > 0 else self.PRUNE_EVERY
+            self._stop.wait(period)
+
+    def _holds(self, name: str, period: float) -> bool:
+        from .leases import hold
+
+        return hold(self.svc, name, self.holder, self.LEASE_PERIODS * period)
+
+    def run_once(self) -> list[str]:
+        """One pass: reconcile (if on and this process holds that lease), prune (if due and held). Returns
+        what ran."""
         from .retention import prune
         from .tracking import discover
 
         s = self.svc.settings
-        next_prune = time.monotonic()
-        while not self._stop.is_set():
-            if s.reconcile_seconds > 0:
-                try:
+        ran: list[str] = []
+        if s.reconcile_seconds > 0:
+            try:
+                if self._holds("reconcile", s.reconcile_seconds):
                     if s.discover_jobs:
                         discover(self.svc, self._ignored)
                     tally = Reconciler(self.svc, sleep=self._stop.wait).run()
+                    ran.append("reconcile")
                     if tally.seen or tally.errors:
                         log.info("reconcile: %s", tally.summary())
-                except Exception:
-                    log.exception("reconcile pass failed; will try again")
-            if s.retention_days > 0 and time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + self.PRUNE_EVERY
-                try:
+            except Exception:
+                log.exception("reconcile pass failed; will try again")
+        if s.retention_days > 0 and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.PRUNE_EVERY
+            try:
+                if self._holds("prune", self.PRUNE_EVERY):
                     result = prune(self.svc, s.retention_days * 86400)
+                    ran.append("prune")
                     if result.snapshots or result.events or result.storyboards:
                         log.info("retention: %s", result.summary())
-                except Exception:
-                    log.exception("retention pass failed; will try again")
-            period = s.reconcile_seconds if s.reconcile_seconds > 0 else self.PRUNE_EVERY
-            self._stop.wait(period)
+            except Exception:
+                log.exception("retention pass failed; will try again")
+        return ran
 
 
 def start_reconciler(svc: Services) -> Maintenance | None:
-    """Start the reconcile/retention thread for `serve` (None when both are off)."""
+    """Start the reconcile/retention thread for `serve` and `receiver worker` (None when both are off)."""
     s = svc.settings
     if s.reconcile_seconds <= 0 and s.retention_days <= 0:
         return None

@@ -1,0 +1,44 @@
+"""Leases: one holder at a time for loops that should run once per deployment, not once per process.
+
+Every `serve` and every `receiver worker` runs the maintenance loop (reconcile, prune). Without a lease, N
+workers made N times the ListLiveSnapshotFiles calls and N concurrent prunes: harmless (events are
+deduplicated, deletes idempotent) but wasteful, and ICE throttles. A lease is a row: the holder renews it
+on every pass; when it stops (crash, scale-down), another process takes over once it expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+
+from sqlalchemy import or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .models import Lease, utcnow
+from .services import Services
+
+
+def holder_name() -> str:
+    """This process, recognisably: host, pid and a random part (pids repeat across containers)."""
+    return f"{socket.gethostname()[:120]}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def hold(svc: Services, name: str, holder: str, seconds: float, now: dt.datetime | None = None) -> bool:
+    """Take or renew lease ``name`` for ``holder`` until now + seconds; False while someone else's is live."""
+    now = now or utcnow()
+    until = now + dt.timedelta(seconds=seconds)
+    with svc.engine.begin() as conn:
+        renewed = conn.execute(
+            update(Lease)
+            .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < now))
+            .values(holder=holder, expires_at=until)
+        ).rowcount
+        if renewed == 1:
+            return True
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        inserted = conn.execute(
+            dialect_insert(Lease).values(name=name, holder=holder, expires_at=until).on_conflict_do_nothing()
+        ).rowcount
+        return bool(inserted == 1)
