@@ -271,9 +271,15 @@ class Maintenance:
         return self
 
     def stop(self) -> None:
+        from .leases import release
+
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        try:
+            release(self.svc, self.holder)
+        except Exception:  # the database is going or gone: the leases lapse by themselves
+            log.warning("could not release the maintenance leases; they lapse on their own", exc_info=True)
 
     def _loop(self) -> None:
         s = self.svc.settings
@@ -324,4 +330,5 @@ def start_reconciler(svc: Services) -> Maintenance | None:
     s = svc.settings
     if s.reconcile_seconds <= 0 and s.retention_days <= 0:
         return None
-    return Maintenance(svc).start()
+    maintenance = svc.extras["maintenance"] = Maintenance(svc).start()  # Services.close() stops it
+    return maintenance

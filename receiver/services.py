@@ -39,6 +39,9 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
+        maintenance = self.extras.pop("maintenance", None)
+        if maintenance is not None:
+            maintenance.stop()  # and hand its leases over (reconcile.Maintenance)
         if self.dispatcher is not None:
             self.dispatcher.stop()
         # Pooled OSS connections left open would leak sockets (and warnings) in every test and restart.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from sqlalchemy import update
 
-from receiver.leases import hold
+from receiver.leases import hold, release
 from receiver.models import Lease, utcnow
-from receiver.reconcile import Maintenance
+from receiver.reconcile import Maintenance, start_reconciler
 from receiver.tracking import track
 
 from .conftest import JOB
@@ -42,3 +43,36 @@ def test_maintenance_runs_in_one_process_and_moves_when_that_one_stops(svc, fake
     second._next_prune = 0
     assert second.run_once() == ["reconcile", "prune"]
     assert first.run_once() == []
+
+
+def test_a_clean_stop_hands_over_at_once(svc, fake_ice):
+    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    first, second = Maintenance(svc), Maintenance(svc)
+    assert first.run_once() == ["reconcile"]
+    assert second.run_once() == []
+    first.stop()  # never started: only gives its leases up
+    assert second.run_once() == ["reconcile"]
+    release(svc, "nobody")  # releasing what one does not hold changes nothing
+    assert first.run_once() == []
+
+
+def test_closing_the_services_stops_the_loop_and_releases(svc, fake_ice):
+    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    running = start_reconciler(svc)
+    assert running is not None and svc.extras["maintenance"] is running
+    deadline = time.monotonic() + 10
+    while holder_of(svc, "reconcile") != running.holder:  # its first pass takes the lease
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert Maintenance(svc).run_once() == []
+    svc.close()  # the loop stops and gives the lease up
+    assert not running._thread.is_alive() and "maintenance" not in svc.extras
+    with svc.sessions() as s:
+        lease = s.get(Lease, "reconcile")
+        assert lease is not None and lease.expires_at <= utcnow()
+
+
+def holder_of(svc, name: str) -> str | None:  # type: ignore[no-untyped-def]
+    with svc.sessions() as s:
+        lease = s.get(Lease, name)
+        return lease.holder if lease is not None else None
