@@ -12,8 +12,9 @@ import datetime as dt
 import os
 import socket
 import uuid
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .models import Lease, utcnow
@@ -26,25 +27,32 @@ def holder_name() -> str:
 
 
 def hold(svc: Services, name: str, holder: str, seconds: float, now: dt.datetime | None = None) -> bool:
-    """Take or renew lease ``name`` for ``holder`` until now + seconds; False while someone else's is live."""
-    now = now or utcnow()
-    until = now + dt.timedelta(seconds=seconds)
+    """Take or renew lease ``name`` for ``holder`` until now + seconds; False while someone else's is live.
+
+    On PostgreSQL "now" is the database's clock, so hosts whose clocks disagree still agree on expiry; on
+    SQLite every process shares one host's clock anyway. ``now`` is for tests."""
     with svc.engine.begin() as conn:
+        start: Any = now or utcnow()
+        if now is None and conn.dialect.name == "postgresql":
+            start = func.now()
+        until = start + dt.timedelta(seconds=seconds)
         renewed = conn.execute(
             update(Lease)
-            .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < now))
+            .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < start))
             .values(holder=holder, expires_at=until)
         ).rowcount
         if renewed == 1:
             return True
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        # RETURNING, not rowcount: psycopg reports -1 for this INSERT.
         inserted = conn.execute(
             dialect_insert(Lease).values(name=name, holder=holder, expires_at=until).on_conflict_do_nothing()
-        ).rowcount
-        return bool(inserted == 1)
+            .returning(Lease.name)
+        ).first()
+        return inserted is not None
 
 
 def release(svc: Services, holder: str) -> None:
     """Give up every lease ``holder`` has (a clean shutdown): the next process to ask takes over at once."""
     with svc.engine.begin() as conn:
-        conn.execute(update(Lease).where(Lease.holder == holder).values(expires_at=utcnow()))
+        conn.execute(delete(Lease).where(Lease.holder == holder))

@@ -122,10 +122,12 @@ def _indexed_keys(svc: Services, job: JobInfo, files: list[SnapshotFile]) -> set
 
 class Reconciler:
     def __init__(self, svc: Services, *, execute: Executor | None = None,
-                 progress: Callable[[int], None] | None = None, sleep: Callable[[float], object] = time.sleep) -> None:
+                 progress: Callable[[int], None] | None = None, sleep: Callable[[float], object] = time.sleep,
+                 keep_going: Callable[[], bool] | None = None) -> None:
         self.svc = svc
         self.execute = execute
         self.progress = progress  # called with milliseconds of the span covered since the last call
+        self.keep_going = keep_going  # asked before each job: False ends the run (shutdown, lease lost)
         self.ice = PatientIce(svc.ice, sleep=sleep)
 
     def span(self, job: Job | None, since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
@@ -240,6 +242,8 @@ class Reconciler:
         """Each job in turn; one job's failure (gone, ICE down) is recorded and the others still run."""
         total = Tally()
         for job_id in job_ids if job_ids is not None else self.tracked_jobs():
+            if self.keep_going is not None and not self.keep_going():
+                break
             try:
                 self.reconcile_job(job_id, since_ms, until_ms, total)
             except Exception as e:
@@ -273,9 +277,11 @@ class Maintenance:
     def stop(self) -> None:
         from .leases import release
 
-        self._stop.set()
+        self._stop.set()  # a pass in progress ends at its next job (Reconciler.keep_going) and skips prune
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            return  # still inside an ICE call: keep the leases; they lapse if the process ends first
         try:
             release(self.svc, self.holder)
         except Exception:  # the database is going or gone: the leases lapse by themselves
@@ -291,7 +297,7 @@ class Maintenance:
     def _holds(self, name: str, period: float) -> bool:
         from .leases import hold
 
-        return hold(self.svc, name, self.holder, self.LEASE_PERIODS * period)
+        return not self._stop.is_set() and hold(self.svc, name, self.holder, self.LEASE_PERIODS * period)
 
     def run_once(self) -> list[str]:
         """One pass: reconcile (if on and this process holds that lease), prune (if due and held). Returns
@@ -306,16 +312,20 @@ class Maintenance:
                 if self._holds("reconcile", s.reconcile_seconds):
                     if s.discover_jobs:
                         discover(self.svc, self._ignored)
-                    tally = Reconciler(self.svc, sleep=self._stop.wait).run()
+                    # Renewed before each job, so a long pass (a backfill, ICE throttling) keeps its lease,
+                    # and ends if another process took it meanwhile.
+                    tally = Reconciler(self.svc, sleep=self._stop.wait,
+                                       keep_going=lambda: self._holds("reconcile", s.reconcile_seconds)).run()
                     ran.append("reconcile")
                     if tally.seen or tally.errors:
                         log.info("reconcile: %s", tally.summary())
             except Exception:
                 log.exception("reconcile pass failed; will try again")
         if s.retention_days > 0 and time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + self.PRUNE_EVERY
             try:
+                # Not holding it, ask again next pass: a clean hand-over is then taken at once.
                 if self._holds("prune", self.PRUNE_EVERY):
+                    self._next_prune = time.monotonic() + self.PRUNE_EVERY
                     result = prune(self.svc, s.retention_days * 86400)
                     ran.append("prune")
                     if result.snapshots or result.events or result.storyboards:

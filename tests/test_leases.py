@@ -67,12 +67,38 @@ def test_closing_the_services_stops_the_loop_and_releases(svc, fake_ice):
     assert Maintenance(svc).run_once() == []
     svc.close()  # the loop stops and gives the lease up
     assert not running._thread.is_alive() and "maintenance" not in svc.extras
-    with svc.sessions() as s:
-        lease = s.get(Lease, "reconcile")
-        assert lease is not None and lease.expires_at <= utcnow()
+    assert holder_of(svc, "reconcile") is None  # released: the next process to ask takes it
 
 
 def holder_of(svc, name: str) -> str | None:  # type: ignore[no-untyped-def]
     with svc.sessions() as s:
         lease = s.get(Lease, name)
         return lease.holder if lease is not None else None
+
+
+def test_a_pass_renews_its_lease_per_job_and_ends_when_it_is_lost(svc, fake_ice, monkeypatch):
+    from receiver.reconcile import Reconciler
+
+    fake_ice.add_job("job-0002")
+    track(svc, JOB)
+    track(svc, "job-0002")
+    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    done: list[str] = []
+    real = Reconciler.reconcile_job
+
+    def reconcile_then_lose_the_lease(self, job_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        done.append(job_id)
+        with svc.engine.begin() as conn:  # another process took the lease meanwhile (this one's lapsed)
+            conn.execute(update(Lease).values(holder="other", expires_at=utcnow() + dt.timedelta(hours=1)))
+        return real(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(Reconciler, "reconcile_job", reconcile_then_lose_the_lease)
+    assert Maintenance(svc).run_once() == ["reconcile"]
+    assert len(done) == 1  # the second job was left to the new holder
+
+
+def test_a_stopping_loop_takes_no_lease(svc):
+    svc.settings = svc.settings.with_(reconcile_seconds=60.0, retention_days=30.0)
+    m = Maintenance(svc)
+    m._stop.set()
+    assert m.run_once() == [] and holder_of(svc, "reconcile") is None and holder_of(svc, "prune") is None

@@ -30,6 +30,11 @@ from .test_callbacks import (  # noqa: F401
     test_ice_retry_is_a_duplicate,
 )
 from .test_celery import test_sweeper_rules  # noqa: F401
+from .test_leases import (  # noqa: F401
+    test_a_clean_stop_hands_over_at_once,
+    test_maintenance_runs_in_one_process_and_moves_when_that_one_stops,
+    test_one_holder_at_a_time_and_takeover_after_expiry,
+)
 from .test_pipeline import (  # noqa: F401
     test_bad_images_fail_with_a_reason_and_the_next_frame_succeeds,
     test_concurrent_processing_of_one_event_indexes_once,
