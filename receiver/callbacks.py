@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wrappers import Request
+from werkzeug.wsgi import get_content_length
 
 from . import metrics
 from .callback_parse import CallbackParseError, parse_callback
@@ -51,11 +52,7 @@ def _token_of(path: str) -> str | None:
 
 
 def _read_bounded(environ: Environ, limit: int) -> bytes:
-    declared: int | None
-    try:
-        declared = int(environ.get("CONTENT_LENGTH") or "")
-    except ValueError:
-        declared = None
+    declared = get_content_length(environ)  # None: no length, or chunked; werkzeug's rules
     if declared is not None and declared > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
     if declared is None and not environ.get("wsgi.input_terminated"):
@@ -63,7 +60,7 @@ def _read_bounded(environ: Environ, limit: int) -> bytes:
         # could wait for the client to hang up, so there is no body, as werkzeug would have it.
         return b""
     stream = environ["wsgi.input"]
-    data: bytes = stream.read(min(limit + 1, declared) if declared is not None and declared >= 0 else limit + 1)
+    data: bytes = stream.read(limit + 1 if declared is None else declared)
     if len(data) > limit:
         raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
     return data

@@ -63,7 +63,7 @@ def db_upgrade(revision: str) -> None:
     engine.dispose()
 
 
-def run_server(app: Flask, host: str, port: int, threads: int | None = None) -> None:
+def run_server(app: Flask, host: str, port: int) -> None:
     from waitress import serve as waitress_serve
 
     settings: Settings = app.extensions["receiver"].settings
@@ -71,8 +71,7 @@ def run_server(app: Flask, host: str, port: int, threads: int | None = None) -> 
         log.warning("no RECEIVER_CALLBACK_TOKEN or RECEIVER_CALLBACK_AUTH_KEYS: anyone can post callbacks "
                     "(they are verified with ICE, but they cost ICE API calls)")
     click.echo(f"receiver listening on http://{host}:{port}/", err=True)
-    if threads is None:
-        threads = int(os.environ.get("RECEIVER_WEB_THREADS", "16"))
+    threads = int(os.environ.get("RECEIVER_WEB_THREADS", "16"))
     waitress_serve(app, host=host, port=port, threads=threads, ident="receiver", clear_untrusted_proxy_headers=True)
 
 
@@ -126,7 +125,7 @@ def worker(once: bool, pool: str) -> None:
     from .reconcile import start_reconciler
 
     # Workers are where the reconciler and retention run in a scale-out deployment (gunicorn web processes
-    # only record and dispatch); RECEIVER_RECONCILE_SECONDS=0 turns it off on all but one worker if wanted.
+    # only record and dispatch); a lease keeps each to one worker at a time (leases.py).
     start_reconciler(svc)
     if settings.queue == "celery":
         from .celery_app import run_worker

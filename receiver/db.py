@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,6 +78,16 @@ def _sqlite_begin(conn: Any) -> None:
         conn.connection.driver_connection.execute(sql)
     except sqlite3.Error as e:
         raise exc.DBAPIError.instance(sql, (), e, sqlite3.Error) from e
+
+
+def insert_for(dialect: str) -> Callable[..., Any]:
+    """The dialect's INSERT construct, the one with ``on_conflict_do_nothing`` (PostgreSQL and SQLite, the two
+    databases this runs on)."""
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,19 +12,18 @@ and the leader wakes exactly the requests it wrote, then hands the lead to the o
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from .callback_parse import EventItem
+from .db import insert_for
 from .models import Event, utcnow
 
 _table = cast(Table, Event.__table__)
@@ -45,13 +44,7 @@ class Recorded:
 
 @lru_cache(maxsize=4)
 def _insert(dialect: str) -> Executable:
-    insert: Callable[..., Any]
-    if dialect == "postgresql":
-        insert = postgresql.insert
-    elif dialect == "sqlite":
-        insert = sqlite.insert
-    else:
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    insert = insert_for(dialect)
     # RETURNING order is not the VALUES order once conflicts skip rows, hence the key columns.
     return (
         insert(_table)

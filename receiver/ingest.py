@@ -10,14 +10,14 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from . import metrics
+from .db import insert_for
 from .exceptions import ObjectNotFound, Rejected
 from .formats import check_key_safe, match_key, overwrite_key
 from .ice import JobInfo, format_ice_time
-from .models import Snapshot, Thumbnail, utcnow
+from .models import Snapshot, Thumbnail
 from .services import Services
 from .signals import snapshot_columns
 from .thumbnails import make_thumbnails
@@ -153,16 +153,19 @@ def _existing_statement(with_etag: bool) -> Executable:
 def _index_statements(dialect: str) -> tuple[Executable, Executable]:
     # DO NOTHING on the identity constraint rather than an IntegrityError: the insert shares its transaction
     # with the event's own update (pipeline._finish_done), which an error would abort.
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    snapshot = dialect_insert(Snapshot).on_conflict_do_nothing().returning(Snapshot.id)
+    snapshot = insert_for(dialect)(Snapshot).on_conflict_do_nothing().returning(Snapshot.id)
     return snapshot, insert(Thumbnail)
 
 
-def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
+def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
+    found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
+    return found
+
+
+def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     with svc.read_engine.connect() as conn:
-        found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
-        return found
+        return _existing_on(conn, job_id, bucket, key, etag)
 
 
 @dataclass(frozen=True)
@@ -185,9 +188,9 @@ def write_index(conn: Connection, p: Prepared) -> int:
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         snap = p.snapshot
-        params = {"job_id": snap["job_id"], "bucket": snap["oss_bucket"], "key": snap["oss_object"],
-                  "etag": snap["etag"]}
-        found: int = conn.execute(_existing_statement(True), params).scalar_one()
+        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+        if found is None:  # the conflicting row must be visible to this transaction
+            raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return found
     conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
     return sid
@@ -239,7 +242,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
         "job_id": job.job_id, "captured_at_ms": captured_at(t, obj.last_modified_ms), "kind": t.kind,
         "oss_endpoint": endpoint, "oss_bucket": bucket, "oss_object": t.key, "etag": obj.etag, "size": obj.size,
         "width": thumbs.source_width, "height": thumbs.source_height, "sha256": hashlib.sha256(obj.data).hexdigest(),
-        "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms, "indexed_at": utcnow(),
+        "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms,
         **snapshot_columns(thumbs),
     }
     metrics.observe_stage(svc, "store", time.perf_counter() - t_store)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from .db import insert_for
 from .ice import JobInfo
 from .models import Job, utcnow
 
@@ -14,7 +14,7 @@ def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
     if job is None:
         # Two workers meeting a new job at once both get here on PostgreSQL (SQLite serialises writers):
         # ON CONFLICT DO NOTHING waits for the winner's commit, then we read its row instead of failing.
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        insert = insert_for(session.get_bind().dialect.name)
         session.execute(insert(Job).values(job_id=info.job_id, tracked=False)
                         .on_conflict_do_nothing(index_elements=["job_id"]))
         job = session.get(Job, info.job_id)

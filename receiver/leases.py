@@ -15,8 +15,8 @@ import uuid
 from typing import Any
 
 from sqlalchemy import delete, func, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from .db import insert_for
 from .models import Lease, utcnow
 from .services import Services
 
@@ -43,11 +43,10 @@ def hold(svc: Services, name: str, holder: str, seconds: float, now: dt.datetime
         ).rowcount
         if renewed == 1:
             return True
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         # RETURNING, not rowcount: psycopg reports -1 for this INSERT.
         inserted = conn.execute(
-            dialect_insert(Lease).values(name=name, holder=holder, expires_at=until).on_conflict_do_nothing()
-            .returning(Lease.name)
+            insert_for(conn.dialect.name)(Lease).values(name=name, holder=holder, expires_at=until)
+            .on_conflict_do_nothing().returning(Lease.name)
         ).first()
         return inserted is not None
 

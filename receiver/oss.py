@@ -32,7 +32,7 @@ import oss2
 from receiver import metrics
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, ReceiverError, Rejected, StoreError, TooLarge, Transient
-from receiver.oss_transport import session_for
+from receiver.oss_transport import DirectSession, ProxiedSession, session_for
 
 __all__ = [
     "EndpointPolicy",
@@ -57,6 +57,18 @@ _CRC64 = anycrc.Model("CRC64-XZ")
 
 def crc64(data: bytes | bytearray) -> int:
     return int(_CRC64.calc(data))
+
+
+def _check_crc(where: str, sent: int | None, data: bytes, what: str = "crc mismatch") -> None:
+    """OSS's x-oss-hash-crc64ecma (when it sent one) against the bytes in hand; a mismatch is Transient."""
+    if sent is not None and sent != crc64(data):
+        raise Transient(f"{where}: {what}")
+
+
+def _session(settings: Settings) -> ProxiedSession | DirectSession:
+    # One pool per store for all its buckets, sized for the worker threads so urllib3 does not discard
+    # connections.
+    return session_for(max(10, settings.workers * 2))
 
 
 @dataclass(frozen=True)
@@ -225,8 +237,7 @@ class SourceStore:
         self.policy = EndpointPolicy.from_settings(settings)
         self._auth = _auth(settings)
         self._timeout = settings.oss_timeout_seconds
-        # One pool for all buckets, sized for the worker threads so urllib3 does not discard connections.
-        self._session = session_for(max(10, settings.workers * 2))
+        self._session = _session(settings)
         self._buckets: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         # Pooled keep-alive sockets left to the garbage collector raise ResourceWarning (an error in our
@@ -285,8 +296,7 @@ class SourceStore:
                 raise Transient(f"{where}: truncated transfer ({size} of {declared} bytes)")
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             # Over the whole body, not as it streams: one pass in C instead of one call per read.
-            if r.server_crc is not None and crc64(data) != r.server_crc:
-                raise Transient(f"{where}: crc mismatch")
+            _check_crc(where, r.server_crc, data)
             return FetchedObject(
                 data=data,
                 etag=r.etag or "",
@@ -452,16 +462,14 @@ class OssThumbnailStore:
         where = f"oss://{self.bucket.bucket_name}/{k}"
         with _translated(where, "PutObject"):
             r = self.bucket.put_object(k, data, headers={"Content-Type": content_type})
-            if r.crc is not None and r.crc != crc64(data):
-                raise Transient(f"{where}: crc mismatch after upload")
+            _check_crc(where, r.crc, data, "crc mismatch after upload")
 
     def get(self, key: str) -> bytes:
         k = self._key(key)
         where = f"oss://{self.bucket.bucket_name}/{k}"
         with _translated(where), self.bucket.get_object(k) as r:
             data = bytes(r.read())
-            if r.server_crc is not None and r.server_crc != crc64(data):
-                raise Transient(f"{where}: crc mismatch")
+            _check_crc(where, r.server_crc, data)
         return data
 
 
@@ -539,7 +547,7 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
         base = endpoint.rstrip("/")
     else:
         base = f"https://{endpoint.rstrip('/')}"
-    session = session_for(max(10, settings.workers * 2))
+    session = _session(settings)
     try:
         bucket = oss2.Bucket(
             _auth(settings),

@@ -15,10 +15,10 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from . import metrics
+from .db import insert_for
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
 from .ice import JobInfo
 from .ingest import Prepared, Target, prepare, resolve_targets, write_index
@@ -93,8 +93,7 @@ def _finish_statement(retry: bool) -> Executable:
 @cache
 def _link_statement(dialect: str) -> Executable:
     # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return dialect_insert(EventSnapshot).on_conflict_do_nothing()
+    return insert_for(dialect)(EventSnapshot).on_conflict_do_nothing()
 
 
 def _claim(svc: Services, event_id: int) -> Claimed | None:

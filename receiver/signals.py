@@ -46,12 +46,6 @@ def compute_signals(image_bytes: bytes) -> Signals:
     with Image.open(io.BytesIO(image_bytes)) as im:
         im.draft("RGB", (64, 64))  # JPEG DCT scaling: decode at 1/8 size when that is still big enough
         rgb = im.convert("RGB")
-    return signals_of(rgb)
-
-
-def signals_of(image: Image.Image) -> Signals:
-    """Signals of a small image already in memory."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
     grey = rgb.convert("L")
     luma, spread = _mean_and_spread(grey.histogram())
     small_h = max(1, round(_BLURHASH_WIDTH * rgb.height / max(1, rgb.width)))
@@ -189,9 +183,6 @@ def snapshot_columns(thumbs: ThumbnailSet) -> dict[str, Any]:
 
 
 def columns_from_bytes(image_bytes: bytes) -> dict[str, Any]:
-    return _columns(compute_signals(image_bytes))
-
-
-def _columns(s: Signals) -> dict[str, Any]:
+    s = compute_signals(image_bytes)
     return {"luma": s.luma, "luma_spread": s.luma_spread, "dhash": to_signed64(s.dhash),
             "placeholder": s.placeholder}

@@ -21,7 +21,7 @@ from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
 
 from .conftest import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
-from .pg_redis import free_port
+from .pg_redis import free_port, stop_process, wait_healthy
 
 pytestmark = pytest.mark.slow
 T0 = 1796212805123
@@ -49,14 +49,7 @@ class Server:
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.up, what="serve to answer /healthz")
-
-    def up(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        wait_healthy(self.port, self.proc)
 
     def post(self, body: bytes) -> None:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/callbacks/live-snapshot", data=body,
@@ -70,13 +63,8 @@ class Server:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 @pytest.fixture

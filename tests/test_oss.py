@@ -37,6 +37,8 @@ from receiver.sim.fake_oss import (
     v4_string_to_sign,
 )
 
+from .pg_redis import free_port
+
 AK, SK = "AKIDEXAMPLE", "SECRETEXAMPLE"
 ENDPOINT = "oss-cn-shanghai.aliyuncs.com"  # what ICE would send; mapped to the fake
 BUCKET = "snapshots"
@@ -580,14 +582,18 @@ def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) 
     assert store.get("a.jpg") == b"thumb" * 100
 
 
+def clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without a proxy the stores send through urllib3 directly, with the CA bundle requests would have
     # used; requests' session (kept for streamed uploads) does not re-read os.environ per request either.
     # With a proxy, oss2's requests session applies the proxy and NO_PROXY rules per request.
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom-ca.pem")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxies(monkeypatch)
     plain = SourceStore(settings)
     try:
         assert isinstance(plain._session, DirectSession)
@@ -781,9 +787,9 @@ def test_redirects_are_not_followed(fake: FakeOss, tmp_path: Path) -> None:
 def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An HTTPS endpoint whose certificate no trusted CA signed is refused before any request is sent; with
     # REQUESTS_CA_BUNDLE naming its CA (as requests would read it) the same endpoint is reached.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)  # the direct transport, with certifi's bundle
+    clear_proxies(monkeypatch)  # the direct transport...
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)  # ...with certifi's bundle
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
@@ -815,9 +821,7 @@ def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypat
 
 
 def test_refused_connection_is_transient(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    port = server.server_port
-    server.server_close()  # nothing listens there now
+    port = free_port()  # nothing listens there
     store = SourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
                                  oss_endpoint_map={ENDPOINT: f"http://127.0.0.1:{port}"}))
     try:
