@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.sql import Executable
 
-from . import metrics
+from . import metrics, sqlite_direct
 from .db import insert_for
 from .exceptions import ObjectNotFound, Rejected
 from .formats import check_key_safe, match_key, overwrite_key
 from .ice import JobInfo, format_ice_time
-from .models import Snapshot, Thumbnail
+from .models import Snapshot, Thumbnail, utcnow
 from .services import Services
 from .signals import snapshot_columns
 from .thumbnails import make_thumbnails
@@ -159,7 +159,7 @@ def _index_statements(dialect: str) -> tuple[Executable, Executable]:
 
 def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
-    found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
+    found: int | None = sqlite_direct.execute(conn, _existing_statement(etag is not None), params).scalar_one_or_none()
     return found
 
 
@@ -184,7 +184,9 @@ def write_index(conn: Connection, p: Prepared) -> int:
         return p.existing
     assert p.snapshot is not None
     insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
-    sid: int | None = conn.execute(insert_snapshot, p.snapshot).scalar_one_or_none()
+    # indexed_at is passed, not left to the column default: the direct path runs no Python-side defaults.
+    row = {**p.snapshot, "indexed_at": utcnow()}
+    sid: int | None = sqlite_direct.execute(conn, insert_snapshot, row).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         snap = p.snapshot
@@ -192,7 +194,7 @@ def write_index(conn: Connection, p: Prepared) -> int:
         if found is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return found
-    conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+    sqlite_direct.execute(conn, insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
     return sid
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, update
 from sqlalchemy.sql import Executable
 
-from . import metrics
+from . import metrics, sqlite_direct
 from .db import insert_for
 from .exceptions import ImageError, JobNotFound, ObjectNotFound, ReceiverError, Rejected, StoreError, Transient
 from .ice import JobInfo
@@ -69,10 +69,8 @@ def _claim_statement() -> Executable:
         )
         .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
                 updated_at=bindparam("now"))
-        .returning(
-            Event.id, Event.attempts, Event.job_id, Event.origin, Event.key_from_ice, Event.oss_object,
-            Event.oss_bucket, Event.oss_endpoint, Event.create_timestamp_ms, Event.is_overlay, Event.received_at,
-        )
+        # Claimed's fields in their order: a row becomes Claimed(*row) on either execution path.
+        .returning(*(getattr(Event, f.name) for f in fields(Claimed)))
     )
 
 
@@ -101,10 +99,8 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
     params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
     with svc.engine.begin() as conn:
-        result = conn.execute(_claim_statement(), params).one_or_none()
-    if result is None:
-        return None
-    return Claimed(**result._mapping)
+        row = sqlite_direct.execute(conn, _claim_statement(), params).one_or_none()
+    return None if row is None else Claimed(*row)
 
 
 def _finish(svc: Services, ev: Claimed, status: str, error: str | None, retry_in: float | None = None) -> bool:
@@ -120,7 +116,8 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
         if _set_status(conn, ev, "done", None, None):
-            conn.execute(_link_statement(conn.dialect.name), [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
+            sqlite_direct.execute(conn, _link_statement(conn.dialect.name),
+                                  [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
     return ids
 
 
@@ -130,7 +127,7 @@ def _set_status(conn: Connection, ev: Claimed, status: str, error: str | None, r
                                  "error": error, "now": now}
     if retry_in is not None:
         params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
-    if conn.execute(_finish_statement(retry_in is not None), params).rowcount != 1:
+    if sqlite_direct.execute(conn, _finish_statement(retry_in is not None), params).rowcount != 1:
         log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
         return False
     return True
