@@ -50,12 +50,13 @@ class DirectResult:
 
 
 class Compiled:
-    """One statement compiled for SQLite: its SQL, where each positional parameter comes from, and how each
-    parameter and RETURNING column is converted."""
+    """One statement compiled for SQLite with the caller's keys, as ``Connection.execute`` compiles it: its
+    SQL, the order of its parameters, and how each parameter and result column is converted."""
 
-    def __init__(self, stmt: Executable, dialect: Dialect, column_keys: Sequence[str] | None) -> None:
+    def __init__(self, stmt: Executable, dialect: Dialect, keys: Sequence[str]) -> None:
         assert isinstance(stmt, ClauseElement)
-        compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        # The caller's keys decide an INSERT's columns and can add to an UPDATE's SET, as in SQLAlchemy.
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         assert isinstance(compiled, SQLCompiler)
         if compiled.insert_prefetch or compiled.update_prefetch:
             # Python-side column defaults are evaluated by SQLAlchemy's execution context, which this skips.
@@ -65,74 +66,79 @@ class Compiled:
             raise ValueError("only positional (qmark) dialects are supported")
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("statements with expanding (IN) or literal-execute parameters are not supported")
+        self.compiled = compiled
         self.sql = compiled.string
-        # Each position takes a caller's parameter (a bindparam() without a value) or a value the statement
-        # fixed when it was built (a literal in values() or where(), LIMIT 1), converted once here.
-        self.slots: list[tuple[str | None, Any, Processor]] = []
+        processors = compiled._bind_processors
+        self.binds: list[tuple[str, Processor]] = []
         for name in compiled.positiontup:
-            bind = compiled.binds[name]
-            process = bind.type._cached_bind_processor(dialect)
-            if bind.required or bind.callable is not None:
-                self.slots.append((bind.key, None, process))
-            else:
-                value = bind.effective_value
-                self.slots.append((None, process(value) if process else value, None))
-        # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns (none without RETURNING).
-        self.results: list[Processor] = [col.type._cached_result_processor(dialect, None)
-                                         for col in getattr(stmt, "exported_columns", ())]
+            process = processors.get(name)
+            if process is not None and not callable(process):
+                raise ValueError("tuple-typed parameters are not supported")
+            self.binds.append((name, process))
+        # A SELECT's columns or a RETURNING clause, in the order SQLite returns them.
+        self.results: list[Processor] = [entry.type._cached_result_processor(dialect, None)
+                                         for entry in compiled._result_columns]
 
     def parameters(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for key, fixed, process in self.slots:
-            if key is None:
-                out.append(fixed)
-            else:
-                # Processors see None too, as SQLAlchemy calls them (JSON stores None as 'null').
-                out.append(params[key] if process is None else process(params[key]))
-        return tuple(out)
+        # construct_params resolves values as SQLAlchemy does: the caller's, else the statement's own
+        # (literals, LIMIT 1), and raises for a missing required one. Processors see None too (JSON: 'null').
+        values = self.compiled.construct_params(params)
+        return tuple(values[name] if process is None else process(values[name]) for name, process in self.binds)
 
     def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(p(v) if p is not None else v for p, v in zip(self.results, raw, strict=True))
 
 
-_compiled: dict[tuple[int, tuple[str, ...] | None], tuple[Executable, Compiled]] = {}
+# Keyed by identity (statements and dialects are held, so neither id is reused while cached). The callers'
+# statements are built once, so this stays small; the bound only stops a statement built per call from
+# growing it without end.
+_MAX_CACHED = 128
+_cache: dict[tuple[int, int, tuple[str, ...]], tuple[Executable, Dialect, Compiled]] = {}
 
 
-def compiled_for(stmt: Executable, dialect: Dialect, column_keys: Sequence[str] | None = None) -> Compiled:
-    key = (id(stmt), tuple(column_keys) if column_keys else None)
-    entry = _compiled.get(key)
-    if entry is None or entry[0] is not stmt:
-        entry = (stmt, Compiled(stmt, dialect, column_keys))  # keeps stmt alive, so its id is not reused
-        _compiled[key] = entry
-    return entry[1]
+def compiled_for(stmt: Executable, dialect: Dialect, keys: Sequence[str]) -> Compiled:
+    key = (id(stmt), id(dialect), tuple(keys))
+    entry = _cache.get(key)
+    if entry is None:
+        if len(_cache) >= _MAX_CACHED:
+            _cache.clear()
+        entry = _cache[key] = (stmt, dialect, Compiled(stmt, dialect, keys))
+    return entry[2]
 
 
 def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> Result:
-    """``conn.execute(stmt, params)`` for the hot statements: on SQLite, straight on the driver connection
-    inside ``conn``'s transaction; elsewhere, SQLAlchemy's own path.
+    """``conn.execute(stmt, params)`` for the hot statements: with pysqlite, straight on the driver connection
+    inside ``conn``'s transaction; otherwise (PostgreSQL), SQLAlchemy's own path.
 
-    The statement must be built once (cached) and take every value it inserts: see ``Compiled``.
+    Writes must run inside ``engine.begin()`` (this does not autobegin); statements must take every value
+    they insert (no Python-side defaults). Connection events (before_cursor_execute, echo) do not see them.
     """
-    if conn.dialect.name != "sqlite":
-        return conn.execute(stmt, params)
-    many = isinstance(params, list)
     rows_in = params if isinstance(params, list) else [params]
     if not rows_in:
-        return DirectResult([], 0)
-    compiled = compiled_for(stmt, conn.dialect, sorted(rows_in[0]) if _is_insert(stmt) else None)
+        raise ValueError("an empty list of parameter sets")  # SQLAlchemy deprecates it too
+    if conn.dialect.driver != "pysqlite" or conn.dialect.paramstyle != "qmark":
+        return conn.execute(stmt, params)
+    if not conn.in_transaction() and not getattr(stmt, "is_select", False):
+        # SQLAlchemy would autobegin (BEGIN IMMEDIATE) and roll back on close; the driver would commit at once.
+        raise ValueError("run writes inside engine.begin()")
+    compiled = compiled_for(stmt, conn.dialect, sorted(rows_in[0]))
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
     try:
-        if many:
-            cursor = driver.executemany(compiled.sql, [compiled.parameters(p) for p in rows_in])
+        values = [compiled.parameters(p) for p in rows_in]
+    except exc.SQLAlchemyError:
+        raise
+    except Exception as e:  # a processor refusing a value, as SQLAlchemy reports it
+        raise exc.StatementError(str(e), compiled.sql, rows_in, e) from e
+    try:
+        if len(values) > 1:
+            if compiled.results:
+                raise ValueError("RETURNING over several parameter sets is not supported")
+            cursor = driver.executemany(compiled.sql, values)
             return DirectResult([], cursor.rowcount)
-        cursor = driver.execute(compiled.sql, compiled.parameters(rows_in[0]))
-        rows = [compiled.row(r) for r in cursor.fetchall()] if compiled.results else []
+        cursor = driver.execute(compiled.sql, values[0])
+        rows = [compiled.row(r) for r in cursor.fetchall()] if cursor.description is not None else []
         return DirectResult(rows, cursor.rowcount)
     except sqlite3.Error as e:
         # As SQLAlchemy would raise it: a lock held past busy_timeout is still an OperationalError (503, retry).
         raise exc.DBAPIError.instance(compiled.sql, rows_in, e, sqlite3.Error) from e
-
-
-def _is_insert(stmt: Executable) -> bool:
-    return bool(getattr(stmt, "is_insert", False))
