@@ -74,6 +74,20 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def create_us(folder: str, n: int = 200) -> float:
+    """Median us to create, write (12 KB) and close a new file in ``folder``: the thumbnail files' cost. It
+    varies with the file system's state (see --scratch), so each run prints it next to its rates. The files
+    stay until the run's data is removed (deleting them now would slow the next creations)."""
+    probe = tempfile.mkdtemp(prefix="create-probe-", dir=folder)
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        with open(f"{probe}/{i}.jpg", "xb") as f:
+            f.write(b"x" * 12_000)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
 def kernel_ms(frames: list[bytes], n: int) -> float:
     """Median ms per frame of the thumbnail kernel alone, with the service's default settings."""
     s = Settings.from_env({})
@@ -250,12 +264,14 @@ def main() -> None:
     with (FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss,
           tempfile.TemporaryDirectory(prefix="receiver-bench-", dir=a.scratch) as scratch):
         oss.create_bucket(BUCKET)
+        creates = [create_us(scratch)]
         for r in range(a.rounds):
             for w in worker_counts:
                 results[w].append(end_to_end(ice, oss, frames, a.frames, w, f"{w}w-{r}", scratch, a.pool))
                 kernel.append(kernel_ms(frames, kernel_runs))
             if a.direct:
                 directs.append(direct(ice, oss, frames, a.frames, str(r), scratch))
+        creates.append(create_us(scratch))
     k_ms = statistics.median(kernel)
     k_rate = 1000 / k_ms
     print(f"machine: {os.cpu_count()} cores; worker pool: {a.pool}; {a.frames} x 1920x1080 {a.kind} JPEG "
@@ -263,6 +279,9 @@ def main() -> None:
           f"data under {a.scratch or tempfile.gettempdir()}")
     print(f"bare kernel (make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = {k_rate:.0f} frames/s "
           f"(median of {len(kernel)} interleaved measurements: {', '.join(f'{k:.2f}' for k in kernel)} ms)")
+    print(f"creating a file in the data folder (two per frame): {creates[0]:.0f} us before the runs, "
+          f"{creates[1]:.0f} us after (a quiet ext4 20-30 us, tmpfs ~12; far more for minutes after many deletes "
+          "on ext4 without a journal)")
     print("server ms: server process CPU per frame; fakes ms: this process (fake ICE + OSS, poller) per frame")
     print(f"{'workers':>7} {'frames/s':>9} {'per worker':>10} {'x kernel':>9} {'x 1 worker':>10} "
           f"{'post s':>7} {'server ms':>9} {'fakes ms':>8}")
