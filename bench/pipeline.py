@@ -1,6 +1,7 @@
 """End to end through HTTP: callbacks in, thumbnails stored and snapshots indexed, next to the bare kernel.
 
     .venv/bin/python bench/pipeline.py [--frames 200] [--workers 1,2] [--kind photo] [--rounds 1] [--direct]
+                                       [--pool thread|process] [--scratch FOLDER]
 
 Fake ICE and fake OSS run in this process (real SDK clients, signed requests over loopback); the service is
 `python -m receiver serve` in a subprocess (waitress, SQLite WAL, thumbnails to a local folder, default
@@ -75,7 +76,8 @@ def own_cpu() -> float:
 
 
 def create_us(folder: str, n: int = 200) -> float:
-    """Median us to create, write (12 KB) and close a new file in ``folder``: the thumbnail files' cost. It
+    """Median us to create, write (12 KB) and close a new file in ``folder``: most of a thumbnail file's cost
+    (the store also renames it into place). It
     varies with the file system's state (see --scratch), so each run prints it next to its rates. The files
     stay until the run's data is removed (deleting them now would slow the next creations)."""
     probe = tempfile.mkdtemp(prefix="create-probe-", dir=folder)
@@ -143,7 +145,7 @@ def seed(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, job: str) -> l
     return bodies
 
 
-def wait_indexed(db: sqlite3.Connection, job: str, n: int, deadline: float) -> tuple[int, int]:
+def wait_indexed(db: sqlite3.Connection, job: str, n: int, deadline: float, poll: float = 0.02) -> tuple[int, int]:
     """Poll the database until n of the job's frames are indexed (or failed); (indexed, failed)."""
     while True:
         [(indexed,)] = db.execute("SELECT count(*) FROM snapshots WHERE job_id = ?", (job,)).fetchall()
@@ -151,7 +153,7 @@ def wait_indexed(db: sqlite3.Connection, job: str, n: int, deadline: float) -> t
                                  "('failed', 'rejected')", (job,)).fetchall()
         if indexed + failed >= n or time.perf_counter() > deadline:
             return indexed, failed
-        time.sleep(0.02 if n > 1 else 0.001)
+        time.sleep(poll)
 
 
 def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers: int, tag: str,
@@ -168,17 +170,19 @@ def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers:
         time.sleep(3)  # spawned workers import the package before they take work; not part of the rate
     try:
         db = sqlite3.connect(f"{d}/receiver.db", timeout=30)
-        # The first event after start pays one-off costs (the ICE client's first session, statements compiled
-        # into SQLAlchemy's cache, lazy imports): timed on its own, then WARM_UP events before the rate is
-        # measured, as --direct does (and as kernel_ms's median does).
+        # The first event after start pays one-off costs (the ICE client's first session, statement
+        # compilation, lazy imports): timed on its own (polled every 1 ms), then WARM_UP events before the rate
+        # is timed (--direct discards its first 20 for the same reason).
         warm_job = f"{job}-warm"
         warm = seed(ice, oss, frames, WARM_UP, warm_job)
         t0 = time.perf_counter()
         post_all(port, warm[:1])
-        wait_indexed(db, warm_job, 1, t0 + 60)
+        warmed = wait_indexed(db, warm_job, 1, t0 + 60, poll=0.001)
         first_ms = (time.perf_counter() - t0) * 1000
         post_all(port, warm[1:])
-        wait_indexed(db, warm_job, WARM_UP, time.perf_counter() + 60)
+        warmed = wait_indexed(db, warm_job, WARM_UP, time.perf_counter() + 60) if warmed == (1, 0) else warmed
+        if warmed != (WARM_UP, 0):
+            raise SystemExit(f"warm-up: {warmed[0]} indexed, {warmed[1]} failed (see the server log)")
         server_cpu0, own_cpu0 = tree_cpu(proc.pid), own_cpu()
         t0 = time.perf_counter()
         post_all(port, bodies)

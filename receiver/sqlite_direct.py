@@ -2,7 +2,7 @@
 
 A processed frame runs about six short statements. Through ``Connection.execute`` each pays ~60-70 us of
 SQLAlchemy's execution machinery (cache key, execution context, result set-up, events) on top of ~15-25 us
-in SQLite itself (bench/pipeline.py). Here a Core statement is compiled once per dialect and run on the
+in SQLite itself (bench/RESULTS.md, fourth pass). Here a Core statement is compiled once per dialect and run on the
 caller's transaction through the sqlite3 cursor, with SQLAlchemy's own bind and result processors for each
 parameter and column, so values are stored and read back exactly as the ORM would. The statement is still
 defined once, in SQLAlchemy; PostgreSQL keeps the ordinary path (``execute`` falls back to it).
@@ -112,6 +112,7 @@ def execute(conn: Connection, stmt: Executable, params: Mapping[str, Any] | list
 
     Writes must run inside ``engine.begin()`` (this does not autobegin); statements must take every value
     they insert (no Python-side defaults). Connection events (before_cursor_execute, echo) do not see them.
+    With RETURNING, ``rowcount`` counts the rows returned (SQLAlchemy's reads 0 there on SQLite).
     """
     rows_in = params if isinstance(params, list) else [params]
     if not rows_in:
