@@ -77,9 +77,9 @@ def own_cpu() -> float:
 
 def create_us(folder: str, n: int = 200) -> float:
     """Median us to create, write (12 KB) and close a new file in ``folder``: most of a thumbnail file's cost
-    (the store also renames it into place). It
-    varies with the file system's state (see --scratch), so each run prints it next to its rates. The files
-    stay until the run's data is removed (deleting them now would slow the next creations)."""
+    (the store also renames it into place). It varies with the file system's state (see --scratch), so each
+    run prints it next to its rates. The files stay until the run's data is removed (deleting them now would
+    slow the next creations)."""
     probe = tempfile.mkdtemp(prefix="create-probe-", dir=folder)
     times = []
     for i in range(n):
@@ -177,12 +177,12 @@ def end_to_end(ice: FakeIce, oss: FakeOss, frames: list[bytes], n: int, workers:
         warm = seed(ice, oss, frames, WARM_UP, warm_job)
         t0 = time.perf_counter()
         post_all(port, warm[:1])
-        warmed = wait_indexed(db, warm_job, 1, t0 + 60, poll=0.001)
+        first = wait_indexed(db, warm_job, 1, t0 + 60, poll=0.001)
         first_ms = (time.perf_counter() - t0) * 1000
         post_all(port, warm[1:])
-        warmed = wait_indexed(db, warm_job, WARM_UP, time.perf_counter() + 60) if warmed == (1, 0) else warmed
-        if warmed != (WARM_UP, 0):
-            raise SystemExit(f"warm-up: {warmed[0]} indexed, {warmed[1]} failed (see the server log)")
+        everything = wait_indexed(db, warm_job, WARM_UP, time.perf_counter() + 60)
+        if (first, everything) != ((1, 0), (WARM_UP, 0)):
+            raise SystemExit(f"warm-up (indexed, failed): first event {first}, all {everything}; see the server log")
         server_cpu0, own_cpu0 = tree_cpu(proc.pid), own_cpu()
         t0 = time.perf_counter()
         post_all(port, bodies)

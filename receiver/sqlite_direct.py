@@ -2,10 +2,10 @@
 
 A processed frame runs about six short statements. Through ``Connection.execute`` each pays ~60-70 us of
 SQLAlchemy's execution machinery (cache key, execution context, result set-up, events) on top of ~15-25 us
-in SQLite itself (bench/RESULTS.md, fourth pass). Here a Core statement is compiled once per dialect and run on the
-caller's transaction through the sqlite3 cursor, with SQLAlchemy's own bind and result processors for each
-parameter and column, so values are stored and read back exactly as the ORM would. The statement is still
-defined once, in SQLAlchemy; PostgreSQL keeps the ordinary path (``execute`` falls back to it).
+in SQLite itself (bench/RESULTS.md, fourth pass). Here a Core statement is compiled once per dialect and key
+set and run in the caller's transaction on the sqlite3 connection, with SQLAlchemy's own bind and result
+processors for each parameter and column, so values are stored and read back exactly as the ORM would. The
+statement is still defined once, in SQLAlchemy; PostgreSQL keeps the ordinary path (``execute`` falls back).
 """
 
 from __future__ import annotations
