@@ -30,19 +30,18 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 
-def _services(worker: Any) -> Any:
-    return worker.wsgi.extensions["receiver"]
-
-
 def post_worker_init(worker: Any) -> None:
-    # Threads do not survive a fork, so the dispatcher starts here, in each worker. With the thread queue
-    # and RECEIVER_WORKERS=0 the web process only records; with Celery it only publishes.
-    svc = _services(worker)
-    if svc.dispatcher is not None and (svc.settings.queue == "celery" or svc.settings.workers > 0):
-        svc.dispatcher.start()
+    # Threads do not survive a fork, so background work starts here, in each worker; which work a web
+    # process runs is decided in receiver/ops/maintenance.py (role "web").
+    from receiver.ops.maintenance import Role, start_loops
+    from receiver.services import services
+
+    start_loops(services(worker.wsgi), Role.WEB)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
+    from receiver.services import services
+
     wsgi = getattr(worker, "wsgi", None)
     if wsgi is not None:
-        _services(worker).close()
+        services(wsgi).close()

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from receiver import create_app
-from receiver.config import Settings
-from receiver.db import ensure_schema
+from receiver.app import create_app  # noqa: E402
+from receiver.config import Settings  # noqa: E402
+from receiver.db.migrate import ensure_schema  # noqa: E402
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 STEP_MS = 5000  # a 5-second job interval

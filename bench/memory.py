@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from receiver.config import Settings  # noqa: E402
-from receiver.dispatch import due_event_ids  # noqa: E402
-from receiver.pipeline import process_event  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
+from receiver.worker.dispatch import due_event_ids  # noqa: E402
+from receiver.worker.pipeline import process_event  # noqa: E402
 from tests.conftest import AK, BUCKET, JOB, OSS_ENDPOINT, SK, build_app, callback_body  # noqa: E402
 
 DISTINCT = 16

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from receiver.config import Settings  # noqa: E402
+from receiver.media.thumbnails import make_thumbnails  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
-from receiver.thumbnails import make_thumbnails  # noqa: E402
 from tests.cluster import AK, BUCKET, OSS_ENDPOINT, SK, callback  # noqa: E402
 from tests.pg_redis import free_port, wait_healthy  # noqa: E402
 
@@ -204,10 +204,10 @@ def direct_child(ice_url: str, oss_url: str, bodies: list[bytes], data_dir: str,
                  out: Any) -> None:
     """--direct, in a spawned process: process_event in a loop (no HTTP, no dispatcher), then the kernel on
     the same frames in the same process."""
-    from receiver.callback_parse import parse_callback
-    from receiver.db import ensure_schema
-    from receiver.pipeline import process_event
-    from receiver.services import build_services
+    from receiver.app import build_services
+    from receiver.db.migrate import ensure_schema
+    from receiver.intake.parse import parse_callback
+    from receiver.worker.pipeline import process_event
 
     s = Settings.from_env({"RECEIVER_DATA_DIR": data_dir, "RECEIVER_ICE_ENDPOINT": ice_url,
                            "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,

@@ -30,18 +30,18 @@ from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from receiver import create_app  # noqa: E402
+from receiver.adapters.ice import iter_files  # noqa: E402
+from receiver.app import create_app  # noqa: E402
 from receiver.config import Settings  # noqa: E402
-from receiver.db import ensure_schema  # noqa: E402
-from receiver.ice import iter_files  # noqa: E402
-from receiver.reconcile import Reconciler, Tally  # noqa: E402
-from receiver.replay import run_events  # noqa: E402
+from receiver.db.migrate import ensure_schema  # noqa: E402
+from receiver.ops.reconcile import Reconciler, Tally  # noqa: E402
+from receiver.ops.replay import run_events  # noqa: E402
+from receiver.ops.tracking import track  # noqa: E402
 from receiver.services import Services  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
 from receiver.timeutil import now_ms  # noqa: E402
-from receiver.tracking import track  # noqa: E402
 
 AK, SK, ENDPOINT, BUCKET = "benchAk", "benchSk", "oss-cn-shanghai.aliyuncs.com", "bench"
 
@@ -65,7 +65,7 @@ class Clock:
 
 def instrument(svc: Services, clock: Clock) -> None:
     """Time each stage at its boundary: the ICE and store objects on svc, the image functions in ingest."""
-    import receiver.ingest as ingest
+    import receiver.worker.index as ingest
 
     svc.ice.list_files = clock.wrap("ICE listing (ListLiveSnapshotFiles)", svc.ice.list_files)  # type: ignore[method-assign]
     svc.ice.get_job = clock.wrap("ICE GetLiveSnapshotJob (cached)", svc.ice.get_job)  # type: ignore[method-assign]

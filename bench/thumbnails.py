@@ -25,8 +25,8 @@ from PIL import Image, ImageChops, ImageStat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from receiver.media.thumbnails import _render, make_thumbnails  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
-from receiver.thumbnails import _render, make_thumbnails  # noqa: E402
 
 WIDTHS = (320, 160)
 KINDS = ("smooth", "photo", "noisy")

@@ -96,6 +96,7 @@ class Settings:
     ice_timeout_ms: int = 5000
     oss_timeout_seconds: float = 10.0
     log_level: str = "INFO"
+    web_threads: int = 16  # waitress threads of `serve` (RECEIVER_WEB_THREADS; gunicorn.conf.py reads its own)
     # Stream health (issue 7; README "Stream health"): multiples of the job's interval, hash bits, luma 0-255.
     health_gap_factor: float = 1.5
     health_stale_factor: float = 4.0
@@ -173,6 +174,7 @@ class Settings:
             "RECEIVER_WORKERS": ("workers", 0),
             "RECEIVER_MAX_ATTEMPTS": ("max_attempts", 1),
             "RECEIVER_THUMBNAIL_QUALITY": ("thumbnail_quality", 1),
+            "RECEIVER_WEB_THREADS": ("web_threads", 1),
         }
         for var, (attr, minimum) in ints.items():
             if (v := get(var)) is not None:

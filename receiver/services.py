@@ -1,24 +1,49 @@
-"""The wiring: one Services object per app, built by create_app and handed to every worker path."""
+"""The Services type: what every path (web, intake, workers, operations) is handed. Built only in receiver.app."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .config import Settings
-from .db import make_engine, make_session_factory, reader
-from .inbox import GroupCommitter
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
-    from .ice import IceGateway
-    from .oss import EndpointPolicy, SourceStore, ThumbnailStore
+from receiver.adapters.ice import IceGateway, JobInfo
+from receiver.adapters.oss import EndpointPolicy, SourceStore, ThumbnailStore
+from receiver.config import Settings
+from receiver.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+EXTENSION = "receiver"
+
+
+class Dispatcher(Protocol):
+    """Gets event ids to process_event: threads or processes in this process, or Celery (receiver.worker)."""
+
+    def submit(self, event_ids: Iterable[int]) -> None: ...
+    def start(self) -> None: ...
+    def stop(self, wait: bool = True) -> None: ...
+
+
+class Inbox(Protocol):
+    """The callback path's writer (receiver.intake.inbox.GroupCommitter): records parsed items, commits."""
+
+    @property
+    def engine(self) -> Engine: ...
+    # Items are intake.parse.EventItem and the answer an intake.inbox.Recorded; named loosely here because
+    # this type sits below the intake package.
+    def record(self, items: list[Any], origin: str = "callback") -> Any: ...
+    def close(self) -> None: ...
+
+
+class Loop(Protocol):
+    """A background loop this process runs (receiver.ops.maintenance): stopped, and its leases handed over, on close."""
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -34,14 +59,18 @@ class Services:
     source: SourceStore
     thumbs: ThumbnailStore
     policy: EndpointPolicy
-    intake: GroupCommitter
+    intake: Inbox
+    metrics: Metrics = field(default_factory=Metrics)
     dispatcher: Dispatcher | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    maintenance: Loop | None = None
+    # The JobInfo each job's row was last written from: the gateway hands back the same object until its
+    # cache entry expires, so an identical object means the row is already current (worker.pipeline).
+    upserted_jobs: dict[str, JobInfo] = field(default_factory=dict)
 
     def close(self) -> None:
-        maintenance = self.extras.pop("maintenance", None)
+        maintenance, self.maintenance = self.maintenance, None
         if maintenance is not None:
-            maintenance.stop()  # and hand its leases over (reconcile.Maintenance)
+            maintenance.stop()  # and hand its leases over
         if self.dispatcher is not None:
             self.dispatcher.stop()
         # Pooled OSS connections left open would leak sockets (and warnings) in every test and restart.
@@ -55,39 +84,13 @@ class Services:
         self.engine.dispose()
 
 
-def build_services(
-    settings: Settings,
-    *,
-    ice: IceGateway | None = None,
-    source: SourceStore | None = None,
-    thumbs: ThumbnailStore | None = None,
-) -> Services:
-    # Imported here so that importing the package never pulls in the vendor SDKs' import-time work.
-    from .dispatch import make_dispatcher
-    from .ice import CachedIceGateway, SdkIceGateway
-    from .oss import EndpointPolicy, SourceStore, thumbnail_store_from_url
-
-    engine = make_engine(settings.database_url)
-    if ice is None:
-        ice = CachedIceGateway(
-            SdkIceGateway.from_settings(settings),
-            ttl=settings.job_cache_seconds,
-            negative_ttl=settings.job_negative_cache_seconds,
-        )
-    read_engine = reader(engine)
-    svc = Services(
-        settings=settings,
-        engine=engine,
-        sessions=make_session_factory(engine),
-        read_engine=read_engine,
-        readers=make_session_factory(read_engine),
-        ice=ice,
-        source=source if source is not None else SourceStore(settings),
-        thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
-        policy=EndpointPolicy.from_settings(settings),
-        # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
-        intake=GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite
-                              else engine),
-    )
-    svc.dispatcher = make_dispatcher(svc)
+def services(app: Flask) -> Services:
+    """The app's Services (set by receiver.app.create_app)."""
+    svc = app.extensions[EXTENSION]
+    assert isinstance(svc, Services)
     return svc
+
+
+def current_services() -> Services:
+    """The Services of the app handling the current request."""
+    return services(current_app)

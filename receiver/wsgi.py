@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import create_app
-from .config import Settings
-from .db import ensure_schema
+from receiver.app import create_app
+from receiver.config import Settings
+from receiver.db.migrate import ensure_schema
+from receiver.services import services
 
 settings = Settings.from_env()
 # gunicorn configures only its own loggers; give ours (publisher, sweeper, pipeline) the same stderr.
 logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                     format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 app = create_app(settings)
-ensure_schema(app.extensions["receiver"].engine)
+ensure_schema(services(app).engine)

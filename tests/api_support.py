@@ -8,9 +8,9 @@ from typing import Any
 import jsonschema
 from flask.testing import FlaskClient
 
-from receiver.jobs import upsert_job
-from receiver.models import Event, Snapshot, Thumbnail
+from receiver.db.models import Event, Snapshot, Thumbnail
 from receiver.services import Services
+from receiver.worker.index import upsert_job
 
 from .conftest import BUCKET, JOB, OSS_ENDPOINT
 
@@ -27,7 +27,7 @@ def _seq_free(svc: Services, job_id: str, ms: int) -> bool:
 
 
 def add_job(svc: Services, job_id: str = JOB, **fields: Any) -> None:
-    from receiver.ice import JobInfo
+    from receiver.adapters.ice import JobInfo
 
     info = JobInfo(job_id=job_id, name=fields.get("name", f"name of {job_id}"), status="Running",
                    stream_url="rtmp://example/live/x", interval_seconds=5, endpoint=OSS_ENDPOINT, bucket=BUCKET,

@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from receiver.db import make_engine, upgrade
-from receiver.models import Event, Snapshot
+from receiver.db.engine import make_engine
+from receiver.db.migrate import upgrade
+from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 

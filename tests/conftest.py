@@ -11,9 +11,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from receiver import create_app
+from receiver.app import create_app
 from receiver.config import Settings
-from receiver.db import ensure_schema
+from receiver.db.migrate import ensure_schema
 from receiver.services import Services
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss

@@ -162,7 +162,8 @@ class PgServer:
     def migrated_template(self) -> str:
         """A database at the migrations' head, made once; copy it with create_database(template=...)."""
         if self._template is None:
-            from receiver.db import make_engine, upgrade
+            from receiver.db.engine import make_engine
+            from receiver.db.migrate import upgrade
 
             name = self.create_database()
             engine = make_engine(self.url(name))

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from receiver.urlsign import URL_TTL_SECONDS, thumbnail_url
+from receiver.web.urlsign import URL_TTL_SECONDS, thumbnail_url
 
 from .api_support import add_job, add_snapshot, get_error, get_ok
 from .conftest import JOB, build_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.dispatch import drain
+from receiver.worker.dispatch import drain
 
 from .conftest import build_app, callback_body, put_snapshot
 

@@ -13,7 +13,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from receiver.config import Settings
-from receiver.models import Event
+from receiver.db.models import Event
 from receiver.services import Services
 
 from .conftest import JOB, build_app
@@ -247,7 +247,7 @@ def test_signature_without_public_url_uses_the_request_url(settings):
 def test_database_unavailable_gets_503(settings, tmp_path: Path):
     from sqlalchemy import create_engine
 
-    from receiver.inbox import GroupCommitter
+    from receiver.intake.inbox import GroupCommitter
 
     app = make_app(settings)
     svc: Services = app.extensions["receiver"]
@@ -284,8 +284,8 @@ def test_concurrent_distinct_callbacks_share_commits_but_keep_their_own_ids(app:
 
 def test_intake_stores_timestamps_as_sqlalchemy_does_and_events_are_due(client, svc):
     """The SQLite fast path writes rows itself; what it stores must read back and compare like ORM rows."""
-    from receiver.dispatch import due_event_ids
-    from receiver.models import utcnow
+    from receiver.db.models import utcnow
+    from receiver.worker.dispatch import due_event_ids
 
     def naive(t):  # type: ignore[no-untyped-def]
         return t.replace(tzinfo=None)  # SQLite gives naive UTC back, whichever way the row was written
@@ -303,8 +303,8 @@ def test_intake_stores_timestamps_as_sqlalchemy_does_and_events_are_due(client, 
 
 def test_one_write_with_the_same_item_twice_records_it_once(svc):
     """ICE retrying while the first delivery is still in the group commit: the copy is a duplicate."""
-    from receiver.callback_parse import parse_callback
-    from receiver.inbox import record_events
+    from receiver.intake.inbox import record_events
+    from receiver.intake.parse import parse_callback
 
     [item], _ = parse_callback(json.dumps({"JobId": JOB, "OssObject": "a.jpg"}).encode())
     with svc.engine.begin() as conn:
@@ -355,7 +355,7 @@ def test_flask_views_answer_like_the_wsgi_route(settings):
     give byte-identical answers, and each callback is counted once either way."""
     from werkzeug.test import Client
 
-    from receiver.callbacks import CallbackRoute
+    from receiver.intake.view import CallbackRoute
 
     app = make_app(settings, callback_token="tok")
     svc: Services = app.extensions["receiver"]
@@ -450,7 +450,7 @@ def test_reads_in_progress_do_not_hold_up_callbacks(client, svc):
     # SQLite: a read (an API page, a metrics scrape, the sweeper's scan) runs in a deferred transaction, so a
     # callback commits while it is still open; writers keep BEGIN IMMEDIATE. Before, a read held the write
     # lock and the callback waited 2.5 s for a 503.
-    from receiver.models import Snapshot
+    from receiver.db.models import Snapshot
 
     with svc.readers() as s:
         s.execute(select(Snapshot.id).limit(1)).all()  # the read's transaction is open

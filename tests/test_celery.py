@@ -13,11 +13,10 @@ import redis
 from flask import Flask
 from sqlalchemy import update
 
-from receiver.celery_app import QUEUE, TASK_NAME, celery_init_app
 from receiver.config import Settings
-from receiver.dispatch import CeleryDispatcher, redispatch_due
-from receiver.models import Event, utcnow
+from receiver.db.models import Event, utcnow
 from receiver.services import Services
+from receiver.worker.celery import QUEUE, TASK_NAME, CeleryDispatcher, celery_init_app, redispatch_due
 
 from .conftest import build_app, callback_body, put_snapshot
 from .pg_redis import RedisServer, free_port, redis_server  # noqa: F401

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 
-from receiver.models import Event, Snapshot
+from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame

@@ -1,4 +1,4 @@
-"""Key matching against OverwriteFormat / SequenceFormat (receiver.formats)."""
+"""Key matching against OverwriteFormat / SequenceFormat (receiver.media.formats)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from receiver.exceptions import Rejected
-from receiver.formats import (
+from receiver.media.formats import (
     KeyMatch,
     check_key_safe,
     compile_format,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from receiver.dispatch import drain
-from receiver.health import Frame, Thresholds, assess, current_status
+from receiver.media.health import Frame, Thresholds, assess, current_status
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
+from receiver.worker.dispatch import drain
 
 from .conftest import JOB, callback_body, put_snapshot
 

@@ -9,9 +9,7 @@ import pytest
 from alibabacloud_ice20201109 import models as ice_models
 from alibabacloud_tea_openapi.exceptions import ClientException
 
-from receiver.config import Settings
-from receiver.exceptions import JobNotFound, Transient
-from receiver.ice import (
+from receiver.adapters.ice import (
     CachedIceGateway,
     IceError,
     JobInfo,
@@ -21,13 +19,9 @@ from receiver.ice import (
     iter_files,
     parse_ice_time,
 )
-from receiver.sim.fake_ice import (
-    DEFAULT_ACCESS_KEY_ID,
-    DEFAULT_ACCESS_KEY_SECRET,
-    FakeIce,
-    IceApiError,
-    verify_acs3,
-)
+from receiver.config import Settings
+from receiver.exceptions import JobNotFound, Transient
+from receiver.sim.fake_ice import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, FakeIce, IceApiError, verify_acs3
 
 T0 = parse_ice_time("2024-05-01T00:00:00Z")
 ODD_ID = "job 1/x+y"  # space, slash and plus: the canonical query must use %20 / %2F / %2B

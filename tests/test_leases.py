@@ -1,4 +1,4 @@
-"""receiver.leases and the maintenance loop: one reconciler and one pruner per deployment, with takeover."""
+"""receiver.ops.leases and the maintenance loop: one reconciler and one pruner per deployment, with takeover."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import time
 
 from sqlalchemy import update
 
-from receiver.leases import hold, release
-from receiver.models import Lease, utcnow
-from receiver.reconcile import Maintenance, start_reconciler
-from receiver.tracking import track
+from receiver.db.models import Lease, utcnow
+from receiver.ops.leases import hold, release
+from receiver.ops.maintenance import Maintenance, start_maintenance
+from receiver.ops.tracking import track
 
 from .conftest import JOB
 
@@ -58,15 +58,15 @@ def test_a_clean_stop_hands_over_at_once(svc, fake_ice):
 
 def test_closing_the_services_stops_the_loop_and_releases(svc, fake_ice):
     svc.settings = svc.settings.with_(reconcile_seconds=60.0)
-    running = start_reconciler(svc)
-    assert running is not None and svc.extras["maintenance"] is running
+    running = start_maintenance(svc)
+    assert running is not None and svc.maintenance is running
     deadline = time.monotonic() + 10
     while holder_of(svc, "reconcile") != running.holder:  # its first pass takes the lease
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert Maintenance(svc).run_once() == []
     svc.close()  # the loop stops and gives the lease up
-    assert not running._thread.is_alive() and "maintenance" not in svc.extras
+    assert not running._thread.is_alive() and svc.maintenance is None
     assert holder_of(svc, "reconcile") is None  # released: the next process to ask takes it
 
 
@@ -77,7 +77,7 @@ def holder_of(svc, name: str) -> str | None:  # type: ignore[no-untyped-def]
 
 
 def test_a_pass_renews_its_lease_per_job_and_ends_when_it_is_lost(svc, fake_ice, monkeypatch):
-    from receiver.reconcile import Reconciler
+    from receiver.ops.reconcile import Reconciler
 
     fake_ice.add_job("job-0002")
     track(svc, JOB)

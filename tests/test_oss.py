@@ -1,4 +1,4 @@
-"""receiver.oss and receiver.sim.fake_oss, through the real oss2 client against the fake server."""
+"""receiver.adapters.oss and receiver.sim.fake_oss, through the real oss2 client against the fake server."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import oss2
 import pytest
 import trustme
 
-from receiver.config import Settings
-from receiver.exceptions import ObjectNotFound, Rejected, StoreError, TooLarge, Transient
-from receiver.oss import (
+from receiver.adapters.oss import (
     EndpointPolicy,
     FileThumbnailStore,
     OssThumbnailStore,
     SourceStore,
     thumbnail_store_from_url,
 )
-from receiver.oss_transport import DirectSession, ProxiedSession
+from receiver.adapters.oss_transport import DirectSession, ProxiedSession
+from receiver.config import Settings
+from receiver.exceptions import ObjectNotFound, Rejected, StoreError, TooLarge, Transient
 from receiver.sim.fake_oss import (
     FakeOss,
     crc64,
@@ -681,7 +681,7 @@ def test_fake_request_log_is_complete(fake: FakeOss, source: SourceStore) -> Non
     assert entry["auth"] == "v1" and entry["status"] == 200 and entry["request_id"]
 
 
-# --- the transport under oss2 (receiver.oss_transport) -----------------------------------------------------
+# --- the transport under oss2 (receiver.adapters.oss_transport) -----------------------------------------------------
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from sqlalchemy import select
 
-from receiver.dispatch import drain
-from receiver.models import Thumbnail
+from receiver.db.models import Thumbnail
+from receiver.worker.dispatch import drain
 
 from .conftest import OSS_ENDPOINT, build_app, callback_body, put_snapshot
 

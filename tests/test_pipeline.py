@@ -9,11 +9,11 @@ import time
 import pytest
 from sqlalchemy import func, select, update
 
-from receiver.dispatch import drain, wait_idle
-from receiver.models import Event, Snapshot, Thumbnail
-from receiver.pipeline import process_event
+from receiver.db.models import Event, Snapshot, Thumbnail
 from receiver.services import Services
 from receiver.sim.frames import bad_inputs, make_frame
+from receiver.worker.dispatch import drain, wait_idle
+from receiver.worker.pipeline import process_event
 
 from .conftest import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
@@ -243,7 +243,8 @@ def test_concurrent_processing_of_one_event_indexes_once(client, svc, fake_ice, 
 
 def index_now(svc: Services, target_key: str) -> int:
     """What another worker (or a dead process) did: one sequence object indexed in its own transaction."""
-    from receiver.ingest import Target, prepare, write_index
+    from receiver.worker.index import prepare, write_index
+    from receiver.worker.types import Target
 
     prepared = prepare(svc, svc.ice.get_job(JOB), Target(target_key, "sequence", T0, T0))
     with svc.engine.begin() as conn:
@@ -281,7 +282,7 @@ def test_an_object_indexed_by_someone_else_meanwhile_is_linked_not_duplicated(cl
                                                                              frame, monkeypatch):
     """Between fetching and writing, another worker (or the reconciler) indexed the same object: the event
     links to that row; no second snapshot or thumbnail rows, no error."""
-    from receiver import pipeline
+    from receiver.worker import pipeline
 
     key = put_snapshot(fake_oss, fake_ice, T0, frame)
     eid = int(send(client, callback_body(key, T0)))
@@ -305,7 +306,7 @@ def test_an_object_indexed_by_someone_else_meanwhile_is_linked_not_duplicated(cl
 def test_a_claim_lost_while_working_keeps_the_rows_and_leaves_the_event_to_its_new_owner(client, svc, fake_ice,
                                                                                            fake_oss, frame,
                                                                                            monkeypatch):
-    from receiver import pipeline
+    from receiver.worker import pipeline
 
     key = put_snapshot(fake_oss, fake_ice, T0, frame)
     eid = int(send(client, callback_body(key, T0)))

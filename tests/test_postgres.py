@@ -11,13 +11,14 @@ from alembic import command
 from sqlalchemy import Engine, func, select
 
 from receiver.config import Settings
-from receiver.db import alembic_config, current_revision, head_revision, is_at_head, make_engine, upgrade
-from receiver.dispatch import drain
-from receiver.models import Event, Snapshot
-from receiver.pipeline import process_event
+from receiver.db.engine import make_engine
+from receiver.db.migrate import alembic_config, current_revision, head_revision, is_at_head, upgrade
+from receiver.db.models import Event, Snapshot
 from receiver.services import Services
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
+from receiver.worker.dispatch import drain
+from receiver.worker.pipeline import process_event
 
 from .conftest import callback_body, put_snapshot
 from .pg_redis import pg_head_url, pg_server, pg_url  # noqa: F401

@@ -9,19 +9,19 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from receiver.adapters.ice import parse_ice_time
 from receiver.cli import main
 from receiver.config import Settings
-from receiver.dispatch import drain
-from receiver.ice import parse_ice_time
-from receiver.models import Event, Job, Snapshot
-from receiver.reconcile import DAY_MS, Reconciler
-from receiver.replay import run_events
+from receiver.db.models import Event, Job, Snapshot
+from receiver.ops.reconcile import DAY_MS, Reconciler
+from receiver.ops.replay import run_events
+from receiver.ops.tracking import discover, points_here, track, untrack
 from receiver.services import Services
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
 from receiver.timeutil import ms_to_iso, now_ms
-from receiver.tracking import discover, points_here, track, untrack
+from receiver.worker.dispatch import drain
 
 from .conftest import AK, BUCKET, JOB, OSS_ENDPOINT, SK, callback_body, put_snapshot
 
@@ -158,7 +158,7 @@ def test_callbacks_racing_the_reconciler_give_one_snapshot_per_file(client, svc,
     poster.start()
     tally = reconciler(svc).run()
     poster.join()
-    from receiver.dispatch import wait_idle
+    from receiver.worker.dispatch import wait_idle
 
     assert wait_idle(svc, 20)
     assert tally.errors == [] and tally.seen == 60
@@ -174,7 +174,7 @@ def test_a_failed_callback_is_requeued_by_the_listing(client, svc, fake_ice, fak
     ms = int(key.rsplit("/", 1)[1][:-4])
     fake_oss.delete(BUCKET, key)
     assert client.post("/callbacks/live-snapshot", data=callback_body(key, ms)).status_code == 200
-    from receiver.dispatch import drain
+    from receiver.worker.dispatch import drain
 
     drain(svc)
     assert event_count(svc, status="failed") == 1

@@ -6,11 +6,11 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from receiver.cli import main
-from receiver.dispatch import drain
-from receiver.models import Event
-from receiver.replay import replay, run_events
+from receiver.db.models import Event
+from receiver.ops.replay import replay, run_events
 from receiver.services import Services
 from receiver.sim.frames import make_frame
+from receiver.worker.dispatch import drain
 
 from .conftest import BUCKET, callback_body, put_snapshot
 from .test_reconcile import cli_env

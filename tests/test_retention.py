@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 from receiver.cli import main
-from receiver.dispatch import drain
-from receiver.models import Event, EventSnapshot, Snapshot, Thumbnail
-from receiver.retention import parse_duration, prune
+from receiver.db.models import Event, EventSnapshot, Snapshot, Thumbnail
+from receiver.ops.retention import parse_duration, prune
 from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
+from receiver.worker.dispatch import drain
 
 from .conftest import BUCKET, callback_body, put_snapshot
 from .test_reconcile import cli_env

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from receiver.models import Event, Snapshot, Thumbnail
+from receiver.db.models import Event, Snapshot, Thumbnail
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame

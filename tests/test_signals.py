@@ -10,11 +10,10 @@ from alembic import command
 from PIL import Image
 from sqlalchemy import select, update
 
-from receiver.backfill import backfill
-from receiver.db import alembic_config, make_engine, upgrade
-from receiver.dispatch import drain
-from receiver.models import Snapshot
-from receiver.signals import (
+from receiver.db.engine import make_engine
+from receiver.db.migrate import alembic_config, upgrade
+from receiver.db.models import Snapshot
+from receiver.media.signals import (
     blurhash_average,
     blurhash_encode,
     compute_signals,
@@ -22,7 +21,9 @@ from receiver.signals import (
     to_signed64,
     to_unsigned64,
 )
+from receiver.ops.backfill import backfill
 from receiver.sim.frames import make_frame
+from receiver.worker.dispatch import drain
 
 from .conftest import JOB, build_app, callback_body, put_snapshot
 
@@ -129,7 +130,7 @@ def test_luma_statistics_match_pillows_imagestat():
     # The histogram sums run in C; the figures are ImageStat's own, to the last digit that is stored.
     from PIL import ImageStat
 
-    from receiver.signals import _mean_and_spread
+    from receiver.media.signals import _mean_and_spread
 
     for kind in ("photo", "black", "noisy", "smooth"):
         grey = Image.open(io.BytesIO(make_frame(3, width=320, height=180, kind=kind))).convert("L")

@@ -26,9 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
-from receiver import sqlite_direct
-from receiver.db import make_engine
-from receiver.models import UTCDateTime
+from receiver.db import sqlite_direct
+from receiver.db.engine import make_engine
+from receiver.db.models import UTCDateTime
 
 meta = MetaData()
 things = Table(
@@ -185,10 +185,10 @@ def test_expanding_parameters_are_refused(engine: Engine) -> None:
 def test_the_pipelines_statements_write_the_same_rows_both_ways(tmp_path: Path) -> None:
     """claim, lookup, index, finish and link, run once through this module and once through SQLAlchemy on
     two identical databases: every table ends up byte-identical, and every result is equal."""
-    from receiver.db import ensure_schema
-    from receiver.ingest import _existing_statement, _index_statements
-    from receiver.models import Event
-    from receiver.pipeline import _claim_statement, _finish_statement, _link_statement
+    from receiver.db.migrate import ensure_schema
+    from receiver.db.models import Event
+    from receiver.worker.index import _existing_statement, _index_statements
+    from receiver.worker.pipeline import _claim_statement, _finish_statement, _link_statement
 
     t0 = dt.datetime(2026, 11, 29, 2, 0, 0, 123456, tzinfo=dt.UTC)
     snapshot = {"job_id": "job-1", "captured_at_ms": 1796212805123, "kind": "sequence", "oss_endpoint": "oss-x",

@@ -7,10 +7,10 @@ import re
 
 from PIL import Image
 
-from receiver import storyboard as sb
-from receiver.dispatch import drain
+from receiver.media import storyboard as sb
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
+from receiver.worker.dispatch import drain
 
 from .conftest import JOB, callback_body, put_snapshot
 

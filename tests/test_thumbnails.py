@@ -1,4 +1,4 @@
-"""receiver.thumbnails and the frame generator in receiver.sim.frames."""
+"""receiver.media.thumbnails and the frame generator in receiver.sim.frames."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from receiver.exceptions import ImageError, NotAJpeg, TooManyPixels, TruncatedImage
+from receiver.media.thumbnails import Thumbnail, _decode, _render, image_size, make_thumbnails
 from receiver.sim.frames import bad_inputs, make_frame
-from receiver.thumbnails import Thumbnail, _decode, _render, image_size, make_thumbnails
 
 
 @pytest.fixture(scope="module")

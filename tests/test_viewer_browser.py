@@ -16,10 +16,10 @@ import pytest
 from flask import Flask
 
 from receiver.config import Settings
-from receiver.dispatch import drain
 from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
+from receiver.worker.dispatch import drain
 
 from .conftest import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
@@ -59,7 +59,7 @@ def ingest(app: Flask, fake_oss: Any, fake_ice: Any, job: str, times: list[int])
 
 
 def latest_id(svc: Services, job: str) -> str:
-    from receiver.queries import latest_snapshot
+    from receiver.db.queries import latest_snapshot
 
     with svc.sessions() as s:
         snap = latest_snapshot(s, job)
@@ -166,7 +166,7 @@ def test_job_page_strip_timeline_time_picker_and_original(stack, browser):
     with app.extensions["receiver"].sessions() as s:
         from sqlalchemy import select
 
-        from receiver.models import Snapshot
+        from receiver.db.models import Snapshot
 
         expected = s.execute(select(Snapshot.id).where(Snapshot.job_id == JOB, Snapshot.captured_at_ms == target)
                              ).scalar_one()

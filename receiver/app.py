@@ -1,0 +1,90 @@
+"""The composition root: settings in, a Flask app with its Services out. Only entry points import this."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from receiver.adapters.ice import CachedIceGateway, IceGateway, SdkIceGateway
+from receiver.adapters.oss import EndpointPolicy, SourceStore, ThumbnailStore, thumbnail_store_from_url
+from receiver.config import Settings
+from receiver.db.engine import make_engine, make_session_factory, reader
+from receiver.intake import view as callbacks
+from receiver.intake.inbox import GroupCommitter
+from receiver.services import EXTENSION, Dispatcher, Services
+from receiver.web import api, auth, errors, metrics_view, openapi, viewer
+from receiver.web import health as health_api
+from receiver.worker.dispatch import ThreadDispatcher
+from receiver.worker.processes import ProcessDispatcher
+
+__all__ = ["build_services", "create_app"]
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the app. Nothing connects here beyond creating the (lazy) engine; workers start elsewhere.
+
+    ``overrides`` may hand in ``ice=``, ``source=``, ``thumbs=`` implementations (tests, the demo).
+    """
+    settings = settings or Settings.from_env()
+    app = Flask("receiver")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["RECEIVER_SETTINGS"] = settings
+    svc = build_services(settings, **overrides)
+    app.extensions[EXTENSION] = svc
+    errors.register_error_handlers(app)
+    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health_api.bp)
+    app.register_blueprint(viewer.bp)
+    auth.init_app(app)
+    metrics_view.init_app(app)
+    openapi.init_app(app)
+    logging.getLogger("receiver").setLevel(settings.log_level.upper())
+    app.wsgi_app = callbacks.CallbackRoute(app.wsgi_app, svc)  # type: ignore[method-assign]
+    return app
+
+
+def build_services(
+    settings: Settings,
+    *,
+    ice: IceGateway | None = None,
+    source: SourceStore | None = None,
+    thumbs: ThumbnailStore | None = None,
+) -> Services:
+    engine = make_engine(settings.database_url)
+    if ice is None:
+        ice = CachedIceGateway(
+            SdkIceGateway.from_settings(settings),
+            ttl=settings.job_cache_seconds,
+            negative_ttl=settings.job_negative_cache_seconds,
+        )
+    read_engine = reader(engine)
+    svc = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        read_engine=read_engine,
+        readers=make_session_factory(read_engine),
+        ice=ice,
+        source=source if source is not None else SourceStore(settings),
+        thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
+        policy=EndpointPolicy.from_settings(settings),
+        # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
+        intake=GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite
+                              else engine),
+    )
+    svc.dispatcher = make_dispatcher(svc)
+    return svc
+
+
+def make_dispatcher(svc: Services) -> Dispatcher:
+    """Threads (the default), worker processes, or Celery, as the settings say."""
+    if svc.settings.queue == "celery":
+        from receiver.worker.celery import CeleryDispatcher  # celery is an optional dependency
+
+        return CeleryDispatcher(svc)
+    if svc.settings.worker_pool == "process":
+        return ProcessDispatcher(svc, svc.settings.workers, svc.settings.sweep_seconds, build_services)
+    return ThreadDispatcher(svc, svc.settings.workers, svc.settings.sweep_seconds)

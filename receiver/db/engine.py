@@ -1,0 +1,84 @@
+"""Engines and sessions: SQLite pragmas and write locking, the read-only engine, the dialect INSERT."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
+    """``busy_timeout_s`` bounds how long a SQLite writer waits for the lock (the callback path uses a short
+    one: ICE gives up after 3 s, so a 503 it will retry beats a 200 it never sees)."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # Worker threads share the engine; SQLite's own locking (WAL + busy timeout) serialises writers.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
+    else:
+        # A server connection can die between uses (restart, idle timeout); a SQLite file handle cannot, so
+        # SQLite skips the ping that every checkout would otherwise pay (four per processed frame).
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", lambda conn, rec: _sqlite_pragmas(conn, rec, busy_timeout_s))
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine and pool for transactions that only read (see _sqlite_begin)."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, busy_timeout_s: float = 30.0) -> None:
+    # pysqlite's implicit transactions would defer BEGIN and upgrade locks mid-transaction (deadlock-prone);
+    # we issue BEGIN (IMMEDIATE for writers) ourselves in _sqlite_begin.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    cur.close()
+
+
+READ_ONLY = "receiver_read_only"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front: that turns lock upgrades (which fail instantly with SQLITE_BUSY)
+    # into waits bounded by busy_timeout. Readers must not: with WAL they never block a writer, but a read
+    # that took the write lock held off every callback for as long as it ran (an API page, a metrics
+    # scrape), and a read over 2.5 s cost ICE a 503.
+    sql = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+    # Sent on the driver connection: through exec_driver_sql it cost ~60 us of SQLAlchemy's statement
+    # machinery, two or three times per processed frame. Its errors (a lock held past busy_timeout) are
+    # wrapped as that path would, so callers still see sqlalchemy.exc.OperationalError (a 503, a retry).
+    try:
+        conn.connection.driver_connection.execute(sql)
+    except sqlite3.Error as e:
+        raise exc.DBAPIError.instance(sql, (), e, sqlite3.Error) from e
+
+
+def insert_for(dialect: str) -> Callable[..., Any]:
+    """The dialect's INSERT construct, the one with ``on_conflict_do_nothing`` (PostgreSQL and SQLite, the two
+    databases this runs on)."""
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

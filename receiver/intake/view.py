@@ -1,0 +1,185 @@
+"""POST /callbacks/live-snapshot[/<token>]: authenticate, parse, record, dispatch, answer 200. Nothing slow.
+
+The callback is answered straight from the WSGI environ by ``CallbackRoute``, a thin WSGI layer in front of
+Flask: it is the one request ICE sends at the rate of every job's snapshots, and Flask's request context,
+routing and hooks cost about as much as parsing and recording the event (bench/callbacks.py). Everything
+else, and any request to these paths that is not a POST, goes to Flask. The blueprint's views call the same
+``answer`` so the app behaves the same if the layer is left out. Errors are rendered by errors.py as
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+from werkzeug.wrappers import Request
+from werkzeug.wsgi import get_content_length
+
+from receiver.intake.parse import CallbackParseError, parse_callback
+from receiver.services import Services, current_services
+from receiver.web.errors import ApiError, as_api_error, error_body
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("callbacks", __name__)
+
+PATH = "/callbacks/live-snapshot"
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def _token_of(path: str) -> str | None:
+    """The token segment of a callback path, "" for the bare path; None when the path is not a callback's
+    (the same rule as Flask's ``<token>``: one non-empty segment)."""
+    if path == PATH:
+        return ""
+    if path.startswith(PATH + "/"):
+        token = path[len(PATH) + 1 :]
+        if token and "/" not in token:
+            return token
+    return None
+
+
+def _read_bounded(environ: Environ, limit: int) -> bytes:
+    declared = get_content_length(environ)  # None: no length, or chunked; werkzeug's rules
+    if declared is not None and declared > limit:
+        raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        # Neither a length nor a server that ends the stream (chunked under gunicorn, waitress): reading
+        # could wait for the client to hang up, so there is no body, as werkzeug would have it.
+        return b""
+    stream = environ["wsgi.input"]
+    data: bytes = stream.read(limit + 1 if declared is None else declared)
+    if len(data) > limit:
+        raise ApiError(413, "PayloadTooLarge", f"callback body over {limit} bytes")
+    return data
+
+
+def _candidate_urls(environ: Environ, public_url: str | None) -> list[str]:
+    query = environ.get("QUERY_STRING", "")
+    # Flask's request.path and base_url: host, script root and path decoded as werkzeug does (UTF-8 paths).
+    req = Request(environ)
+    base = public_url.rstrip("/") + req.path if public_url else req.base_url
+    urls = [base + ("?" + query if query else "")]
+    if query:
+        urls.append(base)
+    return urls
+
+
+def _check_signature(environ: Environ, keys: tuple[str, ...], max_skew: int, public_url: str | None) -> None:
+    ts = environ.get("HTTP_X_ICE_TIMESTAMP", "").strip()
+    sig = environ.get("HTTP_X_ICE_SIGNATURE", "").strip().lower()
+    if not ts or not sig:
+        raise ApiError(401, "MissingSignature", "X-ICE-TIMESTAMP and X-ICE-SIGNATURE are required")
+    if not (ts.isascii() and ts.isdigit()):  # "²".isdigit() is true and int() refuses it
+        raise ApiError(401, "InvalidSignature", "X-ICE-TIMESTAMP must be Unix seconds")
+    if abs(time.time() - int(ts)) > max_skew:
+        raise ApiError(401, "StaleSignature", f"X-ICE-TIMESTAMP is more than {max_skew} s from now")
+    ok = False
+    # Check every candidate so the time taken does not reveal which key or URL nearly matched.
+    for url in _candidate_urls(environ, public_url):
+        for key in keys:
+            expected = hashlib.md5(f"{url}|{ts}|{key}".encode()).hexdigest()
+            ok |= hmac.compare_digest(expected, sig)
+    if not ok:
+        raise ApiError(401, "InvalidSignature", "X-ICE-SIGNATURE does not match")
+
+
+def _check_token(svc: Services, token: str) -> None:
+    expected = svc.settings.callback_token
+    if not token:
+        if expected:
+            raise ApiError(404, "NotFound", "the callback path needs its token")
+        return
+    if not expected:
+        raise ApiError(404, "NotFound", "no callback token is configured")
+    # PATH_INFO carries the raw bytes as latin-1 (PEP 3333); the configured token is compared as UTF-8.
+    if not hmac.compare_digest(token.encode("latin-1", "replace"), expected.encode()):
+        raise ApiError(401, "InvalidToken", "wrong callback token")
+
+
+def _accept(svc: Services, environ: Environ, token: str) -> tuple[bytes, str]:
+    s = svc.settings
+    _check_token(svc, token)
+    body = _read_bounded(environ, s.max_callback_bytes)
+    if s.callback_auth_keys:
+        _check_signature(environ, s.callback_auth_keys, s.callback_max_skew, s.public_url)
+    try:
+        items, skipped = parse_callback(body)
+    except CallbackParseError as e:
+        log.info("callback refused (%s): %r", e.code, body[:512])
+        raise ApiError(400, e.code, str(e)) from None
+    if not items:
+        first = skipped[0] if skipped else CallbackParseError("MissingJobId", "no JobId in the callback")
+        log.info("callback refused (%s): %r", first.code, body[:512])
+        raise ApiError(400, first.code, str(first))
+    recorded = svc.intake.record(items)
+    if recorded.new_ids and svc.dispatcher is not None:
+        svc.dispatcher.submit(recorded.new_ids)
+    status = "accepted" if recorded.new_ids else "duplicate"
+    answer: dict[str, object] = {"status": status, "events": [str(i) for i in recorded.event_ids]}
+    if skipped:
+        # A batch with some unusable items still records the good ones; say what was dropped and why.
+        answer["skipped"] = [{"code": e.code, "message": str(e)} for e in skipped]
+    return (json.dumps(answer, separators=(",", ":")) + "\n").encode(), status
+
+
+def answer(svc: Services, environ: Environ, token: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The whole callback: status, headers and body, counted in the metrics."""
+    headers = [("Content-Type", "application/json")]
+    try:
+        body, label = _accept(svc, environ, token)
+        status = 200
+    except Exception as e:
+        err = as_api_error(e)
+        status, label, body = err.status, err.code, error_body(err.code, err.message)
+        headers.extend(err.headers.items())
+    svc.metrics.count_callback(status, label)
+    headers.append(("Content-Length", str(len(body))))
+    return status, headers, body
+
+
+class CallbackRoute:
+    """WSGI layer: POSTs to the callback paths are answered here, everything else by the wrapped app."""
+
+    def __init__(self, app: WsgiApp, svc: Services) -> None:
+        self.app = app
+        self.svc = svc
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST":
+            token = _token_of(environ.get("PATH_INFO", ""))
+            if token is not None:
+                status, headers, body = answer(self.svc, environ, token)
+                start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+                return [body]
+        return self.app(environ, start_response)
+
+
+def _flask_answer(token: str) -> Response:
+    svc = current_services()
+    g.callback_counted = True
+    # The raw segment, as CallbackRoute sees it (Flask's has been decoded from UTF-8 already).
+    raw = _token_of(request.environ.get("PATH_INFO", ""))
+    status, headers, body = answer(svc, request.environ, token if raw is None else raw)
+    return Response(body, status=status, headers=headers)
+
+
+@bp.post(PATH)
+def callback() -> Response:
+    return _flask_answer("")
+
+
+@bp.post(PATH + "/<token>")
+def callback_with_token(token: str) -> Response:
+    return _flask_answer(token)

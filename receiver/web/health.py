@@ -1,0 +1,216 @@
+"""Health, storyboards and originals: GET /v1/jobs/<id>/health, /storyboard.vtt (+ sprites),
+/v1/snapshots/<id>/original. Authentication is the app-wide /v1 check (auth.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+from werkzeug.wrappers import Response as BaseResponse
+
+from receiver.db.models import Job, Snapshot, Thumbnail
+from receiver.exceptions import ObjectNotFound, StoreError, Transient
+from receiver.media import storyboard as sb
+from receiver.media.health import Thresholds, assess
+from receiver.services import Services, current_services
+from receiver.timeutil import ms_to_iso, now_ms
+from receiver.web import health_query as hq
+from receiver.web.errors import ApiError
+from receiver.web.params import is_ascii_int, time_param
+from receiver.web.urlsign import signed_url
+
+bp = Blueprint("health_api", __name__)
+
+DEFAULT_WINDOW_MS = 3600 * 1000
+MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
+ORIGINAL_TTL = 300  # seconds a presigned original URL stays valid
+# A range whose end is this far in the past has settled (late callbacks and the reconciler are done).
+SETTLED_MS = 5 * 60 * 1000
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _svc() -> Services:
+    svc = current_services()
+    return svc
+
+
+def _signing_key() -> str | None:
+    s = _svc().settings
+    return s.url_signing_secret if s.api_keys else None
+
+
+def _job(s: Session, job_id: str) -> Job:
+    job = s.get(Job, job_id) if len(job_id) <= 128 and job_id.isprintable() else None
+    if job is None:
+        raise ApiError(404, "NotFound", f"no job {job_id[:128]!r}")
+    return job
+
+
+def _window() -> tuple[int, int]:
+    until_param = time_param("until")
+    until = now_ms() if until_param is None else until_param
+    since = time_param("since")
+    since = until - DEFAULT_WINDOW_MS if since is None else since
+    if since >= until:
+        raise ApiError(400, "InvalidParameter", "since must be before until")
+    if until - since > MAX_WINDOW_MS:
+        raise ApiError(400, "InvalidParameter", "the window may span at most 31 days")
+    return since, until
+
+
+def _cache_control(settled: bool, max_age: int) -> str:
+    scope = "private" if _svc().settings.api_keys else "public"
+    return f"{scope}, max-age={max_age}" if settled else f"{scope}, no-cache"
+
+
+def _not_modified(etag: str) -> bool:
+    tags = {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}
+    return etag in tags or "*" in tags
+
+
+@bp.get("/v1/jobs/<job_id>/health")
+def job_health(job_id: str) -> Response:
+    since, until = _window()
+    now = now_ms()
+    with _svc().readers() as s:
+        job = _job(s, job_id)
+        frames = hq.window_frames(s, job_id, since, until)
+        interval = hq.interval_ms(job, frames)
+        h = assess(frames, interval_ms=interval, since_ms=since, until_ms=until, now_ms=now,
+                   thresholds=Thresholds.from_settings(_svc().settings),
+                   previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id))
+    body: dict[str, Any] = {
+        "job_id": job_id, "since": ms_to_iso(since), "until": ms_to_iso(until),
+        "interval_seconds": interval / 1000 if interval % 1000 else interval // 1000,
+        "expected": h.expected, "seen": h.seen, "status": h.status,
+        "gaps": [r.to_json() for r in h.gaps], "frozen": [r.to_json() for r in h.frozen],
+        "black": [r.to_json() for r in h.black],
+    }
+    return jsonify(body)
+
+
+def _plan(job_id: str, since: int, until: int) -> sb.Plan:
+    svc = _svc()
+    with svc.readers() as s:
+        job = _job(s, job_id)
+        # One row per snapshot with its smallest thumbnail: the tiles are small, so is their source.
+        t2 = aliased(Thumbnail)
+        smallest = select(func.min(t2.width)).where(t2.snapshot_id == Snapshot.id).scalar_subquery()
+        rows = s.execute(
+            select(Snapshot.id, Snapshot.captured_at_ms, Snapshot.width, Snapshot.height, Thumbnail.storage_key,
+                   Thumbnail.etag)
+            .join(Thumbnail, (Thumbnail.snapshot_id == Snapshot.id) & (Thumbnail.width == smallest))
+            .where(Snapshot.job_id == job_id, Snapshot.captured_at_ms >= since, Snapshot.captured_at_ms < until)
+            .order_by(Snapshot.captured_at_ms, Snapshot.id)
+        ).all()
+        interval = hq.interval_ms(job)
+    shots = [sb.Shot(r[0], r[1], r[4], r[5]) for r in rows]
+    src_w, src_h = (rows[0][2], rows[0][3]) if rows else (16, 9)
+    tile_w, tile_h = sb.tile_size(min(svc.settings.thumbnail_widths), src_w, src_h)
+    return sb.plan(shots, since_ms=since, until_ms=until, interval_ms=interval, tile_w=tile_w, tile_h=tile_h)
+
+
+def _sprite_path(job_id: str, since: int, until: int, sheet: int) -> str:
+    return f"/v1/jobs/{job_id}/storyboard/{since}-{until}-{sheet}.jpg"
+
+
+@bp.get("/v1/jobs/<job_id>/storyboard.vtt")
+def storyboard_vtt(job_id: str) -> Response:
+    since, until = _window()
+    p = _plan(job_id, since, until)
+    key = _signing_key()
+    text = sb.render_vtt(p, lambda sh: signed_url(_sprite_path(job_id, since, until, sh.index),
+                                                  f"v={sh.digest}", key))
+    settled = until <= now_ms() - SETTLED_MS
+    etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": _cache_control(settled, 3600)}
+    if _not_modified(etag):
+        return Response(status=304, headers=headers)
+    return Response(text, headers=headers, content_type="text/vtt; charset=utf-8")
+
+
+@bp.get("/v1/jobs/<job_id>/storyboard/<int:since>-<int:until>-<int:sheet>.jpg")
+def storyboard_sprite(job_id: str, since: int, until: int, sheet: int) -> Response:
+    if since >= until or until - since > MAX_WINDOW_MS:
+        raise ApiError(404, "NotFound", "no such storyboard sheet")
+    p = _plan(job_id, since, until)
+    if sheet >= len(p.sheets):
+        raise ApiError(404, "NotFound", "no such storyboard sheet")
+    sh = p.sheets[sheet]
+    settled = until <= now_ms() - SETTLED_MS
+    # The URL names its content (v = digest) when it came from the VTT, so a settled sheet never changes.
+    pinned = settled and request.args.get("v") == sh.digest
+    etag = f'"{sh.digest}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if pinned and not _svc().settings.api_keys
+               else _cache_control(settled, 3600)}
+    if _not_modified(etag):
+        return Response(status=304, headers=headers)
+    svc = _svc()
+    store_key = f"{sb.SHEET_PREFIX}{sh.digest[:2]}/{sh.digest}.jpg"
+    data: bytes | None = None
+    if settled:
+        try:
+            data = svc.thumbs.get(store_key)
+        except ObjectNotFound:
+            data = None
+    if data is None:
+        data = sb.render_sheet(sh, p.tile_w, p.tile_h, svc.thumbs.get)
+        if settled:
+            # Content-addressed: a later change to the range gets a new digest, never a stale hit.
+            svc.thumbs.put(store_key, data, "image/jpeg")
+    return Response(data, headers=headers, content_type="image/jpeg")
+
+
+@bp.get("/v1/snapshots/<snapshot_id>/original")
+def original(snapshot_id: str) -> BaseResponse:
+    """302 to a presigned OSS URL (default), or the bytes (RECEIVER_ORIGINAL_MODE=stream).
+
+    ``Accept: application/json`` answers ``{"url", "expires_in"}`` instead of redirecting, so a page that
+    authenticates with a Bearer header can still show the image in an <img>.
+    """
+    svc = _svc()
+    if not is_ascii_int(snapshot_id):
+        raise ApiError(404, "NotFound", f"no snapshot {snapshot_id[:100]!r}")
+    with svc.readers() as s:
+        snap = s.get(Snapshot, int(snapshot_id))
+        if snap is None:
+            raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
+    wants_json = request.accept_mimetypes.best == "application/json"
+    try:
+        return _original(svc, snap, wants_json)
+    except (Transient, StoreError) as e:
+        raise ApiError(502, "UpstreamError", f"OSS did not answer usably: {e}") from e
+
+
+def _original(svc: Services, snap: Snapshot, wants_json: bool) -> BaseResponse:
+    if snap.kind == "overwrite":
+        _check_still_there(svc, snap)
+    if svc.settings.original_mode == "stream":
+        if wants_json:
+            path = f"/v1/snapshots/{snap.id}/original"
+            return jsonify({"url": signed_url(path, "", _signing_key()), "expires_in": None})
+        obj = svc.source.get(snap.oss_endpoint, snap.oss_bucket, snap.oss_object, svc.settings.max_image_bytes)
+        if obj.etag != snap.etag:
+            raise ApiError(410, "Gone", "the object was rewritten since this snapshot was taken")
+        scope = "private" if svc.settings.api_keys else "public"
+        return Response(obj.data, content_type="image/jpeg",
+                        headers={"ETag": f'"{snap.sha256[:32]}"', "Cache-Control": f"{scope}, max-age=86400"})
+    url = svc.source.presign(snap.oss_endpoint, snap.oss_bucket, snap.oss_object, ORIGINAL_TTL)
+    if wants_json:
+        return jsonify({"url": url, "expires_in": ORIGINAL_TTL})
+    resp = redirect(url, 302)
+    resp.headers["Cache-Control"] = f"private, max-age={ORIGINAL_TTL // 2}"
+    return resp
+
+
+def _check_still_there(svc: Services, snap: Snapshot) -> None:
+    # An overwrite object holds only the newest frame: an older snapshot's original is gone from OSS.
+    try:
+        meta = svc.source.head(snap.oss_endpoint, snap.oss_bucket, snap.oss_object)
+    except ObjectNotFound:
+        raise ApiError(410, "Gone", "the object is no longer in OSS") from None
+    if meta.etag != snap.etag:
+        raise ApiError(410, "Gone", "the overwrite object was rewritten since this snapshot was taken")

@@ -1,0 +1,255 @@
+"""Celery on Redis (RECEIVER_QUEUE=celery), in the pattern of Flask's own Celery example.
+
+Every task runs inside the Flask app context and calls the same process_event as the thread pool. The task
+takes only the event id: the inbox row is the message, the broker only says "look at row N now". Late acks
+plus reject-on-worker-lost give a killed worker's message back to the broker; the claim/lease in
+process_event makes any second delivery a no-op, and the sweeper (CeleryDispatcher, below) re-dispatches
+whatever the broker lost. Nothing here connects at import time: apps are built by the functions below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from flask import Flask
+from sqlalchemy import select, update
+
+from receiver.config import Settings
+from receiver.db.models import Event, utcnow
+from receiver.db.queries import due_events
+from receiver.services import Services, current_services, services
+from receiver.worker.dispatch import SWEEP_BATCH
+from receiver.worker.pipeline import process_event
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "receiver.process_event"
+QUEUE = "receiver"
+POOLS = ("prefork", "threads", "solo")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message reserved per process: a long backlog stays in Redis, not in a worker that may die.
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "broker_connection_retry_on_startup": True,
+        # Publishing happens off the request thread, but a dead broker should still fail fast: the sweeper
+        # re-dispatches anything whose message never made it.
+        "broker_connection_timeout": 2.0,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        # Redis redelivers an unacked message after this; the sweeper usually gets there first (lease).
+        "broker_transport_options": {"visibility_timeout": 3600},
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A client-only app for publishing (the web process): send_task by name needs no task code."""
+    app = Celery("receiver", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's pattern: a Task base class that enters the app context, and the app kept in extensions."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    settings: Settings = services(app).settings
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.conf.update(celery_config(settings))
+    celery.set_default()
+    celery.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(
+        process_event_task
+    )
+    app.extensions["celery"] = celery
+    return celery
+
+
+def process_event_task(task: Task, event_id: int) -> str:
+    svc = current_services()
+    outcome = process_event(svc, int(event_id))
+    if outcome.retry_in is not None:
+        # A countdown message is the fast path for the retry; if it is lost, the sweeper finds the row.
+        try:
+            task.apply_async((event_id,), countdown=outcome.retry_in)
+        except Exception:
+            log.warning("event %s: could not schedule the retry; the sweeper will", event_id)
+    return outcome.status
+
+
+def run_worker(app: Flask, pool: str, concurrency: int, loglevel: str = "INFO") -> None:
+    """`receiver worker` with RECEIVER_QUEUE=celery: a Celery worker plus the inbox sweeper thread."""
+    svc = services(app)
+    dispatcher = svc.dispatcher
+    assert isinstance(dispatcher, CeleryDispatcher)
+    celery = celery_init_app(app)
+
+    def after_fork(**_: Any) -> None:
+        # Pool children must not share the parent's database sockets (SQLAlchemy's documented recipe).
+        svc.engine.dispose(close=False)
+
+    def ready(**_: Any) -> None:
+        # Started once the pool has forked, so the children never inherit these threads.
+        dispatcher.start_sweeper()
+
+    def shutdown(**_: Any) -> None:
+        dispatcher.stop()
+
+    worker_process_init.connect(after_fork, weak=False)
+    worker_ready.connect(ready, weak=False)
+    worker_shutdown.connect(shutdown, weak=False)
+    argv = [
+        "worker", f"--pool={pool}", f"--concurrency={max(1, concurrency)}", f"--loglevel={loglevel}",
+        "-Q", QUEUE, f"--hostname=receiver-{os.getpid()}@{socket.gethostname()}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    try:
+        celery.worker_main(argv)
+    finally:
+        svc.close()
+
+
+def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH) -> list[int]:
+    """Claim the right to re-send events whose broker message may be lost, and return their ids.
+
+    Due means: pending and overdue by more than ``grace`` (a message sent at next_attempt_at should have been
+    consumed by then), or processing with an expired lease (its worker died). Both go back to ``pending``
+    with next_attempt_at = now, which also marks them as just dispatched, so each sweeper run sends an event
+    at most once per ``grace``. SKIP LOCKED lets several sweepers (one per worker process) share the work
+    on PostgreSQL; SQLite ignores it and serialises writers anyway.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=grace)
+    due = (
+        select(Event.id)
+        .where(due_events(stale, now))
+        .order_by(Event.next_attempt_at, Event.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Event)
+        .where(Event.id.in_(due.scalar_subquery()))
+        .values(status="pending", next_attempt_at=now, lease_until=None, updated_at=now)
+        .returning(Event.id)
+    )
+    with svc.sessions.begin() as s:
+        return sorted(s.execute(stmt, execution_options={"synchronize_session": False}).scalars())
+
+
+class CeleryDispatcher:
+    """RECEIVER_QUEUE=celery: publish event ids to the broker; in `receiver worker`, also sweep the inbox.
+
+    submit() never blocks the callback on the broker: ids go to a queue that one publisher thread sends
+    (started lazily, and again after a fork). A failed publish is only logged; the event stays pending in
+    the table and the sweeper sends it again once it is overdue by RECEIVER_LEASE_SECONDS.
+    """
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._publisher: threading.Thread | None = None
+        self._pid = 0
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._celery: Any = None
+        self.published = 0
+
+    def _app(self) -> Any:
+        if self._celery is None:
+            self._celery = make_celery(self.svc.settings)
+        return self._celery
+
+    def start(self) -> None:
+        with self._lock:
+            if self._publisher is not None and self._publisher.is_alive() and self._pid == os.getpid():
+                return
+            self._stop.clear()
+            self._queue = queue.SimpleQueue()
+            self._pid = os.getpid()
+            self._publisher = threading.Thread(target=self._publish_loop, name="receiver-publisher", daemon=True)
+            self._publisher.start()
+
+    def start_sweeper(self) -> None:
+        self.start()
+        with self._lock:
+            if self._sweeper is None or not self._sweeper.is_alive():
+                self._sweeper = threading.Thread(target=self._sweep_loop, name="receiver-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        with self._lock:
+            publisher, sweeper = self._publisher, self._sweeper
+            self._publisher = self._sweeper = None
+        if publisher is not None and self._pid == os.getpid():
+            self._queue.put(None)  # sentinel after whatever is queued: flush, then exit
+            if wait:
+                publisher.join(timeout=10)
+        if sweeper is not None and wait:
+            sweeper.join(timeout=10)
+        if self._celery is not None:
+            self._celery.close()
+            self._celery = None
+
+    def submit(self, event_ids: Iterable[int]) -> None:
+        self.start()
+        for i in event_ids:
+            self._queue.put(i)
+
+    def _publish_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while True:  # drain what is already queued, to share one producer connection
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ids = [i for i in batch if i is not None]
+            if ids:
+                try:
+                    app = self._app()
+                    with app.producer_or_acquire() as producer:
+                        for i in ids:
+                            app.send_task(TASK_NAME, args=[i], producer=producer)
+                            self.published += 1
+                except Exception as e:
+                    log.warning("could not publish %d event(s) to the broker (%s); the sweeper will", len(ids), e)
+            if None in batch:
+                return
+
+    def _sweep_loop(self) -> None:
+        grace = self.svc.settings.lease_seconds
+        while not self._stop.wait(self.svc.settings.sweep_seconds):
+            try:
+                ids = redispatch_due(self.svc, grace)
+            except Exception:
+                log.exception("sweeper: could not read the inbox; will try again")
+                continue
+            if ids:
+                log.info("sweeper: re-dispatching %d event(s)", len(ids))
+                self.submit(ids)

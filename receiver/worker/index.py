@@ -1,0 +1,153 @@
+"""Indexing one object: skip what is indexed, fetch, thumbnail, store the files, write the rows; and the jobs
+table kept in step with what ICE last said about each job."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from functools import cache
+
+from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
+
+from receiver.adapters.ice import JobInfo
+from receiver.db import sqlite_direct
+from receiver.db.engine import insert_for
+from receiver.db.models import Job, Snapshot, Thumbnail, utcnow
+from receiver.media.signals import snapshot_columns
+from receiver.media.thumbnails import make_thumbnails
+from receiver.services import Services
+from receiver.worker.resolve import captured_at
+from receiver.worker.types import Prepared, Target
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _existing_statement(with_etag: bool) -> Executable:
+    # Built once (see pipeline._claim_statement): constructing a SELECT costs more than running it.
+    q = select(Snapshot.id).where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
+                                  Snapshot.oss_object == bindparam("key"))
+    if with_etag:
+        q = q.where(Snapshot.etag == bindparam("etag"))
+    return q.limit(1)
+
+
+@cache
+def _index_statements(dialect: str) -> tuple[Executable, Executable]:
+    # DO NOTHING on the identity constraint rather than an IntegrityError: the insert shares its transaction
+    # with the event's own update (pipeline._finish_done), which an error would abort.
+    snapshot = insert_for(dialect)(Snapshot).on_conflict_do_nothing().returning(Snapshot.id)
+    return snapshot, insert(Thumbnail)
+
+
+def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
+    params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
+    found: int | None = sqlite_direct.execute(conn, _existing_statement(etag is not None), params).scalar_one_or_none()
+    return found
+
+
+def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
+    with svc.read_engine.connect() as conn:
+        return _existing_on(conn, job_id, bucket, key, etag)
+
+
+def write_index(conn: Connection, p: Prepared) -> int:
+    """Write a prepared object's rows on ``conn`` (the caller's transaction); returns the snapshot id."""
+    if p.existing is not None:
+        return p.existing
+    assert p.snapshot is not None
+    insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
+    # indexed_at is passed, not left to the column default: the direct path runs no Python-side defaults.
+    row = {**p.snapshot, "indexed_at": utcnow()}
+    sid: int | None = sqlite_direct.execute(conn, insert_snapshot, row).scalar_one_or_none()
+    if sid is None:
+        # Raced with another worker (or the reconciler) on the same content: theirs is the row.
+        snap = p.snapshot
+        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+        if found is None:  # the conflicting row must be visible to this transaction
+            raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
+        return found
+    sqlite_direct.execute(conn, insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+    return sid
+
+
+def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
+    """Everything before the database write: skip what is indexed, fetch, thumbnail, store the files."""
+    assert job.endpoint and job.bucket
+    endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
+    if t.kind == "sequence":
+        # Sequence objects are written once: any row for the key means it is done.
+        found = _existing(svc, job.job_id, bucket, t.key, None)
+    else:
+        # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
+        found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
+    if found is not None:
+        return Prepared(found)
+    with svc.metrics.stage("fetch"):
+        obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
+    if t.kind == "overwrite":
+        # The object may have been rewritten between HEAD and GET: its new content may be indexed already.
+        # (A sequence object raced by another worker is caught by the unique constraint instead.)
+        found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
+        if found is not None:
+            return Prepared(found)
+    with svc.metrics.stage("thumbnail"):
+        thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
+                                 quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
+    t_store = time.perf_counter()
+    ident = hashlib.sha256(f"{job.job_id}\0{bucket}\0{t.key}\0{obj.etag}".encode()).hexdigest()[:32]
+    rows = []
+    made: set[int] = set()
+    for th in thumbs.thumbnails:
+        # A source narrower than a configured width is not upscaled, so two widths can clamp to one size.
+        if th.width in made:
+            continue
+        made.add(th.width)
+        ext = "jpg" if th.format == "jpeg" else th.format
+        # 256 shard folders, as git keeps loose objects, and no folder per snapshot: a new folder cost a
+        # failed open and a mkdir per frame, and pruning left every emptied one behind. Rows keep their own
+        # key, so thumbnails stored under the older "ab/<ident>/320.jpg" layout stay where they are.
+        storage_key = f"{ident[:2]}/{ident}-{th.width}.{ext}"
+        # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
+        svc.thumbs.put(storage_key, th.data, th.content_type)
+        svc.metrics.count_thumbnail_bytes(len(th.data))
+        rows.append({"width": th.width, "height": th.height, "format": th.format, "storage_key": storage_key,
+                     "size": len(th.data), "etag": hashlib.sha256(th.data).hexdigest()[:32]})
+    snap = {
+        "job_id": job.job_id, "captured_at_ms": captured_at(t, obj.last_modified_ms), "kind": t.kind,
+        "oss_endpoint": endpoint, "oss_bucket": bucket, "oss_object": t.key, "etag": obj.etag, "size": obj.size,
+        "width": thumbs.source_width, "height": thumbs.source_height, "sha256": hashlib.sha256(obj.data).hexdigest(),
+        "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms,
+        **snapshot_columns(thumbs),
+    }
+    svc.metrics.observe_stage("store", time.perf_counter() - t_store)
+    return Prepared(None, snap, tuple(rows))
+
+
+def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
+    job = session.get(Job, info.job_id)
+    if job is None:
+        # Two workers meeting a new job at once both get here on PostgreSQL (SQLite serialises writers):
+        # ON CONFLICT DO NOTHING waits for the winner's commit, then we read its row instead of failing.
+        insert = insert_for(session.get_bind().dialect.name)
+        session.execute(insert(Job).values(job_id=info.job_id, tracked=False)
+                        .on_conflict_do_nothing(index_elements=["job_id"]))
+        job = session.get(Job, info.job_id)
+        assert job is not None
+    job.name = info.name
+    job.status = info.status
+    job.stream_url = info.stream_url
+    job.interval_seconds = info.interval_seconds
+    job.oss_endpoint = info.endpoint
+    job.oss_bucket = info.bucket
+    job.overwrite_format = info.overwrite_format
+    job.sequence_format = info.sequence_format
+    job.callback_url = info.callback_url
+    job.raw = info.to_json()
+    job.fetched_at = utcnow()
+    if track and not job.untracked:
+        job.tracked = True
+    return job

@@ -1,0 +1,214 @@
+"""process_event(event_id): verify -> resolve -> fetch -> thumbnail -> store -> index.
+
+Idempotent and keyed by the event id, so threads, Celery, the reconciler and replay all call this one
+function. A claim (status + lease) makes concurrent calls for one event harmless; unique constraints make
+a retried or raced ingest index each snapshot once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from dataclasses import fields
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy.sql import Executable
+
+from receiver.db import sqlite_direct
+from receiver.db.engine import insert_for
+from receiver.db.models import Event, EventSnapshot, utcnow
+from receiver.exceptions import (
+    ImageError,
+    JobNotFound,
+    ObjectNotFound,
+    ReceiverError,
+    Rejected,
+    StoreError,
+    Transient,
+)
+from receiver.services import Services
+from receiver.worker.index import prepare, upsert_job, write_index
+from receiver.worker.resolve import resolve_targets
+from receiver.worker.types import Claimed, Outcome, Prepared, Target
+
+log = logging.getLogger(__name__)
+
+
+# Hosts' clocks differ a little: a worker a few ms behind the web process must not find a fresh event
+# "not due yet" (and drop its only message). Backoff delays are seconds long, so this costs nothing.
+CLOCK_TOLERANCE = dt.timedelta(seconds=2)
+
+
+# The per-event statements are built once, with bound parameters: building one costs more than running it,
+# and sqlite_direct keeps statements compiled by identity, so one built per call would be compiled per call.
+@cache
+def _claim_statement() -> Executable:
+    return (
+        update(Event)
+        .where(
+            Event.id == bindparam("event_id"),
+            Event.next_attempt_at <= bindparam("due"),
+            or_(Event.status == "pending", (Event.status == "processing") & (Event.lease_until < bindparam("now"))),
+        )
+        .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
+                updated_at=bindparam("now"))
+        # Claimed's fields in their order: a row becomes Claimed(*row) on either execution path.
+        .returning(*(getattr(Event, f.name) for f in fields(Claimed)))
+    )
+
+
+@cache
+def _finish_statement(retry: bool) -> Executable:
+    values: dict[str, Any] = {"status": bindparam("new_status"), "last_error": bindparam("error"), "lease_until": None,
+                              "updated_at": bindparam("now")}
+    if retry:
+        values["next_attempt_at"] = bindparam("next_attempt_at")
+    return (
+        update(Event)
+        .where(Event.id == bindparam("event_id"), Event.status == "processing",
+               Event.attempts == bindparam("claimed_attempts"))
+        .values(values)
+    )
+
+
+@cache
+def _link_statement(dialect: str) -> Executable:
+    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
+    return insert_for(dialect)(EventSnapshot).on_conflict_do_nothing()
+
+
+def _claim(svc: Services, event_id: int) -> Claimed | None:
+    now = utcnow()
+    lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
+    params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
+    with svc.engine.begin() as conn:
+        row = sqlite_direct.execute(conn, _claim_statement(), params).one_or_none()
+    return None if row is None else Claimed(*row)
+
+
+def _finish(svc: Services, ev: Claimed, status: str, error: str | None, retry_in: float | None = None) -> bool:
+    """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
+    with svc.engine.begin() as conn:
+        return _set_status(conn, ev, status, error, retry_in)
+
+
+def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[int, ...]:
+    """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
+    with svc.metrics.stage("index"), svc.engine.begin() as conn:
+        ids = tuple(dict.fromkeys(write_index(conn, p) for p in prepared))
+        # The rows are facts whoever holds the claim, so they are committed either way; the links are the
+        # owner's to write.
+        if _set_status(conn, ev, "done", None, None):
+            sqlite_direct.execute(conn, _link_statement(conn.dialect.name),
+                                  [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
+    return ids
+
+
+def _set_status(conn: Connection, ev: Claimed, status: str, error: str | None, retry_in: float | None) -> bool:
+    now = utcnow()
+    params: dict[str, object] = {"event_id": ev.id, "claimed_attempts": ev.attempts, "new_status": status,
+                                 "error": error, "now": now}
+    if retry_in is not None:
+        params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
+    if sqlite_direct.execute(conn, _finish_statement(retry_in is not None), params).rowcount != 1:
+        log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
+        return False
+    return True
+
+
+def backoff_seconds(svc: Services, attempts: int, retry_after: float | None) -> float:
+    s = svc.settings
+    base = min(s.retry_max_seconds, s.retry_base_seconds * (2 ** max(0, attempts - 1)))
+    # Full-range jitter around the base spreads a burst of throttled events instead of retrying in step.
+    delay = base * random.uniform(0.5, 1.5)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, s.retry_max_seconds)
+
+
+def _describe(e: BaseException) -> str:
+    code = getattr(e, "code", None) or type(e).__name__
+    return f"{code}: {e}"[:2000]
+
+
+def process_event(svc: Services, event_id: int) -> Outcome:
+    ev = _claim(svc, event_id)
+    if ev is None:
+        return Outcome("skipped")
+    if ev.attempts > svc.settings.max_attempts:
+        # Earlier attempts never finished (their leases expired): this event kills or hangs its worker
+        # (OOM, segfault in a decoder). Stop handing it out.
+        error = f"gave up: {ev.attempts - 1} attempts never finished (worker killed or hung?)"
+        _finish(svc, ev, "failed", error)
+        return Outcome("failed")
+    with svc.metrics.stage("process"):
+        return _process_claimed(svc, ev)
+
+
+def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
+    try:
+        # Indexing shares the done-transaction; a database error there is retried like any other.
+        snapshot_ids = _finish_done(svc, ev, _run(svc, ev))
+    except (Rejected, JobNotFound) as e:
+        log.info("event %s rejected: %s", ev.id, e)
+        _finish(svc, ev, "rejected", _describe(e))
+        return Outcome("rejected")
+    except (ImageError, ObjectNotFound, StoreError) as e:
+        log.info("event %s failed: %s", ev.id, e)
+        _finish(svc, ev, "failed", _describe(e))
+        return Outcome("failed")
+    except Exception as e:
+        transient = isinstance(e, Transient)
+        if not transient and not isinstance(e, ReceiverError):
+            log.exception("event %s: unexpected error (will retry)", ev.id)
+        else:
+            log.info("event %s: %s (attempt %s)", ev.id, e, ev.attempts)
+        if ev.attempts >= svc.settings.max_attempts:
+            _finish(svc, ev, "failed", f"gave up after {ev.attempts} attempts: {_describe(e)}")
+            return Outcome("failed")
+        delay = backoff_seconds(svc, ev.attempts, e.retry_after if isinstance(e, Transient) else None)
+        _finish(svc, ev, "pending", _describe(e), retry_in=delay)
+        return Outcome("pending", retry_in=delay)
+    return Outcome("done", snapshot_ids=snapshot_ids)
+
+
+def _run(svc: Services, ev: Claimed) -> list[Prepared]:
+    with svc.metrics.stage("verify"):
+        job = svc.ice.get_job(ev.job_id)
+    # The gateway hands back the same JobInfo object until its cache entry expires; writing the job row again
+    # for every event of a job was ~1 ms of a frame's ~20 ms (bench/pipeline.py), for no change. fetched_at
+    # then says when ICE was asked, which is what it means.
+    upserted = svc.upserted_jobs
+    if upserted.get(job.job_id) is not job:
+        with svc.sessions.begin() as s:
+            upsert_job(s, job, track=True)
+        upserted[job.job_id] = job
+    with svc.metrics.stage("resolve"):
+        targets: list[Target] = resolve_targets(svc, job, ev)
+    if len(targets) == 1:
+        return [prepare(svc, job, targets[0])]
+    # A bare-JobId callback names several objects: one missing or bad object (the overwrite object not yet
+    # written, one broken frame) must not cost the others. Transient errors still retry the whole event
+    # (ingest is idempotent); the event fails only when nothing at all could be indexed.
+    done: list[Prepared] = []
+    errors: list[ReceiverError] = []
+    for t in targets:
+        try:
+            done.append(prepare(svc, job, t))
+        except (ObjectNotFound, ImageError, Rejected) as e:
+            log.info("event %s: %s skipped: %s", ev.id, t.key, e)
+            errors.append(e)
+        except Exception:
+            # The event will be retried, but an overwrite object fetched already may be rewritten by then:
+            # index what is in hand first, as each object was indexed on its own before.
+            if done:
+                with svc.engine.begin() as conn:
+                    for p in done:
+                        write_index(conn, p)
+            raise
+    if not done and errors:
+        raise errors[0]
+    return done

@@ -1,0 +1,48 @@
+"""The values that pass between the worker's stages: a claimed event, its targets, prepared rows, the outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # done | rejected | failed | pending (retry scheduled) | skipped (not ours to run)
+    retry_in: float | None = None
+    snapshot_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    attempts: int
+    job_id: str
+    origin: str
+    key_from_ice: bool
+    oss_object: str | None
+    oss_bucket: str | None
+    oss_endpoint: str | None
+    create_timestamp_ms: int | None
+    is_overlay: bool | None
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    kind: str  # overwrite | sequence
+    create_ts_ms: int | None  # from the callback or ListLiveSnapshotFiles
+    key_ts_ms: int | None  # from {UnixTimestamp} in the key
+    time_from_ice: bool = False  # create_ts_ms came from ICE's listing, not from a callback body (a hint)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One object ready to index: either already indexed (``existing``) or fetched, thumbnailed and stored,
+    with the rows still to write."""
+
+    existing: int | None
+    snapshot: dict[str, Any] | None = None
+    thumbnails: tuple[dict[str, Any], ...] = ()
