@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test unit lint demo bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,15 @@ venv: $(BIN)/.installed
 lint: venv
 	$(BIN)/ruff check receiver tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
+# Everything: lint, then unit, integration and end-to-end tests (PostgreSQL, Redis, Celery, browser, wheel).
 test: lint
 	$(BIN)/pytest
+
+# The pure modules only (media, formats, config...): seconds, no server.
+unit: venv
+	$(BIN)/pytest tests/unit
 
 demo: venv
 	$(BIN)/receiver demo --port $(PORT)

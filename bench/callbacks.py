@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.pg_redis import free_port, wait_healthy  # noqa: E402
+from tests.support.pg_redis import free_port, wait_healthy  # noqa: E402
 
 
 def start_server(port: int, data_dir: str, with_workers: bool) -> subprocess.Popen[bytes]:

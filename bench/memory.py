@@ -26,7 +26,7 @@ from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
 from receiver.worker.dispatch import due_event_ids  # noqa: E402
 from receiver.worker.pipeline import process_event  # noqa: E402
-from tests.conftest import AK, BUCKET, JOB, OSS_ENDPOINT, SK, build_app, callback_body  # noqa: E402
+from tests.support.builders import AK, BUCKET, JOB, OSS_ENDPOINT, SK, build_app, callback_body  # noqa: E402
 
 DISTINCT = 16
 

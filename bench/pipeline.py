@@ -45,8 +45,8 @@ from receiver.media.thumbnails import make_thumbnails  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
-from tests.cluster import AK, BUCKET, OSS_ENDPOINT, SK, callback  # noqa: E402
-from tests.pg_redis import free_port, wait_healthy  # noqa: E402
+from tests.support.cluster import AK, BUCKET, OSS_ENDPOINT, SK, callback  # noqa: E402
+from tests.support.pg_redis import free_port, wait_healthy  # noqa: E402
 
 WARM_UP = 10  # events processed after start, before the rate is timed
 DISTINCT = 16  # distinct frames, cycled (generating a 1080p frame costs more than thumbnailing it)

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
-from tests.cluster import AK, BUCKET, SK, Cluster, seed  # noqa: E402
-from tests.pg_redis import PgServer, RedisServer, pg_bindir  # noqa: E402
+from tests.support.cluster import AK, BUCKET, SK, Cluster, seed  # noqa: E402
+from tests.support.pg_redis import PgServer, RedisServer, pg_bindir  # noqa: E402
 
 
 def run_cluster(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, web_workers: int) -> Cluster:

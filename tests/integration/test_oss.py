@@ -36,8 +36,7 @@ from receiver.sim.fake_oss import (
     v4_signature,
     v4_string_to_sign,
 )
-
-from .pg_redis import free_port
+from tests.support.pg_redis import free_port
 
 AK, SK = "AKIDEXAMPLE", "SECRETEXAMPLE"
 ENDPOINT = "oss-cn-shanghai.aliyuncs.com"  # what ICE would send; mapped to the fake

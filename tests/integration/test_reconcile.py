@@ -22,8 +22,7 @@ from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
 from receiver.timeutil import ms_to_iso, now_ms
 from receiver.worker.dispatch import drain
-
-from .conftest import AK, BUCKET, JOB, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from tests.support.builders import AK, BUCKET, JOB, OSS_ENDPOINT, SK, callback_body, put_snapshot
 
 SMALL = make_frame(seed=3, width=320, height=180)
 STEP_MS = 18 * 60_000 + 7  # 200 files span ~2.5 days, so the sweep crosses three day windows

@@ -11,9 +11,8 @@ from receiver.ops.replay import replay, run_events
 from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.worker.dispatch import drain
-
-from .conftest import BUCKET, callback_body, put_snapshot
-from .test_reconcile import cli_env
+from tests.integration.test_reconcile import cli_env
+from tests.support.builders import BUCKET, callback_body, put_snapshot
 
 T0 = 1796212805123
 

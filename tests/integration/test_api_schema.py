@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
-from .api_support import add_event, add_job, add_snapshot, conforms, spec
-from .conftest import JOB, build_app
+from tests.support.api import add_event, add_job, add_snapshot, conforms, spec
+from tests.support.builders import JOB, build_app
 
 T0 = 1796212805123
 EXAMPLES = 25
@@ -25,8 +25,7 @@ EXAMPLES = 25
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory, fake_ice_module, fake_oss_module) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     from receiver.config import Settings
-
-    from .conftest import AK, OSS_ENDPOINT, SK
+    from tests.support.builders import AK, OSS_ENDPOINT, SK
 
     s = Settings(data_dir=tmp_path_factory.mktemp("schema"), ice_endpoint=fake_ice_module.url,
                  access_key_id=AK, access_key_secret=SK, oss_endpoint_map={OSS_ENDPOINT: fake_oss_module.url},
@@ -44,8 +43,7 @@ def live_app(tmp_path_factory, fake_ice_module, fake_oss_module) -> Iterator[Any
 @pytest.fixture(scope="module")
 def fake_ice_module() -> Iterator[Any]:
     from receiver.sim.fake_ice import FakeIce
-
-    from .conftest import AK, BUCKET, OSS_ENDPOINT, SK
+    from tests.support.builders import AK, BUCKET, OSS_ENDPOINT, SK
 
     with FakeIce(access_keys={AK: SK}) as ice:
         ice.add_job(JOB, bucket=BUCKET, endpoint=OSS_ENDPOINT)
@@ -55,8 +53,7 @@ def fake_ice_module() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def fake_oss_module() -> Iterator[Any]:
     from receiver.sim.fake_oss import FakeOss
-
-    from .conftest import AK, BUCKET, SK
+    from tests.support.builders import AK, BUCKET, SK
 
     with FakeOss(access_keys={AK: SK}) as oss:
         oss.create_bucket(BUCKET)

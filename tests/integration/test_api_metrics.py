@@ -5,8 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.worker.dispatch import drain
-
-from .conftest import build_app, callback_body, put_snapshot
+from tests.support.builders import build_app, callback_body, put_snapshot
 
 T0 = 1796212805123
 

@@ -17,9 +17,8 @@ from receiver.db.models import Event, Snapshot, Thumbnail
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
-
-from .cluster import AK, BUCKET, SK, THUMB_BUCKET, Cluster, seed
-from .pg_redis import PgServer, RedisServer, pg_server, redis_server, stop_process  # noqa: F401
+from tests.support.cluster import AK, BUCKET, SK, THUMB_BUCKET, Cluster, seed
+from tests.support.pg_redis import PgServer, RedisServer, pg_server, redis_server, stop_process  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from receiver.services import Services
 from receiver.sim.frames import bad_inputs, make_frame
 from receiver.worker.dispatch import drain, wait_idle
 from receiver.worker.pipeline import process_event
-
-from .conftest import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
+from tests.support.builders import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
 URL = "/callbacks/live-snapshot"
 T0 = 1796212805123

@@ -24,8 +24,7 @@ from receiver.media.signals import (
 from receiver.ops.backfill import backfill
 from receiver.sim.frames import make_frame
 from receiver.worker.dispatch import drain
-
-from .conftest import JOB, build_app, callback_body, put_snapshot
+from tests.support.builders import JOB, build_app, callback_body, put_snapshot
 
 T0 = 1_796_212_800_000
 

@@ -17,9 +17,8 @@ from receiver.config import Settings
 from receiver.db.models import Event, utcnow
 from receiver.services import Services
 from receiver.worker.celery import QUEUE, TASK_NAME, CeleryDispatcher, celery_init_app, redispatch_due
-
-from .conftest import build_app, callback_body, put_snapshot
-from .pg_redis import RedisServer, free_port, redis_server  # noqa: F401
+from tests.support.builders import build_app, callback_body, put_snapshot
+from tests.support.pg_redis import RedisServer, free_port, redis_server  # noqa: F401
 
 T0 = 1796212805123
 

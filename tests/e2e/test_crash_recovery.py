@@ -19,9 +19,8 @@ from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
-
-from .conftest import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
-from .pg_redis import free_port, stop_process, wait_healthy
+from tests.support.builders import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from tests.support.pg_redis import free_port, stop_process, wait_healthy
 
 pytestmark = pytest.mark.slow
 T0 = 1796212805123

@@ -1,6 +1,6 @@
 """Real PostgreSQL and Redis servers on loopback, in temporary directories, for the scale-out tests.
 
-Import the fixtures into a test module (``from .pg_redis import pg_server, pg_url, redis_server``). Without
+Import the fixtures into a test module (``from tests.support.pg_redis import pg_server, pg_url, redis_server``). Without
 the binaries the tests are skipped with the reason; under CI (``CI`` set) that is a failure instead, because
 .ci/run installs them and a silently skipped scale-out suite would prove nothing.
 """

@@ -20,8 +20,7 @@ from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
-
-from .conftest import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
+from tests.support.builders import BUCKET, JOB, OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"

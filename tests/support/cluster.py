@@ -26,10 +26,9 @@ from receiver.db.migrate import upgrade
 from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
+from tests.support.pg_redis import free_port, stop_process, wait_port
 
-from .pg_redis import free_port, stop_process, wait_port
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AK, SK = "testAccessKeyId", "testAccessKeySecret"
 OSS_ENDPOINT = "oss-cn-shanghai.aliyuncs.com"
 BUCKET = "testbucket"

@@ -11,8 +11,7 @@ from receiver.media import storyboard as sb
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
-
-from .conftest import JOB, callback_body, put_snapshot
+from tests.support.builders import JOB, callback_body, put_snapshot
 
 T0 = 1_796_212_800_000
 

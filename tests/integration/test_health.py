@@ -8,8 +8,7 @@ from receiver.media.health import Frame, Thresholds, assess, current_status
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
-
-from .conftest import JOB, callback_body, put_snapshot
+from tests.support.builders import JOB, callback_body, put_snapshot
 
 S = 5000  # a 5-second TimeInterval
 T0 = 1_796_212_800_000

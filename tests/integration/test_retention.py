@@ -17,9 +17,8 @@ from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
-
-from .conftest import BUCKET, callback_body, put_snapshot
-from .test_reconcile import cli_env
+from tests.integration.test_reconcile import cli_env
+from tests.support.builders import BUCKET, callback_body, put_snapshot
 
 DAY = 86_400_000
 

@@ -11,8 +11,7 @@ from receiver.db.models import Lease, utcnow
 from receiver.ops.leases import hold, release
 from receiver.ops.maintenance import Maintenance, start_maintenance
 from receiver.ops.tracking import track
-
-from .conftest import JOB
+from tests.support.builders import JOB
 
 
 def test_one_holder_at_a_time_and_takeover_after_expiry(svc):

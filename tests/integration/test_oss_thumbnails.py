@@ -10,8 +10,7 @@ from sqlalchemy import select
 
 from receiver.db.models import Thumbnail
 from receiver.worker.dispatch import drain
-
-from .conftest import OSS_ENDPOINT, build_app, callback_body, put_snapshot
+from tests.support.builders import OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
 T0 = 1796212805123
 

@@ -19,24 +19,21 @@ from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.worker.dispatch import drain
 from receiver.worker.pipeline import process_event
-
-from .conftest import callback_body, put_snapshot
-from .pg_redis import pg_head_url, pg_server, pg_url  # noqa: F401
+from tests.e2e.test_celery import test_sweeper_rules  # noqa: F401
 
 # The suite's key tests, collected again here so they run with this module's PostgreSQL `settings`.
-from .test_callbacks import (  # noqa: F401
+from tests.integration.test_callbacks import (  # noqa: F401
     test_batches_make_one_event_per_item,
     test_concurrent_delivery_of_one_event_makes_one_row,
     test_envelope_is_recorded_and_nothing_slow_happens_before_the_answer,
     test_ice_retry_is_a_duplicate,
 )
-from .test_celery import test_sweeper_rules  # noqa: F401
-from .test_leases import (  # noqa: F401
+from tests.integration.test_leases import (  # noqa: F401
     test_a_clean_stop_hands_over_at_once,
     test_maintenance_runs_in_one_process_and_moves_when_that_one_stops,
     test_one_holder_at_a_time_and_takeover_after_expiry,
 )
-from .test_pipeline import (  # noqa: F401
+from tests.integration.test_pipeline import (  # noqa: F401
     test_bad_images_fail_with_a_reason_and_the_next_frame_succeeds,
     test_concurrent_processing_of_one_event_indexes_once,
     test_overwrite_mode_one_snapshot_per_etag,
@@ -45,6 +42,8 @@ from .test_pipeline import (  # noqa: F401
     test_threaded_dispatcher_processes_a_burst,
     test_transient_failures_are_retried_to_success,
 )
+from tests.support.builders import callback_body, put_snapshot
+from tests.support.pg_redis import pg_head_url, pg_server, pg_url  # noqa: F401
 
 T0 = 1796212805123
 

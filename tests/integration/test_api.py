@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from receiver.timeutil import ms_to_iso, now_ms
-
-from .api_support import add_event, add_job, add_snapshot, conforms, get_error, get_ok
-from .conftest import JOB
+from tests.support.api import add_event, add_job, add_snapshot, conforms, get_error, get_ok
+from tests.support.builders import JOB
 
 T0 = 1796212805123
 HIST = f"/v1/jobs/{JOB}/snapshots"

@@ -8,9 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from receiver.web.urlsign import URL_TTL_SECONDS, thumbnail_url
-
-from .api_support import add_job, add_snapshot, get_error, get_ok
-from .conftest import JOB, build_app
+from tests.support.api import add_job, add_snapshot, get_error, get_ok
+from tests.support.builders import JOB, build_app
 
 T0 = 1796212805123
 KEYS = ("key-one", "key-two")

@@ -15,8 +15,7 @@ from sqlalchemy import func, select
 from receiver.config import Settings
 from receiver.db.models import Event
 from receiver.services import Services
-
-from .conftest import JOB, build_app
+from tests.support.builders import JOB, build_app
 
 URL = "/callbacks/live-snapshot"
 

@@ -11,8 +11,7 @@ from flask.testing import FlaskClient
 from receiver.db.models import Event, Snapshot, Thumbnail
 from receiver.services import Services
 from receiver.worker.index import upsert_job
-
-from .conftest import BUCKET, JOB, OSS_ENDPOINT
+from tests.support.builders import BUCKET, JOB, OSS_ENDPOINT
 
 _SPECS: dict[int, dict[str, Any]] = {}
 _seq = 0
