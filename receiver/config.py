@@ -1,12 +1,19 @@
-"""Settings, read from the environment once, with explicit coercion (product.md section 5)."""
+"""Settings, read from the environment once, with explicit coercion (product.md section 5).
+
+Each field declares its variable beside it: name, kind, default and a one-line doc. `from_env` and
+`configuration_table` (the table of docs/configuration.md) both read those declarations, so the variable list,
+the parsing and the documentation cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -53,58 +60,167 @@ def _endpoint_map(name: str, value: str) -> dict[str, str]:
     return out
 
 
+# kind -> (parser, label in the documentation's Type column)
+_KINDS: dict[str, tuple[Callable[[Var, str], Any], str]] = {
+    "str": (lambda var, v: v, "string"),
+    "path": (lambda var, v: Path(v), "path"),
+    # Validated in Settings.__post_init__, so keyword construction gets the same check.
+    "choice": (lambda var, v: v.strip().lower(), "choice"),
+    "int": (lambda var, v: _int(var.name, v, var.minimum), "integer"),
+    "float": (lambda var, v: _float(var.name, v), "number"),
+    "bool": (lambda var, v: _bool(var.name, v), "boolean"),
+    "csv": (lambda var, v: _csv(v), "comma-separated list"),
+    "lower_csv": (lambda var, v: tuple(p.lower() for p in _csv(v)), "comma-separated list"),
+    "int_csv": (lambda var, v: tuple(_int(var.name, w) for w in _csv(v)), "comma-separated integers"),
+    "endpoint_map": (lambda var, v: _endpoint_map(var.name, v), "comma-separated host=url"),
+}
+
+
+@dataclass(frozen=True)
+class Var:
+    """The environment variable of one Settings field."""
+
+    name: str
+    kind: str
+    doc: str
+    minimum: int | None = None
+    choices: tuple[str, ...] = ()
+    default_doc: str | None = None  # for defaults derived or computed at run time
+
+    def parse(self, value: str) -> Any:
+        return _KINDS[self.kind][0](self, value)
+
+    @property
+    def type_label(self) -> str:
+        if self.choices:
+            return " or ".join(f"`{c}`" for c in self.choices)
+        label = _KINDS[self.kind][1]
+        return f"{label} >= {self.minimum}" if self.minimum is not None else label
+
+
+def _kind_of(default: object) -> str:
+    if isinstance(default, bool):  # before int: bool is an int
+        return "bool"
+    for kind, cls in (("int", int), ("float", float), ("path", Path)):
+        if isinstance(default, cls):
+            return kind
+    if isinstance(default, tuple):
+        return "int_csv" if default and all(isinstance(x, int) for x in default) else "csv"
+    if default is None or isinstance(default, str):
+        return "str"
+    raise TypeError(f"give the kind of a setting whose default is {default!r}")
+
+
+def setting(name: str, default: T, doc: str, *, kind: str | None = None, minimum: int | None = None,
+            choices: tuple[str, ...] = (), default_doc: str | None = None) -> T:
+    """A Settings field read from `name`; the kind follows the default unless given."""
+    var = Var(name, kind or ("choice" if choices else _kind_of(default)), doc, minimum, choices, default_doc)
+    return field(default=default, metadata={"env": var})
+
+
+def computed_setting(name: str, factory: Callable[[], T], doc: str, *, kind: str, default_doc: str,
+                     minimum: int | None = None) -> T:
+    """A Settings field whose default is computed per instance (mutable, or known only at run time)."""
+    return field(default_factory=factory, metadata={"env": Var(name, kind, doc, minimum, (), default_doc)})
+
+
+def env_var(f: Field[Any]) -> Var:
+    var: Var = f.metadata["env"]
+    return var
+
+
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("./var")
-    database_url: str = ""
-    thumbnail_store: str = ""
-    thumbnail_widths: tuple[int, ...] = (320, 160)
-    thumbnail_format: str = "jpeg"
-    thumbnail_quality: int = 80
-    ice_endpoint: str = "ice.cn-shanghai.aliyuncs.com"
-    ice_region: str = "cn-shanghai"
-    access_key_id: str | None = None
-    access_key_secret: str | None = None
-    security_token: str | None = None
-    oss_endpoint_map: dict[str, str] = field(default_factory=dict)
-    oss_allowed_endpoints: tuple[str, ...] = ("*.aliyuncs.com",)
-    max_image_bytes: int = 20_000_000
-    max_image_pixels: int = 40_000_000
-    callback_token: str | None = None
-    callback_auth_keys: tuple[str, ...] = ()
-    callback_max_skew: int = 300
-    public_url: str | None = None
-    max_callback_bytes: int = 65536
-    job_cache_seconds: float = 60.0
-    job_negative_cache_seconds: float = 60.0
-    reconcile_seconds: float = 60.0
-    reconcile_lookback_days: float = 1.0
-    discover_jobs: bool = False
-    retention_days: float = 0.0
-    queue: str = "thread"
-    worker_pool: str = "thread"  # thread | process: how in-process workers run (RECEIVER_WORKER_POOL)
-    broker_url: str | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    api_keys: tuple[str, ...] = ()
-    url_signing_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    max_attempts: int = 8
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
-    lease_seconds: float = 120.0
-    sweep_seconds: float = 5.0
-    ice_timeout_ms: int = 5000
-    oss_timeout_seconds: float = 10.0
-    log_level: str = "INFO"
-    web_threads: int = 16  # waitress threads of `serve` (RECEIVER_WEB_THREADS; gunicorn.conf.py reads its own)
-    # Stream health (issue 7; README "Stream health"): multiples of the job's interval, hash bits, luma 0-255.
-    health_gap_factor: float = 1.5
-    health_stale_factor: float = 4.0
-    health_frozen_hamming: int = 3
-    health_frozen_min_frames: int = 6
-    health_black_luma: float = 20.0
-    health_black_spread: float = 10.0
-    original_mode: str = "redirect"  # redirect | stream (GET /v1/snapshots/<id>/original)
+    data_dir: Path = setting("RECEIVER_DATA_DIR", Path("./var"), "where the embedded defaults live: the SQLite "
+                             "database and local thumbnails", default_doc="`./var`")
+    database_url: str = setting("RECEIVER_DATABASE_URL", "", "any SQLAlchemy URL; `postgresql+psycopg://…` in "
+                                "production", default_doc="`sqlite:///<data dir>/receiver.db`")
+    thumbnail_store: str = setting("RECEIVER_THUMBNAIL_STORE", "", "`file://<dir>`, or "
+                                   "`oss://<bucket>/<prefix>?endpoint=<host>`",
+                                   default_doc="`file://<data dir>/thumbnails`")
+    thumbnail_widths: tuple[int, ...] = setting("RECEIVER_THUMBNAIL_WIDTHS", (320, 160),
+                                                "widths (8 to 4096 px) made for every snapshot")
+    thumbnail_format: str = setting("RECEIVER_THUMBNAIL_FORMAT", "jpeg", "encoding of the thumbnails",
+                                    choices=("jpeg", "webp"))
+    thumbnail_quality: int = setting("RECEIVER_THUMBNAIL_QUALITY", 80, "encoder quality of the thumbnails",
+                                     minimum=1)
+    ice_endpoint: str = setting("RECEIVER_ICE_ENDPOINT", "ice.cn-shanghai.aliyuncs.com",
+                                "ICE API host, or a full `http://host:port` URL")
+    ice_region: str = setting("RECEIVER_ICE_REGION", "cn-shanghai", "region of the ICE API")
+    access_key_id: str | None = setting("ALIBABA_CLOUD_ACCESS_KEY_ID", None, "AccessKey id for ICE and OSS")
+    access_key_secret: str | None = setting("ALIBABA_CLOUD_ACCESS_KEY_SECRET", None,
+                                            "AccessKey secret for ICE and OSS")
+    security_token: str | None = setting("ALIBABA_CLOUD_SECURITY_TOKEN", None,
+                                         "STS token, with temporary AccessKeys")
+    oss_endpoint_map: dict[str, str] = computed_setting(
+        "RECEIVER_OSS_ENDPOINT_MAP", dict, "reach a job's OSS endpoint host at another address (the "
+        "`-internal` endpoint inside a VPC, or a local server)", kind="endpoint_map", default_doc="empty")
+    oss_allowed_endpoints: tuple[str, ...] = setting(
+        "RECEIVER_OSS_ALLOWED_ENDPOINTS", ("*.aliyuncs.com",), "host patterns (case-insensitive); the job's OSS "
+        "endpoint must match one, or nothing is fetched", kind="lower_csv")
+    max_image_bytes: int = setting("RECEIVER_MAX_IMAGE_BYTES", 20_000_000, "larger objects are refused", minimum=1)
+    max_image_pixels: int = setting("RECEIVER_MAX_IMAGE_PIXELS", 40_000_000, "decompression-bomb guard", minimum=1)
+    callback_token: str | None = setting("RECEIVER_CALLBACK_TOKEN", None, "callbacks are accepted only at "
+                                         "`/callbacks/live-snapshot/<token>`")
+    callback_auth_keys: tuple[str, ...] = setting("RECEIVER_CALLBACK_AUTH_KEYS", (), "keys of the callback "
+                                                  "signature; several allow rotation")
+    callback_max_skew: int = setting("RECEIVER_CALLBACK_MAX_SKEW", 300, "seconds `X-ICE-TIMESTAMP` may be from "
+                                     "now, either way", minimum=0)
+    public_url: str | None = setting("RECEIVER_PUBLIC_URL", None, "this receiver's external base URL: signatures "
+                                     "are checked against it; job discovery looks for it")
+    max_callback_bytes: int = setting("RECEIVER_MAX_CALLBACK_BYTES", 65536, "larger callback bodies get 413",
+                                      minimum=1)
+    job_cache_seconds: float = setting("RECEIVER_JOB_CACHE_SECONDS", 60.0, "how long a GetLiveSnapshotJob "
+                                       "answer is reused")
+    job_negative_cache_seconds: float = setting("RECEIVER_JOB_NEGATIVE_CACHE_SECONDS", 60.0, "how long a job id "
+                                                "ICE does not know is remembered as unknown")
+    reconcile_seconds: float = setting("RECEIVER_RECONCILE_SECONDS", 60.0, "reconciler period (0 = off)")
+    reconcile_lookback_days: float = setting("RECEIVER_RECONCILE_LOOKBACK_DAYS", 1.0, "how far back the "
+                                             "reconciler first looks for a job's files")
+    discover_jobs: bool = setting("RECEIVER_DISCOVER_JOBS", False, "track every started job whose CallbackUrl "
+                                  "points at `RECEIVER_PUBLIC_URL`")
+    retention_days: float = setting("RECEIVER_RETENTION_DAYS", 0.0, "delete snapshots older than this (0 = keep "
+                                    "all)")
+    queue: str = setting("RECEIVER_QUEUE", "thread", "how events reach workers", choices=("thread", "celery"))
+    worker_pool: str = setting("RECEIVER_WORKER_POOL", "thread", "how in-process workers run",
+                               choices=("thread", "process"))
+    broker_url: str | None = setting("RECEIVER_BROKER_URL", None, "Celery broker, e.g. "
+                                     "`redis://127.0.0.1:6379/0`; needed when the queue is `celery`")
+    workers: int = computed_setting("RECEIVER_WORKERS", lambda: os.cpu_count() or 2, "worker threads or "
+                                    "processes (0 = `serve` only answers HTTP)", kind="int", minimum=0,
+                                    default_doc="CPU count")
+    api_keys: tuple[str, ...] = setting("RECEIVER_API_KEYS", (), "Bearer keys required by `/v1` (empty = open)")
+    url_signing_key: str | None = setting("RECEIVER_URL_SIGNING_KEY", None, "signs thumbnail URLs; unset = the "
+                                          "first API key")
+    cors_origins: tuple[str, ...] = setting("RECEIVER_CORS_ORIGINS", (), "origins allowed to call `/v1` from a "
+                                            "browser (`*` for any)")
+    max_attempts: int = setting("RECEIVER_MAX_ATTEMPTS", 8, "tries before an event is `failed`", minimum=1)
+    retry_base_seconds: float = setting("RECEIVER_RETRY_BASE_SECONDS", 1.0, "first retry delay; doubles per try")
+    retry_max_seconds: float = setting("RECEIVER_RETRY_MAX_SECONDS", 300.0, "longest retry delay")
+    lease_seconds: float = setting("RECEIVER_LEASE_SECONDS", 120.0, "how long a worker holds an event before "
+                                   "another may take it")
+    sweep_seconds: float = setting("RECEIVER_SWEEP_SECONDS", 5.0, "how often workers look in the inbox for "
+                                   "due events")
+    ice_timeout_ms: int = setting("RECEIVER_ICE_TIMEOUT_MS", 5000, "timeout of an ICE API call, milliseconds",
+                                  minimum=1)
+    oss_timeout_seconds: float = setting("RECEIVER_OSS_TIMEOUT_SECONDS", 10.0, "timeout of an OSS request")
+    log_level: str = setting("RECEIVER_LOG_LEVEL", "INFO", "Python logging level")
+    web_threads: int = setting("RECEIVER_WEB_THREADS", 16, "waitress threads of `serve` (gunicorn.conf.py reads "
+                               "its own)", minimum=1)
+    health_gap_factor: float = setting("RECEIVER_HEALTH_GAP_FACTOR", 1.5, "frames further apart than this many "
+                                       "intervals make a gap")
+    health_stale_factor: float = setting("RECEIVER_HEALTH_STALE_FACTOR", 4.0, "silence of this many intervals "
+                                         "makes a stream `stale`")
+    health_frozen_hamming: int = setting("RECEIVER_HEALTH_FROZEN_HAMMING", 3, "neighbouring frames whose dHashes "
+                                         "differ by at most this many bits look frozen", minimum=0)
+    health_frozen_min_frames: int = setting("RECEIVER_HEALTH_FROZEN_MIN_FRAMES", 6, "consecutive frozen-looking "
+                                            "frames that make a frozen run", minimum=2)
+    health_black_luma: float = setting("RECEIVER_HEALTH_BLACK_LUMA", 20.0, "frames darker than this mean luma "
+                                       "(0-255) may be black")
+    health_black_spread: float = setting("RECEIVER_HEALTH_BLACK_SPREAD", 10.0, "a dark frame whose luma spread is "
+                                         "below this is black")
+    original_mode: str = setting("RECEIVER_ORIGINAL_MODE", "redirect", "`GET /v1/snapshots/<id>/original` "
+                                 "answers a redirect to OSS, or the bytes", choices=("redirect", "stream"))
 
     def __post_init__(self) -> None:
         # Derived defaults depend on data_dir, so fill them here rather than at definition time.
@@ -112,14 +228,12 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'receiver.db'}")
         if not self.thumbnail_store:
             object.__setattr__(self, "thumbnail_store", f"file://{(self.data_dir / 'thumbnails').resolve()}")
-        if self.thumbnail_format not in {"jpeg", "webp"}:
-            raise ConfigError(f"RECEIVER_THUMBNAIL_FORMAT must be jpeg or webp, got {self.thumbnail_format!r}")
+        for f in fields(self):
+            var, value = env_var(f), getattr(self, f.name)
+            if var.choices and value not in var.choices:
+                raise ConfigError(f"{var.name} must be {' or '.join(var.choices)}, got {value!r}")
         if not self.thumbnail_widths or any(w < 8 or w > 4096 for w in self.thumbnail_widths):
             raise ConfigError("RECEIVER_THUMBNAIL_WIDTHS must be a list of widths between 8 and 4096")
-        if self.worker_pool not in {"thread", "process"}:
-            raise ConfigError(f"RECEIVER_WORKER_POOL must be thread or process, got {self.worker_pool!r}")
-        if self.queue not in {"thread", "celery"}:
-            raise ConfigError(f"RECEIVER_QUEUE must be thread or celery, got {self.queue!r}")
         if self.queue == "celery" and not self.broker_url:
             raise ConfigError("RECEIVER_QUEUE=celery needs RECEIVER_BROKER_URL")
 
@@ -139,90 +253,41 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}
-
-        def get(name: str) -> str | None:
-            v = env.get(name)
-            return v if v is not None and v != "" else None
-
-        if (v := get("RECEIVER_DATA_DIR")) is not None:
-            kw["data_dir"] = Path(v)
-        simple = {
-            "RECEIVER_DATABASE_URL": "database_url",
-            "RECEIVER_THUMBNAIL_STORE": "thumbnail_store",
-            "RECEIVER_THUMBNAIL_FORMAT": "thumbnail_format",
-            "RECEIVER_ICE_ENDPOINT": "ice_endpoint",
-            "RECEIVER_ICE_REGION": "ice_region",
-            "ALIBABA_CLOUD_ACCESS_KEY_ID": "access_key_id",
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "access_key_secret",
-            "ALIBABA_CLOUD_SECURITY_TOKEN": "security_token",
-            "RECEIVER_CALLBACK_TOKEN": "callback_token",
-            "RECEIVER_PUBLIC_URL": "public_url",
-            "RECEIVER_QUEUE": "queue",
-            "RECEIVER_WORKER_POOL": "worker_pool",
-            "RECEIVER_BROKER_URL": "broker_url",
-            "RECEIVER_URL_SIGNING_KEY": "url_signing_key",
-            "RECEIVER_LOG_LEVEL": "log_level",
-        }
-        for var, attr in simple.items():
-            if (v := get(var)) is not None:
-                kw[attr] = v.strip().lower() if attr in {"thumbnail_format", "queue", "worker_pool"} else v
-        ints = {
-            "RECEIVER_MAX_IMAGE_BYTES": ("max_image_bytes", 1),
-            "RECEIVER_MAX_IMAGE_PIXELS": ("max_image_pixels", 1),
-            "RECEIVER_CALLBACK_MAX_SKEW": ("callback_max_skew", 0),
-            "RECEIVER_MAX_CALLBACK_BYTES": ("max_callback_bytes", 1),
-            "RECEIVER_WORKERS": ("workers", 0),
-            "RECEIVER_MAX_ATTEMPTS": ("max_attempts", 1),
-            "RECEIVER_THUMBNAIL_QUALITY": ("thumbnail_quality", 1),
-            "RECEIVER_WEB_THREADS": ("web_threads", 1),
-        }
-        for var, (attr, minimum) in ints.items():
-            if (v := get(var)) is not None:
-                kw[attr] = _int(var, v, minimum)
-        floats = {
-            "RECEIVER_JOB_CACHE_SECONDS": "job_cache_seconds",
-            "RECEIVER_RECONCILE_SECONDS": "reconcile_seconds",
-            "RECEIVER_RECONCILE_LOOKBACK_DAYS": "reconcile_lookback_days",
-            "RECEIVER_RETENTION_DAYS": "retention_days",
-            "RECEIVER_RETRY_BASE_SECONDS": "retry_base_seconds",
-            "RECEIVER_LEASE_SECONDS": "lease_seconds",
-            "RECEIVER_SWEEP_SECONDS": "sweep_seconds",
-        }
-        for var, attr in floats.items():
-            if (v := get(var)) is not None:
-                kw[attr] = _float(var, v)
-        if (v := get("RECEIVER_DISCOVER_JOBS")) is not None:
-            kw["discover_jobs"] = _bool("RECEIVER_DISCOVER_JOBS", v)
-        if (v := get("RECEIVER_THUMBNAIL_WIDTHS")) is not None:
-            kw["thumbnail_widths"] = tuple(_int("RECEIVER_THUMBNAIL_WIDTHS", w) for w in _csv(v))
-        if (v := get("RECEIVER_OSS_ENDPOINT_MAP")) is not None:
-            kw["oss_endpoint_map"] = _endpoint_map("RECEIVER_OSS_ENDPOINT_MAP", v)
-        if (v := get("RECEIVER_OSS_ALLOWED_ENDPOINTS")) is not None:
-            kw["oss_allowed_endpoints"] = tuple(p.lower() for p in _csv(v))
-        for var, attr in {
-            "RECEIVER_CALLBACK_AUTH_KEYS": "callback_auth_keys",
-            "RECEIVER_API_KEYS": "api_keys",
-            "RECEIVER_CORS_ORIGINS": "cors_origins",
-        }.items():
-            if (v := get(var)) is not None:
-                kw[attr] = _csv(v)
-        for var, attr in {
-            "RECEIVER_HEALTH_GAP_FACTOR": "health_gap_factor",
-            "RECEIVER_HEALTH_STALE_FACTOR": "health_stale_factor",
-            "RECEIVER_HEALTH_BLACK_LUMA": "health_black_luma",
-            "RECEIVER_HEALTH_BLACK_SPREAD": "health_black_spread",
-        }.items():
-            if (v := get(var)) is not None:
-                kw[attr] = _float(var, v)
-        if (v := get("RECEIVER_HEALTH_FROZEN_HAMMING")) is not None:
-            kw["health_frozen_hamming"] = _int("RECEIVER_HEALTH_FROZEN_HAMMING", v, 0)
-        if (v := get("RECEIVER_HEALTH_FROZEN_MIN_FRAMES")) is not None:
-            kw["health_frozen_min_frames"] = _int("RECEIVER_HEALTH_FROZEN_MIN_FRAMES", v, 2)
-        if (v := get("RECEIVER_ORIGINAL_MODE")) is not None:
-            if v.strip().lower() not in {"redirect", "stream"}:
-                raise ConfigError(f"RECEIVER_ORIGINAL_MODE must be redirect or stream, got {v!r}")
-            kw["original_mode"] = v.strip().lower()
+        for f in fields(cls):
+            var = env_var(f)
+            value = env.get(var.name)
+            if value:  # an empty variable counts as unset, as shells and compose files leave them
+                kw[f.name] = var.parse(value)
         return cls(**kw)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+
+
+def _default_label(f: Field[Any]) -> str:
+    var = env_var(f)
+    if var.default_doc is not None:
+        return var.default_doc
+    value = f.default
+    if value is MISSING:
+        raise TypeError(f"{f.name}: a computed default needs default_doc")
+    if value is None:
+        return "unset"
+    if value == "" or value == ():
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(map(str, value))}`"
+    return f"`{value}`"
+
+
+def configuration_table() -> str:
+    """The markdown table of every variable, as docs/configuration.md carries it."""
+    rows = ["| Variable | Type | Default | Description |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        var = env_var(f)
+        rows.append(f"| `{var.name}` | {var.type_label} | {_default_label(f)} | {var.doc} |")
+    return "\n".join(rows) + "\n"
