@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import click
 
 from receiver.cli.context import CliState, pass_state
-from receiver.db.models import Job
+from receiver.db.models import EventStatus, Job
 from receiver.exceptions import JobNotFound, ReceiverError
 from receiver.ops.backfill import backfill
 from receiver.ops.reconcile import Reconciler
@@ -105,7 +105,7 @@ def untrack(state: CliState, job_id: str) -> None:
 
 
 @click.command()
-@click.option("--status", "statuses", type=click.Choice(["failed", "rejected"]), multiple=True,
+@click.option("--status", "statuses", type=click.Choice([EventStatus.FAILED.value, EventStatus.REJECTED.value]), multiple=True,
               help="Which events (default failed); repeatable.")
 @click.option("--job", "job_id", help="Only this job's events.")
 @click.option("--process", is_flag=True, help="Also process them here before exiting (else serve/worker does).")
@@ -113,7 +113,7 @@ def untrack(state: CliState, job_id: str) -> None:
 def replay(state: CliState, statuses: tuple[str, ...], job_id: str | None, process: bool) -> None:
     """Re-queue events: status pending, attempts reset, due now."""
     with state.services() as svc:
-        ids = do_replay(svc, statuses or ("failed",), job_id)
+        ids = do_replay(svc, statuses or (EventStatus.FAILED,), job_id)
         click.echo(f"re-queued {len(ids)} event(s)")
         if process and ids:
             results = run_events(svc, ids)

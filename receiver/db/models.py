@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -57,8 +58,45 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
-EVENT_STATUSES = ("pending", "processing", "done", "rejected", "failed")
-EVENT_ORIGINS = ("callback", "reconcile", "replay")
+class EventStatus(StrEnum):
+    """Where an inbox event is; stored as its value."""
+
+    PENDING = "pending"  # due at next_attempt_at
+    PROCESSING = "processing"  # claimed until lease_until
+    DONE = "done"
+    REJECTED = "rejected"  # disagreed with the job or unsafe: never fetched
+    FAILED = "failed"  # gave up; replayable
+
+
+class EventOrigin(StrEnum):
+    """Who put an event in the inbox; stored as its value."""
+
+    CALLBACK = "callback"
+    RECONCILE = "reconcile"
+    REPLAY = "replay"
+
+
+EVENT_STATUSES = tuple(s.value for s in EventStatus)
+EVENT_ORIGINS = tuple(o.value for o in EventOrigin)
+FINAL_STATUSES = (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
+
+
+class StoredEnum(TypeDecorator[StrEnum]):
+    """A StrEnum in a plain VARCHAR: the stored strings are the enum's values (no database enum type, so adding a
+    member needs no migration), and rows read back as members."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> StrEnum | None:
+        return None if value is None else self.enum(value)
 
 
 class Job(Base):
@@ -109,11 +147,11 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(128))
     identity: Mapped[str] = mapped_column(String(64))
-    origin: Mapped[str] = mapped_column(String(16), default="callback")
+    origin: Mapped[EventOrigin] = mapped_column(StoredEnum(EventOrigin), default=EventOrigin.CALLBACK)
     # The object key came from ListLiveSnapshotFiles (authoritative), not from a callback body (a hint that
     # must match the job's formats). Kept apart from origin so a replayed event is checked as strictly.
     key_from_ice: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[EventStatus] = mapped_column(StoredEnum(EventStatus), default=EventStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     oss_object: Mapped[str | None] = mapped_column(Text)

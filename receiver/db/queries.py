@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from receiver.db.models import EVENT_STATUSES, Event, Job, Snapshot
+from receiver.db.models import EVENT_STATUSES, Event, EventStatus, Job, Snapshot
 
 
 def due_events(pending_by: Any, now: Any) -> ColumnElement[bool]:
@@ -22,8 +22,8 @@ def due_events(pending_by: Any, now: Any) -> ColumnElement[bool]:
     with a lease that ran out before ``now`` (its worker died). One definition for the sweeper, the
     broker re-dispatch and the queue-depth gauge."""
     return or_(
-        (Event.status == "pending") & (Event.next_attempt_at <= pending_by),
-        (Event.status == "processing") & (Event.lease_until < now),
+        (Event.status == EventStatus.PENDING) & (Event.next_attempt_at <= pending_by),
+        (Event.status == EventStatus.PROCESSING) & (Event.lease_until < now),
     )
 
 

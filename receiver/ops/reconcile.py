@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 
 from receiver.adapters.ice import FilesPage, IceGateway, JobInfo, JobSummary, SnapshotFile, iter_files
-from receiver.db.models import Event, Job, Snapshot, utcnow
+from receiver.db.models import Event, EventOrigin, EventStatus, Job, Snapshot, utcnow
 from receiver.exceptions import Transient
 from receiver.intake.inbox import record_events
 from receiver.intake.parse import EventItem, parse_callback
@@ -200,21 +200,21 @@ class Reconciler:
         tally.indexed += len(usable) - len(missing)
         run: list[int] = []
         with self.svc.sessions.begin() as s:
-            rec = record_events(s, [file_item(f) for f in missing], origin="reconcile")
+            rec = record_events(s, [file_item(f) for f in missing], origin=EventOrigin.RECONCILE)
             run.extend(rec.new_ids)
             old = sorted(set(rec.event_ids) - set(rec.new_ids))
             for i in range(0, len(old), CHUNK):
                 rows = s.execute(select(Event.id, Event.status, Event.key_from_ice, Event.last_error)
                                  .where(Event.id.in_(old[i:i + CHUNK]))).all()
                 for eid, status, key_from_ice, last_error in rows:
-                    if status in ("pending", "processing"):
+                    if status in (EventStatus.PENDING, EventStatus.PROCESSING):
                         tally.queued += 1
-                    elif status == "done":
+                    elif status == EventStatus.DONE:
                         tally.indexed += 1
                     elif not key_from_ice:
                         # ICE lists the file, so the callback's failure (e.g. a bad hint) is not the last word.
                         s.execute(update(Event).where(Event.id == eid).values(
-                            status="pending", origin="reconcile", key_from_ice=True, attempts=0,
+                            status=EventStatus.PENDING, origin=EventOrigin.RECONCILE, key_from_ice=True, attempts=0,
                             next_attempt_at=utcnow(),
                             lease_until=None, last_error=f"re-queued by reconcile; was {status}: {last_error}"[:2000]))
                         run.append(eid)
@@ -230,7 +230,7 @@ class Reconciler:
                 self.svc.dispatcher.submit(run)
             return
         statuses = list(self.execute(run))
-        tally.failed += sum(1 for st in statuses if st in ("failed", "rejected"))
+        tally.failed += sum(1 for st in statuses if st in (EventStatus.FAILED, EventStatus.REJECTED))
 
     def tracked_jobs(self) -> list[str]:
         with self.svc.sessions() as s:

@@ -13,17 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select, update
 
-from receiver.db.models import Event, utcnow
+from receiver.db.models import FINAL_STATUSES, Event, EventOrigin, EventStatus, utcnow
 from receiver.services import Services
 from receiver.timeutil import dt_to_iso
 from receiver.worker.pipeline import process_event
 
 BATCH = 500
-REPLAYABLE = ("failed", "rejected")
-FINAL = ("done", "failed", "rejected")
+REPLAYABLE = (EventStatus.FAILED, EventStatus.REJECTED)
 
 
-def replay(svc: Services, statuses: Iterable[str] = ("failed",), job_id: str | None = None) -> list[int]:
+def replay(svc: Services, statuses: Iterable[str] = (EventStatus.FAILED,), job_id: str | None = None) -> list[int]:
     """Re-queue matching events (status pending, attempts 0, due now); returns their ids."""
     wanted = tuple(statuses)
     if not set(wanted) <= set(REPLAYABLE):
@@ -42,8 +41,8 @@ def replay(svc: Services, statuses: Iterable[str] = ("failed",), job_id: str | N
             for eid, status, last_error in rows:
                 note = f"replayed at {dt_to_iso(now)}; was {status}: {last_error}"[:2000]
                 s.execute(update(Event).where(Event.id == eid, Event.status == status).values(
-                    status="pending", origin="replay", attempts=0, next_attempt_at=now, lease_until=None,
-                    last_error=note, updated_at=now))
+                    status=EventStatus.PENDING, origin=EventOrigin.REPLAY, attempts=0, next_attempt_at=now,
+                    lease_until=None, last_error=note, updated_at=now))
                 out.append(eid)
             last = rows[-1].id
 
@@ -58,14 +57,14 @@ def run_to_end(svc: Services, event_id: int, timeout: float = 600.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         outcome = process_event(svc, event_id)
-        if outcome.status in FINAL:
+        if outcome.status in FINAL_STATUSES:
             return outcome.status
-        if outcome.status == "pending" and outcome.retry_in is not None:
+        if outcome.status == EventStatus.PENDING and outcome.retry_in is not None:
             time.sleep(min(outcome.retry_in, max(0.0, deadline - time.monotonic())))
             continue
         # Skipped: another process holds it, or its retry is not due yet. Watch the row.
         status = _status(svc, event_id)
-        if status in FINAL:
+        if status in FINAL_STATUSES:
             return status
         time.sleep(0.2)
     return _status(svc, event_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select
 
-from receiver.db.models import Event, EventSnapshot, Snapshot, Thumbnail
+from receiver.db.models import Event, EventSnapshot, EventStatus, Snapshot, Thumbnail
 from receiver.exceptions import ReceiverError
 from receiver.media.storyboard import SHEET_PREFIX
 from receiver.services import Services
@@ -25,7 +25,8 @@ from receiver.timeutil import ms_to_iso, now_ms
 log = logging.getLogger(__name__)
 
 BATCH = 500
-FINAL_EVENT_STATUSES = ("done", "rejected")  # failed events stay until replayed: operators need them
+# Failed events stay until replayed: operators need them.
+FINAL_EVENT_STATUSES = (EventStatus.DONE, EventStatus.REJECTED)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -24,7 +24,7 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from receiver.config import Settings
-from receiver.db.models import Event, utcnow
+from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services, current_services, services
 from receiver.worker.dispatch import SWEEP_BATCH
@@ -152,7 +152,7 @@ def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH) -> lis
     stmt = (
         update(Event)
         .where(Event.id.in_(due.scalar_subquery()))
-        .values(status="pending", next_attempt_at=now, lease_until=None, updated_at=now)
+        .values(status=EventStatus.PENDING, next_attempt_at=now, lease_until=None, updated_at=now)
         .returning(Event.id)
     )
     with svc.sessions.begin() as s:

@@ -16,7 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from sqlalchemy import select
 
 from receiver.config import Settings
-from receiver.db.models import Event, utcnow
+from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services
 from receiver.worker.pipeline import process_event
@@ -171,7 +171,7 @@ def wait_idle(svc: Services, timeout: float) -> bool:
     while time.monotonic() < deadline:
         with svc.readers() as s:
             busy = s.execute(
-                select(Event.id).where(Event.status.in_(("pending", "processing"))).limit(1)
+                select(Event.id).where(Event.status.in_((EventStatus.PENDING, EventStatus.PROCESSING))).limit(1)
             ).first()
         if busy is None:
             return True
