@@ -7,8 +7,12 @@ from typing import Any
 
 from flask import Flask
 
-from receiver.adapters.ice import CachedIceGateway, IceGateway, SdkIceGateway
-from receiver.adapters.oss import EndpointPolicy, SourceStore, ThumbnailStore, thumbnail_store_from_url
+from receiver.adapters.base import IceGateway, SourceStore, ThumbnailStore
+from receiver.adapters.ice import SdkIceGateway
+from receiver.adapters.ice_cache import CachedIceGateway
+from receiver.adapters.oss_policy import EndpointPolicy
+from receiver.adapters.oss_source import OssSourceStore
+from receiver.adapters.thumbstore import thumbnail_store_from_url
 from receiver.config import Settings
 from receiver.db.engine import make_engine, make_session_factory, reader
 from receiver.intake import view as callbacks
@@ -42,7 +46,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     metrics_view.init_app(app)
     openapi.init_app(app)
     logging.getLogger("receiver").setLevel(settings.log_level.upper())
-    app.wsgi_app = callbacks.CallbackRoute(app.wsgi_app, svc)  # type: ignore[method-assign]
+    app.wsgi_app = callbacks.FlaskRoutingBypass(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app
 
 
@@ -68,7 +72,7 @@ def build_services(
         read_engine=read_engine,
         readers=make_session_factory(read_engine),
         ice=ice,
-        source=source if source is not None else SourceStore(settings),
+        source=source if source is not None else OssSourceStore(settings),
         thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
         policy=EndpointPolicy.from_settings(settings),
         # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).

@@ -70,3 +70,14 @@ class StoreError(ReceiverError):
     """A permanent failure of an object store other than not-found (access denied, bad bucket)."""
 
     code = "StoreError"
+
+
+class IceError(ReceiverError):
+    """ICE refused the request for a reason retrying will not fix (credentials, signature, bad parameters)."""
+
+    code = "IceError"
+
+    def __init__(self, message: str, ice_code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.ice_code = ice_code
+        self.status = status

@@ -11,8 +11,7 @@ from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from receiver.adapters.ice import IceGateway, JobInfo
-from receiver.adapters.oss import EndpointPolicy, SourceStore, ThumbnailStore
+from receiver.adapters.base import EndpointRules, IceGateway, JobInfo, SourceStore, ThumbnailStore
 from receiver.config import Settings
 from receiver.metrics import Metrics
 
@@ -58,7 +57,7 @@ class Services:
     ice: IceGateway
     source: SourceStore
     thumbs: ThumbnailStore
-    policy: EndpointPolicy
+    policy: EndpointRules
     intake: Inbox
     metrics: Metrics = field(default_factory=Metrics)
     dispatcher: Dispatcher | None = None

@@ -1,10 +1,10 @@
 """The HTTP transport under oss2: its signed requests sent through urllib3 directly.
 
 oss2 sends every request through ``requests.Session.request``: settings merges, hooks, cookie jars, URL
-re-parsing, and three debug log lines formatted (header dicts included) whether or not debug is on. That is
-~0.35 ms of CPU per request, half of a 300 KB frame's GET (0.75 -> 0.41 ms, bench/pipeline.py). oss2 takes a
-``Session`` whose ``do_request`` does the sending; this one hands the already signed request to a urllib3
-pool (the library requests itself sends with) and gives oss2 back the response interface it reads.
+re-parsing, and three debug log lines formatted (header dicts included) whether or not debug is on: a large
+share of a frame's GET (bench/pipeline.py, figures in bench/RESULTS.md). oss2 takes a ``Session`` whose
+``do_request`` does the sending; this one hands the already signed request to a urllib3 pool (the library
+requests itself sends with) and gives oss2 back the response interface it reads.
 
 Same behaviour as oss2's own session where it matters: keep-alive pool per host, the timeout for connect and
 each read, TLS verified against REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE or certifi's bundle (requests' order),

@@ -60,6 +60,7 @@ class CliState:
             yield svc
         finally:
             svc.close()
+            self._app = None
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)

@@ -105,8 +105,8 @@ def untrack(state: CliState, job_id: str) -> None:
 
 
 @click.command()
-@click.option("--status", "statuses", type=click.Choice([EventStatus.FAILED.value, EventStatus.REJECTED.value]), multiple=True,
-              help="Which events (default failed); repeatable.")
+@click.option("--status", "statuses", type=click.Choice([EventStatus.FAILED.value, EventStatus.REJECTED.value]),
+              multiple=True, help="Which events (default failed); repeatable.")
 @click.option("--job", "job_id", help="Only this job's events.")
 @click.option("--process", is_flag=True, help="Also process them here before exiting (else serve/worker does).")
 @pass_state

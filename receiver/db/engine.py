@@ -61,9 +61,21 @@ def _sqlite_begin(conn: Any) -> None:
     # that took the write lock held off every callback for as long as it ran (an API page, a metrics
     # scrape), and a read over 2.5 s cost ICE a 503.
     sql = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
-    # Sent on the driver connection: through exec_driver_sql it cost ~60 us of SQLAlchemy's statement
-    # machinery, two or three times per processed frame. Its errors (a lock held past busy_timeout) are
-    # wrapped as that path would, so callers still see sqlalchemy.exc.OperationalError (a 503, a retry).
+    sqlite_begin_bypass(conn, sql)
+
+
+def sqlite_begin_bypass(conn: Any, sql: str) -> None:
+    """BYPASS: send ``sql`` (a BEGIN) straight on the sqlite3 driver connection.
+
+    What it bypasses: ``conn.exec_driver_sql(sql)``, SQLAlchemy's documented recipe for the pysqlite "begin"
+    event, and with it SQLAlchemy's statement machinery (execution context, cursor events, echo). Why: that
+    machinery cost more than the BEGIN itself, on every transaction, several per processed frame and one per
+    callback batch; measured with bench/pipeline.py and bench/callbacks.py (bench/RESULTS.md and its git
+    history). Errors (a lock held past busy_timeout) are wrapped as exec_driver_sql would wrap them, so callers
+    still see sqlalchemy.exc.OperationalError (a 503, a retry). When to remove it: when swapping in
+    ``conn.exec_driver_sql(sql)`` no longer moves bench/pipeline.py or bench/callbacks.py beyond their noise
+    (re-measure after each SQLAlchemy upgrade).
+    """
     try:
         conn.connection.driver_connection.execute(sql)
     except sqlite3.Error as e:

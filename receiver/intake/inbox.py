@@ -2,7 +2,8 @@
 
 The callback path is the hot path. Statements are built once (SQLAlchemy caches their compiled form) and run
 on a Core connection; all the rows of a write go in one executemany INSERT .. ON CONFLICT DO NOTHING
-RETURNING, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"). Concurrent requests share one
+RETURNING, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"); on SQLite the same INSERT is
+sent by ``sqlite_bulk_insert_bypass`` instead (see there). Concurrent requests share one
 transaction through a small group commit, so a burst of callbacks costs one write lock, one INSERT and one
 commit instead of one each. Profiled under load (bench/callbacks.py), waking every waiting request after
 each commit (a Condition.notify_all) was the largest single cost, so each request waits on its own lock
@@ -65,18 +66,25 @@ def _params(item: EventItem, origin: str, now: Any) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=_SQLITE_CHUNK)
-def _sqlite_insert(rows: int) -> str:
+def _sqlite_insert_sql(rows: int) -> str:  # only for sqlite_bulk_insert_bypass
     one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
     return (f"INSERT INTO {_table.name} ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
             "ON CONFLICT (job_id, identity) DO NOTHING RETURNING id, job_id, identity")
 
 
-def _insert_sqlite(conn: Connection, groups: list[tuple[list[EventItem], str]], now: Any) -> dict[tuple[str, str], int]:
-    """The same INSERT as _insert's, straight on the sqlite3 connection inside the Core transaction.
+def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventItem], str]],
+                              now: Any) -> dict[tuple[str, str], int]:
+    """BYPASS: the same INSERT as _insert's, as hand-written multi-row SQL on the sqlite3 driver connection,
+    inside the caller's Core transaction.
 
-    SQLAlchemy's per-statement and per-row work (execution context, bind processing) was ~40 % of a
-    batch's time here; the timestamp is rendered once by the column type's own bind processor so the
-    stored format stays SQLAlchemy's. Bypasses cursor events, which nothing on this path relies on.
+    What it bypasses: ``conn.execute(_insert("sqlite"), rows)``, i.e. SQLAlchemy's insertmanyvalues with its
+    execution context, per-row bind processing and cursor events (nothing on this path relies on those). The
+    timestamp is rendered once by the column type's own bind processor, so the stored format stays
+    SQLAlchemy's. Why: it was a large share of a callback batch's time, measured with bench/callbacks.py
+    (bench/RESULTS.md, callbacks section, and its git history). When to remove it: when the plain
+    ``conn.execute`` path is within the noise of this one on bench/callbacks.py (re-measure after each
+    SQLAlchemy upgrade by routing SQLite through the else branch of _record_groups); then delete this
+    function and _sqlite_insert_sql.
     """
     render = _table.c.received_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     assert render is not None  # SQLite stores datetimes as text; the claim query compares that text
@@ -92,7 +100,7 @@ def _insert_sqlite(conn: Connection, groups: list[tuple[list[EventItem], str]], 
     for i in range(0, len(values), _SQLITE_CHUNK):
         chunk = values[i : i + _SQLITE_CHUNK]
         params = [v for row in chunk for v in row]
-        cursor = dbapi.execute(_sqlite_insert(len(chunk)), params)
+        cursor = dbapi.execute(_sqlite_insert_sql(len(chunk)), params)
         inserted.update({(job, identity): eid for eid, job, identity in cursor})
     return inserted
 
@@ -107,7 +115,7 @@ def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], str]]) 
     now = utcnow()
     inserted: dict[tuple[str, str], int] = {}
     if conn.dialect.name == "sqlite":
-        inserted = _insert_sqlite(conn, groups, now)
+        inserted = sqlite_bulk_insert_bypass(conn, groups, now)
     else:
         rows = [_params(item, origin, now) for items, origin in groups for item in items]
         if rows:
@@ -164,7 +172,8 @@ class GroupCommitter:
         self._queue: list[_Entry] = []
         self._writing = False
         # Only the leader touches it, one at a time. Held between writes because checking a connection out
-        # of the pool (pre-ping) and resetting it on return cost ~12 % of a callback's CPU under load.
+        # of the pool (pre-ping) and resetting it on return was a measurable share of a callback's CPU under
+        # load (bench/callbacks.py).
         self._conn: Connection | None = None
 
     def close(self) -> None:

@@ -1,11 +1,9 @@
 """POST /callbacks/live-snapshot[/<token>]: authenticate, parse, record, dispatch, answer 200. Nothing slow.
 
-The callback is answered straight from the WSGI environ by ``CallbackRoute``, a thin WSGI layer in front of
-Flask: it is the one request ICE sends at the rate of every job's snapshots, and Flask's request context,
-routing and hooks cost about as much as parsing and recording the event (bench/callbacks.py). Everything
-else, and any request to these paths that is not a POST, goes to Flask. The blueprint's views call the same
-``answer`` so the app behaves the same if the layer is left out. Errors are rendered by errors.py as
-everywhere else.
+The callback is answered straight from the WSGI environ by ``FlaskRoutingBypass``, a thin WSGI layer in front
+of Flask (see there for why and when to remove it). Everything else, and any request to these paths that is
+not a POST, goes to Flask. The blueprint's views call the same ``answer`` so the app behaves the same if the
+layer is left out. Errors are rendered by errors.py as everywhere else.
 """
 
 from __future__ import annotations
@@ -149,8 +147,16 @@ def answer(svc: Services, environ: Environ, token: str) -> tuple[int, list[tuple
     return status, headers, body
 
 
-class CallbackRoute:
-    """WSGI layer: POSTs to the callback paths are answered here, everything else by the wrapped app."""
+class FlaskRoutingBypass:
+    """BYPASS: WSGI layer: POSTs to the callback paths are answered here, everything else by the wrapped app.
+
+    What it bypasses: Flask's request context, URL routing and before/after-request hooks for the callback
+    (the blueprint's views below answer the same way without it). Why: the callback is the one request ICE
+    sends at the rate of every job's snapshots, and that Flask machinery cost about as much as parsing and
+    recording the event; measured with bench/callbacks.py (bench/RESULTS.md, callbacks section, and its git
+    history). When to remove it: when the app without this layer (``app.wsgi_app`` unwrapped, the blueprint
+    answering) is within the noise of it on bench/callbacks.py; re-measure after each Flask/Werkzeug upgrade.
+    """
 
     def __init__(self, app: WsgiApp, svc: Services) -> None:
         self.app = app
@@ -166,10 +172,11 @@ class CallbackRoute:
         return self.app(environ, start_response)
 
 
+
 def _flask_answer(token: str) -> Response:
     svc = current_services()
     g.callback_counted = True
-    # The raw segment, as CallbackRoute sees it (Flask's has been decoded from UTF-8 already).
+    # The raw segment, as FlaskRoutingBypass sees it (Flask's has been decoded from UTF-8 already).
     raw = _token_of(request.environ.get("PATH_INFO", ""))
     status, headers, body = answer(svc, request.environ, token if raw is None else raw)
     return Response(body, status=status, headers=headers)

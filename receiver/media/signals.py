@@ -7,7 +7,7 @@
   are ~32 bits apart. Stored as a signed 64-bit integer (two's complement) because SQL BIGINT is signed.
 - ``placeholder``: a BlurHash (https://blurha.sh, woltapp/blurhash's algorithm) with 4x3 components: a
   28-character string a frontend decodes into a blurred preview while the thumbnail loads. Chosen over a
-  tiny data URI because it is ~10x smaller in every JSON list and every BlurHash library renders it.
+  tiny data URI because it is an order of magnitude smaller in every JSON list and every BlurHash library renders it.
 
 Work is bounded by the input: the thumbnail is scaled down to 32 px wide before the BlurHash sums, so the
 pure-Python cosine transform costs well under a millisecond.
@@ -64,7 +64,7 @@ _SQUARES = [v * v for v in _LEVELS]
 
 def _mean_and_spread(histogram: list[int]) -> tuple[float, float]:
     """Mean and (population) standard deviation of a 256-bin histogram, as ImageStat computes them, with
-    the sums in C (ImageStat loops over the bins in Python: 50 us of a frame's ~0.6 ms of signals)."""
+    the sums in C (ImageStat loops over the bins in Python, a visible share of the signals' cost)."""
     n = sum(histogram)
     if not n:
         return 0.0, 0.0
@@ -124,7 +124,7 @@ def blurhash_encode(rgb: Image.Image, x_components: int = 4, y_components: int =
     if not (1 <= x_components <= 9 and 1 <= y_components <= 9):
         raise ValueError("BlurHash components must be 1..9")
     w, h = rgb.size
-    # In numpy: the pure-Python sums were ~0.35 ms of a frame's ~0.65 ms of signals (bench/pipeline.py).
+    # In numpy: the pure-Python sums were about half of the signals' cost per frame (bench/pipeline.py).
     lin = _linear_table()[np.asarray(rgb.convert("RGB"))]  # (y, x, channel) in linear light
     cy, cx = _cosines(h, y_components), _cosines(w, x_components)
     # The cosine basis is separable: reduce the rows against each y basis, then the columns against each x
@@ -174,7 +174,7 @@ def snapshot_columns(thumbs: ThumbnailSet) -> dict[str, Any]:
     """Column values for a Snapshot row, from the smallest of its freshly made thumbnails.
 
     Read from the encoded bytes, as `receiver backfill-signals` reads stored files, so both give the same
-    values: reading the image before encoding would save ~0.1 ms but move the dHash of fine-textured frames
+    values: reading the image before encoding would save a little time but move the dHash of fine-textured frames
     by up to 12 bits, more than the frozen-stream threshold.
     """
     if not thumbs.thumbnails:

@@ -9,14 +9,10 @@ Speed comes from decoding once, at reduced size: ``Image.draft`` asks libjpeg fo
 box passed to ``draft`` keeps the frame's aspect ratio, because draft picks the scale from the *smaller*
 of the two axis ratios: a square 320x320 box on 16:9 gives scale 1/2, not 1/4.
 
-Measured on generated 1080p frames (320 and 160 px, PSNR against a full-resolution LANCZOS resize; see
-bench/thumbnails.py): decoding at >= 1x the largest width (1/4 scale, 480x270) takes ~6.5 ms per photo
-frame for both JPEG outputs and gives 50 dB before encoding; >= 2x (1/2 scale) gives 53.5 dB for
-~11 ms. After the q80 encode both land on the same 30.2 dB as encoding the full-resolution resize
-(noise frames: 38.6 vs 47.3 dB before, 32.0 vs 32.1 dB after encoding), because the encoder's loss
-dwarfs the draft's, so 1x it is (``DRAFT_OVERSAMPLE``). Smaller widths are resized from the largest
-*result*, not the draft image: 53.5 vs 54.4 dB at 160 px, both far above the 45 dB bar and the
-encoder's loss, and cheaper.
+Decoding at 1x the largest width (``DRAFT_OVERSAMPLE``) rather than 2x: after the encode both give the
+same quality as encoding a full-resolution resize, because the encoder's loss dwarfs the draft's, and 1x
+is much cheaper. Smaller widths are resized from the largest *result*, not the draft image: well above
+the quality bar and cheaper. bench/thumbnails.py measures both choices (figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -210,13 +206,13 @@ def _orientation(im: Image.Image) -> int:
 def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
     out = io.BytesIO()
     if fmt == "jpeg":
-        # Baseline, default Huffman tables, 4:2:0, chosen for speed: optimize=True doubles the encode
-        # (0.15 -> 0.3 ms at 320 px) for 5 % (photo) to 16 % (noise) smaller files. Progressive would
-        # add a pass too. No exif/icc_profile argument = no metadata.
+        # Baseline, default Huffman tables, 4:2:0, chosen for speed: optimize=True roughly doubles the
+        # encode for somewhat smaller files. Progressive would add a pass too. No exif/icc_profile
+        # argument = no metadata.
         im.save(out, "JPEG", quality=quality, optimize=False, progressive=False)
     else:
-        # method=0 is libwebp's fastest: ~1.5 ms at 320 px against ~5 ms for the default method 4, which
-        # saves ~13 % on a photo frame.
+        # method=0 is libwebp's fastest, several times faster than the default method 4, which saves
+        # only a little more on a photo frame.
         im.save(out, "WEBP", quality=quality, method=0)
     return out.getvalue()
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from receiver.adapters.ice import FilesPage, IceGateway, JobInfo, JobSummary, SnapshotFile, iter_files
+from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary, SnapshotFile
+from receiver.adapters.ice import iter_files
 from receiver.db.models import Event, EventOrigin, EventStatus, Job, Snapshot, utcnow
 from receiver.exceptions import Transient
 from receiver.intake.inbox import record_events

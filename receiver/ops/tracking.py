@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
-from receiver.adapters.ice import JobInfo
+from receiver.adapters.base import JobInfo
 from receiver.db.models import Job
 from receiver.exceptions import JobNotFound
 from receiver.services import Services

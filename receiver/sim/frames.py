@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 KINDS = ("smooth", "photo", "noisy", "black")
 
-# Noise is generated as one tile and repeated: a full 1080p frame of random bytes costs ~30 ms, a tile ~1 ms,
+# Noise is generated as one tile and repeated: a full 1080p frame of random bytes costs far more than a tile,
 # and JPEG works on 8x8 blocks, so the repetition changes neither the look nor the compressed size.
 _TILE = 256
 
@@ -126,7 +126,7 @@ def _noise(rng: random.Random, size: tuple[int, int], tile: int = _TILE) -> Imag
 def _photo(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     w, h = size
     # Composed at half size and scaled up once: the upscale gives shapes the soft edges of a real lens,
-    # and every full-size pass (resize, blend) costs ~5-10 ms.
+    # and every full-size pass (resize, blend) costs milliseconds.
     half = (max(1, w // 2), max(1, h // 2))
     im = _gradient(rng, half)
     draw = ImageDraw.Draw(im)

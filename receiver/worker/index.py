@@ -12,8 +12,7 @@ from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from receiver.adapters.ice import JobInfo
-from receiver.db import sqlite_direct
+from receiver.adapters.base import JobInfo
 from receiver.db.engine import insert_for
 from receiver.db.models import Job, Snapshot, Thumbnail, utcnow
 from receiver.media.signals import snapshot_columns
@@ -45,7 +44,7 @@ def _index_statements(dialect: str) -> tuple[Executable, Executable]:
 
 def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
-    found: int | None = sqlite_direct.execute(conn, _existing_statement(etag is not None), params).scalar_one_or_none()
+    found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
     return found
 
 
@@ -60,9 +59,7 @@ def write_index(conn: Connection, p: Prepared) -> int:
         return p.existing
     assert p.snapshot is not None
     insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
-    # indexed_at is passed, not left to the column default: the direct path runs no Python-side defaults.
-    row = {**p.snapshot, "indexed_at": utcnow()}
-    sid: int | None = sqlite_direct.execute(conn, insert_snapshot, row).scalar_one_or_none()
+    sid: int | None = conn.execute(insert_snapshot, p.snapshot).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         snap = p.snapshot
@@ -70,7 +67,8 @@ def write_index(conn: Connection, p: Prepared) -> int:
         if found is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return found
-    sqlite_direct.execute(conn, insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+    if p.thumbnails:  # an empty list would run it once, without parameters
+        conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
     return sid
 
 

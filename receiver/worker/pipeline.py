@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, or_, update
 from sqlalchemy.sql import Executable
 
-from receiver.db import sqlite_direct
 from receiver.db.engine import insert_for
 from receiver.db.models import Event, EventSnapshot, utcnow
 from receiver.exceptions import (
@@ -42,8 +41,8 @@ log = logging.getLogger(__name__)
 CLOCK_TOLERANCE = dt.timedelta(seconds=2)
 
 
-# The per-event statements are built once, with bound parameters: building one costs more than running it,
-# and sqlite_direct keeps statements compiled by identity, so one built per call would be compiled per call.
+# The per-event statements are built once, with bound parameters: constructing one costs more than running
+# it (SQLAlchemy caches the compiled form, but not the construction).
 @cache
 def _claim_statement() -> Executable:
     return (
@@ -55,7 +54,7 @@ def _claim_statement() -> Executable:
         )
         .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
                 updated_at=bindparam("now"))
-        # Claimed's fields in their order: a row becomes Claimed(*row) on either execution path.
+        # Claimed's fields in their order: a row becomes Claimed(*row).
         .returning(*(getattr(Event, f.name) for f in fields(Claimed)))
     )
 
@@ -85,7 +84,7 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
     params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
     with svc.engine.begin() as conn:
-        row = sqlite_direct.execute(conn, _claim_statement(), params).one_or_none()
+        row = conn.execute(_claim_statement(), params).one_or_none()
     return None if row is None else Claimed(*row)
 
 
@@ -101,9 +100,8 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
         ids = tuple(dict.fromkeys(write_index(conn, p) for p in prepared))
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
-        if _set_status(conn, ev, "done", None, None):
-            sqlite_direct.execute(conn, _link_statement(conn.dialect.name),
-                                  [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
+        if _set_status(conn, ev, "done", None, None) and ids:  # an empty list would run it once, without parameters
+            conn.execute(_link_statement(conn.dialect.name), [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
     return ids
 
 
@@ -113,7 +111,7 @@ def _set_status(conn: Connection, ev: Claimed, status: str, error: str | None, r
                                  "error": error, "now": now}
     if retry_in is not None:
         params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
-    if sqlite_direct.execute(conn, _finish_statement(retry_in is not None), params).rowcount != 1:
+    if conn.execute(_finish_statement(retry_in is not None), params).rowcount != 1:
         log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
         return False
     return True
@@ -179,7 +177,7 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
     with svc.metrics.stage("verify"):
         job = svc.ice.get_job(ev.job_id)
     # The gateway hands back the same JobInfo object until its cache entry expires; writing the job row again
-    # for every event of a job was ~1 ms of a frame's ~20 ms (bench/pipeline.py), for no change. fetched_at
+    # for every event of a job was a measurable share of a frame (bench/pipeline.py), for no change. fetched_at
     # then says when ICE was asked, which is what it means.
     upserted = svc.upserted_jobs
     if upserted.get(job.job_id) is not job:

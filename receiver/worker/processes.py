@@ -32,7 +32,7 @@ def _init_child(build: Builder, settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
     _CHILD_SVC = build(settings)
     # Load what processing needs now: a spawned child starts with nothing imported, and the first events
-    # would each pay ~1 s of imports (bench/pipeline.py --pool process: 0.46x -> 0.54x of the kernel).
+    # would each pay the imports (bench/pipeline.py --pool process shows the difference).
     from PIL import Image
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from receiver.adapters.ice import JobInfo, format_ice_time
+from receiver.adapters.base import JobInfo, format_ice_time
 from receiver.exceptions import ObjectNotFound, Rejected
 from receiver.media.formats import check_key_safe, match_key, overwrite_key
 from receiver.services import Services

@@ -81,7 +81,7 @@ def _excluded(case: Any) -> list[Any]:
         # years 1000-9999: constraints JSON Schema cannot state, so a schema-valid value may get its 400.
         out.append(checks.positive_data_acceptance)
     if any(v in ("", None, [], {}) for v in query.values()):
-        out.append(checks.negative_data_rejection)  # an empty parameter means absent (README)
+        out.append(checks.negative_data_rejection)  # an empty parameter means absent (docs/api.md)
     return out
 
 

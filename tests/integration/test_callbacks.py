@@ -350,15 +350,15 @@ def test_stored_times_come_back_aware_in_utc(client, svc):
 
 
 def test_flask_views_answer_like_the_wsgi_route(settings):
-    """CallbackRoute answers POSTs before Flask; the blueprint's views (reached when the layer is left out)
+    """FlaskRoutingBypass answers POSTs before Flask; the blueprint's views (reached when the layer is left out)
     give byte-identical answers, and each callback is counted once either way."""
     from werkzeug.test import Client
 
-    from receiver.intake.view import CallbackRoute
+    from receiver.intake.view import FlaskRoutingBypass
 
     app = make_app(settings, callback_token="tok")
     svc: Services = app.extensions["receiver"]
-    assert isinstance(app.wsgi_app, CallbackRoute)
+    assert isinstance(app.wsgi_app, FlaskRoutingBypass)
     routed, bare = app.test_client(), Client(app.wsgi_app.app)
     cases = [
         (URL + "/tok", json.dumps({"JobId": JOB, "OssObject": "a.jpg"})),  # accepted (routed), duplicate (bare)

@@ -9,18 +9,11 @@ import pytest
 from alibabacloud_ice20201109 import models as ice_models
 from alibabacloud_tea_openapi.exceptions import ClientException
 
-from receiver.adapters.ice import (
-    CachedIceGateway,
-    IceError,
-    JobInfo,
-    SdkIceGateway,
-    build_client,
-    format_ice_time,
-    iter_files,
-    parse_ice_time,
-)
+from receiver.adapters.base import JobInfo, format_ice_time, parse_ice_time
+from receiver.adapters.ice import SdkIceGateway, build_client, iter_files
+from receiver.adapters.ice_cache import CachedIceGateway
 from receiver.config import Settings
-from receiver.exceptions import JobNotFound, Transient
+from receiver.exceptions import IceError, JobNotFound, Transient
 from receiver.sim.fake_ice import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, FakeIce, IceApiError, verify_acs3
 
 T0 = parse_ice_time("2024-05-01T00:00:00Z")

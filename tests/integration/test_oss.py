@@ -1,4 +1,4 @@
-"""receiver.adapters.oss and receiver.sim.fake_oss, through the real oss2 client against the fake server."""
+"""The OSS adapters and receiver.sim.fake_oss, through the real oss2 client against the fake server."""
 
 from __future__ import annotations
 
@@ -17,14 +17,10 @@ import oss2
 import pytest
 import trustme
 
-from receiver.adapters.oss import (
-    EndpointPolicy,
-    FileThumbnailStore,
-    OssThumbnailStore,
-    SourceStore,
-    thumbnail_store_from_url,
-)
+from receiver.adapters.oss_policy import EndpointPolicy
+from receiver.adapters.oss_source import OssSourceStore
 from receiver.adapters.oss_transport import DirectSession, ProxiedSession
+from receiver.adapters.thumbstore import FileThumbnailStore, OssThumbnailStore, thumbnail_store_from_url
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, Rejected, StoreError, TooLarge, Transient
 from receiver.sim.fake_oss import (
@@ -63,8 +59,8 @@ def settings(fake: FakeOss, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def source(settings: Settings) -> Iterator[SourceStore]:
-    store = SourceStore(settings)
+def source(settings: Settings) -> Iterator[OssSourceStore]:
+    store = OssSourceStore(settings)
     yield store
     store.close()
 
@@ -147,10 +143,10 @@ def test_crc64_check_value() -> None:
     assert crc64(b"123456789") == 0x995DC9BBDF1939FA
 
 
-# --- SourceStore ------------------------------------------------------------------------------------------
+# --- OssSourceStore ---------------------------------------------------------------------------------------
 
 
-def test_get_ok(fake: FakeOss, source: SourceStore) -> None:
+def test_get_ok(fake: FakeOss, source: OssSourceStore) -> None:
     etag = fake.put(BUCKET, "cam1/a.jpg", b"\xff\xd8jpeg", last_modified=1_714_564_800.0)
     got = source.get(ENDPOINT, BUCKET, "cam1/a.jpg", max_bytes=1000)
     assert got.data == b"\xff\xd8jpeg"
@@ -166,7 +162,7 @@ def test_get_ok(fake: FakeOss, source: SourceStore) -> None:
 @pytest.mark.parametrize(
     "key", ["cam 1/a b.jpg", "cam1/a+b.jpg", "相机/快照 é.jpg", "a/b/c/d.jpg", "x%2Fy.jpg"]
 )
-def test_get_awkward_keys(fake: FakeOss, source: SourceStore, key: str) -> None:
+def test_get_awkward_keys(fake: FakeOss, source: OssSourceStore, key: str) -> None:
     fake.put(BUCKET, key, key.encode())
     assert source.get(ENDPOINT, BUCKET, key, max_bytes=1000).data == key.encode()
     assert fake.fetched(key=key)[0]["key"] == key
@@ -174,7 +170,7 @@ def test_get_awkward_keys(fake: FakeOss, source: SourceStore, key: str) -> None:
 
 def test_wrong_secret_is_store_error(fake: FakeOss, settings: Settings) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
-    store = SourceStore(settings.with_(access_key_secret="wrong"))
+    store = OssSourceStore(settings.with_(access_key_secret="wrong"))
     with pytest.raises(StoreError, match="SignatureDoesNotMatch") as info:
         store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
     assert isinstance(info.value.__cause__, oss2.exceptions.SignatureDoesNotMatch)
@@ -184,10 +180,10 @@ def test_wrong_secret_is_store_error(fake: FakeOss, settings: Settings) -> None:
 def test_unknown_access_key_is_store_error(fake: FakeOss, settings: Settings) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
     with pytest.raises(StoreError, match="InvalidAccessKeyId"):
-        SourceStore(settings.with_(access_key_id="nobody")).head(ENDPOINT, BUCKET, "a.jpg")
+        OssSourceStore(settings.with_(access_key_id="nobody")).head(ENDPOINT, BUCKET, "a.jpg")
 
 
-def test_missing_key_and_bucket(fake: FakeOss, source: SourceStore) -> None:
+def test_missing_key_and_bucket(fake: FakeOss, source: OssSourceStore) -> None:
     with pytest.raises(ObjectNotFound, match="NoSuchKey") as info:
         source.get(ENDPOINT, BUCKET, "nope.jpg", max_bytes=10)
     assert isinstance(info.value.__cause__, oss2.exceptions.NoSuchKey)
@@ -198,7 +194,7 @@ def test_missing_key_and_bucket(fake: FakeOss, source: SourceStore) -> None:
         source.head(ENDPOINT, BUCKET, "nope.jpg")
 
 
-def test_server_error_is_transient(fake: FakeOss, source: SourceStore) -> None:
+def test_server_error_is_transient(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
     fake.fail_next("GET", 1)
     with pytest.raises(Transient, match="InternalError"):
@@ -211,7 +207,7 @@ def test_server_error_is_transient(fake: FakeOss, source: SourceStore) -> None:
     assert [r["status"] for r in fake.fetched()] == [500, 503, 200]
 
 
-def test_crc_mismatch_is_transient(fake: FakeOss, source: SourceStore) -> None:
+def test_crc_mismatch_is_transient(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "a.jpg", b"x" * 5000)
     fake.corrupt_crc_next(1)
     with pytest.raises(Transient, match="crc mismatch"):
@@ -219,7 +215,7 @@ def test_crc_mismatch_is_transient(fake: FakeOss, source: SourceStore) -> None:
     assert len(source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10_000).data) == 5000
 
 
-def test_truncated_transfer_is_transient(fake: FakeOss, source: SourceStore) -> None:
+def test_truncated_transfer_is_transient(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "a.jpg", b"x" * 50_000)
     fake.truncate_next(1)
     with pytest.raises(Transient):
@@ -227,7 +223,7 @@ def test_truncated_transfer_is_transient(fake: FakeOss, source: SourceStore) -> 
     assert len(source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000).data) == 50_000
 
 
-def test_too_large(fake: FakeOss, source: SourceStore) -> None:
+def test_too_large(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "big.jpg", b"x" * 100_001)
     with pytest.raises(TooLarge, match="100001 bytes"):
         source.get(ENDPOINT, BUCKET, "big.jpg", max_bytes=100_000)
@@ -237,7 +233,7 @@ def test_too_large(fake: FakeOss, source: SourceStore) -> None:
     assert source.get(ENDPOINT, BUCKET, "cap.jpg", max_bytes=100_000).size == 100_000
 
 
-def test_stopped_server_is_transient(fake: FakeOss, source: SourceStore) -> None:
+def test_stopped_server_is_transient(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
     source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)  # leaves a pooled keep-alive connection behind
     fake.stop()
@@ -248,19 +244,19 @@ def test_stopped_server_is_transient(fake: FakeOss, source: SourceStore) -> None
 def test_slow_server_is_transient(fake: FakeOss, settings: Settings) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
     fake.latency = 0.5
-    store = SourceStore(settings.with_(oss_timeout_seconds=0.1))
+    store = OssSourceStore(settings.with_(oss_timeout_seconds=0.1))
     with pytest.raises(Transient, match="timed out"):
         store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
 
 
-def test_head(fake: FakeOss, source: SourceStore) -> None:
+def test_head(fake: FakeOss, source: OssSourceStore) -> None:
     etag = fake.put(BUCKET, "cam1/a.jpg", b"abc", last_modified=1_700_000_000)
     meta = source.head(ENDPOINT, BUCKET, "cam1/a.jpg")
     assert (meta.etag, meta.size, meta.last_modified_ms) == (etag, 3, 1_700_000_000_000)
     assert fake.fetched()[0]["method"] == "HEAD"
 
 
-def test_disallowed_endpoint_is_rejected_before_any_request(fake: FakeOss, source: SourceStore) -> None:
+def test_disallowed_endpoint_is_rejected_before_any_request(fake: FakeOss, source: OssSourceStore) -> None:
     with pytest.raises(Rejected):
         source.get("oss.evil.example.com", BUCKET, "a.jpg", max_bytes=10)
     with pytest.raises(Rejected):
@@ -270,7 +266,7 @@ def test_disallowed_endpoint_is_rejected_before_any_request(fake: FakeOss, sourc
 
 def test_sts_credentials(fake: FakeOss, settings: Settings) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
-    store = SourceStore(settings.with_(security_token="token-123"))
+    store = OssSourceStore(settings.with_(security_token="token-123"))
     assert store.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10).data == b"x"
 
 
@@ -593,7 +589,7 @@ def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch:
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom-ca.pem")
     clear_proxies(monkeypatch)
-    plain = SourceStore(settings)
+    plain = OssSourceStore(settings)
     try:
         assert isinstance(plain._session, DirectSession)
         assert plain._session.pool.connection_pool_kw["ca_certs"] == "/etc/ssl/custom-ca.pem"
@@ -602,13 +598,13 @@ def test_oss_sessions_read_the_environment_once(settings: Settings, monkeypatch:
     finally:
         plain.close()
     monkeypatch.setenv("NO_PROXY", "localhost,.internal")  # no proxy configured: still nothing to look up
-    no_proxy_only = SourceStore(settings)
+    no_proxy_only = OssSourceStore(settings)
     try:
         assert isinstance(no_proxy_only._session, DirectSession)
     finally:
         no_proxy_only.close()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    proxied = SourceStore(settings)
+    proxied = OssSourceStore(settings)
     try:
         assert isinstance(proxied._session, ProxiedSession)
         assert proxied._session.session.trust_env is True
@@ -670,7 +666,7 @@ def test_oss_store_needs_credentials(settings: Settings) -> None:
         thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings.with_(access_key_id=None))
 
 
-def test_fake_request_log_is_complete(fake: FakeOss, source: SourceStore) -> None:
+def test_fake_request_log_is_complete(fake: FakeOss, source: OssSourceStore) -> None:
     fake.put(BUCKET, "a.jpg", b"x")
     start = time.time()
     source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
@@ -695,7 +691,7 @@ def test_connections_are_reused(fake: FakeOss, settings: Settings) -> None:
     # is a fresh one (its unread body must not be handed to the next request).
     fake.put(BUCKET, "a.jpg", b"a" * 300_000)
     fake.put(BUCKET, "big.jpg", b"b" * 2_000)
-    store = SourceStore(settings)
+    store = OssSourceStore(settings)
     try:
         before = fake.connections_accepted
         for _ in range(20):
@@ -771,7 +767,7 @@ def test_redirects_are_not_followed(fake: FakeOss, tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    store = SourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
+    store = OssSourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
                                  oss_endpoint_map={ENDPOINT: f"http://127.0.0.1:{server.server_port}"}))
     try:
         with pytest.raises(StoreError, match="status 301"):
@@ -800,7 +796,7 @@ def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypat
     settings = Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
                         oss_endpoint_map={ENDPOINT: f"https://127.0.0.1:{server.server_port}"})
     try:
-        store = SourceStore(settings)
+        store = OssSourceStore(settings)
         try:
             with pytest.raises(Transient, match="CERTIFICATE_VERIFY_FAILED"):
                 store.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
@@ -808,7 +804,7 @@ def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypat
             store.close()
         with ca.cert_pem.tempfile() as ca_file:
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
-            trusting = SourceStore(settings)
+            trusting = OssSourceStore(settings)
             try:
                 with pytest.raises(StoreError, match="status 301"):  # TLS accepted; the server's answer
                     trusting.get(ENDPOINT, BUCKET, "a.jpg", 1_000)
@@ -821,7 +817,7 @@ def test_tls_is_verified_against_the_configured_bundle(tmp_path: Path, monkeypat
 
 def test_refused_connection_is_transient(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    store = SourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
+    store = OssSourceStore(Settings(data_dir=tmp_path, access_key_id=AK, access_key_secret=SK,
                                  oss_endpoint_map={ENDPOINT: f"http://127.0.0.1:{port}"}))
     try:
         with pytest.raises(Transient, match="RequestError"):

@@ -6,11 +6,9 @@ import threading
 from collections import Counter
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from receiver.adapters.ice import parse_ice_time
-from receiver.cli import main
+from receiver.adapters.base import parse_ice_time
 from receiver.config import Settings
 from receiver.db.models import Event, Job, Snapshot
 from receiver.ops.reconcile import DAY_MS, Reconciler
@@ -22,7 +20,7 @@ from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
 from receiver.timeutil import ms_to_iso, now_ms
 from receiver.worker.dispatch import drain
-from tests.support.builders import AK, BUCKET, JOB, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from tests.support.builders import BUCKET, JOB, Cli, callback_body, put_snapshot
 
 SMALL = make_frame(seed=3, width=320, height=180)
 STEP_MS = 18 * 60_000 + 7  # 200 files span ~2.5 days, so the sweep crosses three day windows
@@ -220,34 +218,28 @@ def test_points_here(url, ok):
     assert points_here(url, "https://recv.example.com/") is ok
 
 
-def cli_env(settings: Settings, fake_ice: FakeIce, fake_oss: FakeOss) -> dict[str, str]:
-    return {
-        "RECEIVER_DATA_DIR": str(settings.data_dir), "RECEIVER_ICE_ENDPOINT": fake_ice.url,
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,
-        "RECEIVER_OSS_ENDPOINT_MAP": f"{OSS_ENDPOINT}={fake_oss.url}", "RECEIVER_WORKERS": "4",
-        "RECEIVER_RECONCILE_LOOKBACK_DAYS": "3", "RECEIVER_THUMBNAIL_WIDTHS": "160", "RECEIVER_LOG_LEVEL": "ERROR",
-    }
+def cli_settings(settings: Settings) -> Settings:
+    return settings.with_(workers=4, reconcile_lookback_days=3, thumbnail_widths=(160,))
 
 
 def test_cli_track_reconcile_and_summary(svc, settings, fake_ice, fake_oss):
-    env = cli_env(settings, fake_ice, fake_oss)
-    runner = CliRunner(env=env)
-    bad = runner.invoke(main, ["track", "ghost"])
+    runner = Cli(cli_settings(settings))
+    bad = runner.invoke("track", "ghost")
     assert bad.exit_code == 1 and "ICE does not know job 'ghost'" in bad.output
-    assert runner.invoke(main, ["reconcile"]).output.startswith("no tracked jobs")
+    assert runner.invoke("reconcile").output.startswith("no tracked jobs")
     keys = populate(fake_oss, fake_ice, 150)
-    ok = runner.invoke(main, ["track", JOB])
+    ok = runner.invoke("track", JOB)
     assert ok.exit_code == 0 and f"tracking {JOB}" in ok.output
-    res = runner.invoke(main, ["reconcile"])
+    res = runner.invoke("reconcile")
     assert res.exit_code == 0, res.output
     assert res.output.strip().endswith("files seen 150, new 150, already indexed 0, failed 0")
     assert snapshot_objects(svc) == Counter(keys)
-    res = runner.invoke(main, ["reconcile", "--job", JOB, "--since", ms_to_iso(now_ms() - 3 * DAY_MS),
-                               "--until", str(now_ms())])
+    res = runner.invoke("reconcile", "--job", JOB, "--since", ms_to_iso(now_ms() - 3 * DAY_MS),
+                               "--until", str(now_ms()))
     assert res.exit_code == 0 and "new 0, already indexed 150" in res.output
-    assert runner.invoke(main, ["reconcile", "--job", "ghost"]).exit_code == 1
-    assert runner.invoke(main, ["reconcile", "--since", "yesterday-ish"]).exit_code == 2
-    assert runner.invoke(main, ["untrack", JOB]).exit_code == 0
+    assert runner.invoke("reconcile", "--job", "ghost").exit_code == 1
+    assert runner.invoke("reconcile", "--since", "yesterday-ish").exit_code == 2
+    assert runner.invoke("untrack", JOB).exit_code == 0
 
 
 def test_untrack_sticks_until_track(client, svc, fake_ice, fake_oss):

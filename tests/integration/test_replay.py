@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from click.testing import CliRunner
 from sqlalchemy import select
 
-from receiver.cli import main
 from receiver.db.models import Event
 from receiver.ops.replay import replay, run_events
 from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.worker.dispatch import drain
-from tests.integration.test_reconcile import cli_env
-from tests.support.builders import BUCKET, callback_body, put_snapshot
+from tests.integration.test_reconcile import cli_settings
+from tests.support.builders import BUCKET, Cli, callback_body, put_snapshot
 
 T0 = 1796212805123
 
@@ -50,11 +48,11 @@ def test_replay_requeues_failed_events_as_replay_and_keeps_key_strictness(client
 
 def test_cli_replay_with_process(client, svc, settings, fake_ice, fake_oss):
     failing(client, svc, fake_ice, fake_oss, n=1)
-    runner = CliRunner(env=cli_env(settings, fake_ice, fake_oss))
-    res = runner.invoke(main, ["replay", "--status", "failed", "--job", "job-0001", "--process"])
+    runner = Cli(cli_settings(settings))
+    res = runner.invoke("replay", "--status", "failed", "--job", "job-0001", "--process")
     assert res.exit_code == 0, res.output
     assert "re-queued 1 event(s)" in res.output and "processed: failed 1" in res.output
     [ev] = events(svc)
     assert ev.status == "failed" and ev.attempts == 1
-    res = runner.invoke(main, ["replay", "--status", "rejected"])
+    res = runner.invoke("replay", "--status", "rejected")
     assert res.exit_code == 0 and "re-queued 0 event(s)" in res.output

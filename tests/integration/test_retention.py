@@ -7,18 +7,16 @@ import os
 import time
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
-from receiver.cli import main
 from receiver.db.models import Event, EventSnapshot, Snapshot, Thumbnail
 from receiver.ops.retention import parse_duration, prune
 from receiver.services import Services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
-from tests.integration.test_reconcile import cli_env
-from tests.support.builders import BUCKET, callback_body, put_snapshot
+from tests.integration.test_reconcile import cli_settings
+from tests.support.builders import BUCKET, Cli, callback_body, put_snapshot
 
 DAY = 86_400_000
 
@@ -117,12 +115,12 @@ def test_a_store_that_cannot_list_does_not_stop_the_prune(client, svc, fake_ice,
 
 def test_cli_prune_dry_run_prints_and_keeps(client, svc, settings, fake_ice, fake_oss):
     index(client, svc, fake_ice, fake_oss, [10, 3])
-    runner = CliRunner(env=cli_env(settings, fake_ice, fake_oss))
-    res = runner.invoke(main, ["prune", "--older-than", "1w", "--dry-run"])
+    runner = Cli(cli_settings(settings))
+    res = runner.invoke("prune", "--older-than", "1w", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "job-0001: 1 snapshots" in res.output and "would delete 1 snapshots (2 thumbnail files)" in res.output
     assert count(svc, Snapshot) == 2
-    res = runner.invoke(main, ["prune", "--older-than", "1w"])
+    res = runner.invoke("prune", "--older-than", "1w")
     assert res.exit_code == 0 and "deleted 1 snapshots" in res.output
     assert count(svc, Snapshot) == 1
-    assert runner.invoke(main, ["prune", "--older-than", "soon"]).exit_code == 2
+    assert runner.invoke("prune", "--older-than", "soon").exit_code == 2

@@ -26,7 +26,7 @@ def _seq_free(svc: Services, job_id: str, ms: int) -> bool:
 
 
 def add_job(svc: Services, job_id: str = JOB, **fields: Any) -> None:
-    from receiver.adapters.ice import JobInfo
+    from receiver.adapters.base import JobInfo
 
     info = JobInfo(job_id=job_id, name=fields.get("name", f"name of {job_id}"), status="Running",
                    stream_url="rtmp://example/live/x", interval_seconds=5, endpoint=OSS_ENDPOINT, bucket=BUCKET,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from click.testing import CliRunner, Result
 from flask import Flask
 
 from receiver.app import create_app
+from receiver.cli import CliState, main
 from receiver.config import Settings
 from receiver.db.migrate import ensure_schema
 from receiver.services import services
@@ -45,3 +47,13 @@ def callback_body(key: str | None = None, ms: int | None = None, job: str = JOB,
     body.update(extra)
     return json.dumps({"EventType": "LiveSnapshotComplete", "EventTime": "2026-11-28T12:00:00Z",
                        "MessageBody": body}).encode()
+
+
+class Cli:
+    """Runs `receiver ...` commands on a Settings object (through ctx.obj), never on the environment."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.with_(log_level="ERROR")
+
+    def invoke(self, *args: str) -> Result:
+        return CliRunner().invoke(main, list(args), obj=CliState(self.settings))
