@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from receiver.adapters.base import EndpointRules, IceGateway, JobInfo, SourceStore, ThumbnailStore
 from receiver.config import Settings
+from receiver.db.models import EventOrigin
 from receiver.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Inbox(Protocol):
     def engine(self) -> Engine: ...
     # Items are intake.parse.EventItem and the answer an intake.inbox.Recorded; named loosely here because
     # this type sits below the intake package.
-    def record(self, items: list[Any], origin: str = "callback") -> Any: ...
+    def record(self, items: list[Any], origin: EventOrigin = EventOrigin.CALLBACK) -> Any: ...
     def close(self) -> None: ...
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, utcnow
+from receiver.db.models import Event, EventOrigin, EventStatus, utcnow
 from receiver.intake.parse import EventItem
 
 _table = cast(Table, Event.__table__)
@@ -55,10 +55,11 @@ def _insert(dialect: str) -> Executable:
     )
 
 
-def _params(item: EventItem, origin: str, now: Any) -> dict[str, Any]:
+def _params(item: EventItem, origin: EventOrigin, now: Any) -> dict[str, Any]:
     return {
-        "job_id": item.job_id, "identity": item.identity, "origin": origin, "status": "pending", "attempts": 0,
-        "key_from_ice": origin == "reconcile",
+        "job_id": item.job_id, "identity": item.identity, "origin": EventOrigin(origin).value,
+        "status": EventStatus.PENDING.value, "attempts": 0,
+        "key_from_ice": origin == EventOrigin.RECONCILE,
         "oss_object": item.oss_object, "oss_bucket": item.oss_bucket, "oss_endpoint": item.oss_endpoint,
         "create_timestamp_ms": item.create_timestamp_ms, "is_overlay": item.is_overlay,
         "raw_body": item.raw[:65536], "received_at": now, "updated_at": now, "next_attempt_at": now,
@@ -72,7 +73,7 @@ def _sqlite_insert_sql(rows: int) -> str:  # only for sqlite_bulk_insert_bypass
             "ON CONFLICT (job_id, identity) DO NOTHING RETURNING id, job_id, identity")
 
 
-def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventItem], str]],
+def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]],
                               now: Any) -> dict[tuple[str, str], int]:
     """BYPASS: the same INSERT as _insert's, as hand-written multi-row SQL on the sqlite3 driver connection,
     inside the caller's Core transaction.
@@ -105,7 +106,7 @@ def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventIte
     return inserted
 
 
-def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], str]]) -> list[Recorded]:
+def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]]) -> list[Recorded]:
     """Record several requests' items in one statement; each gets its own Recorded, in order.
 
     An item is new only where its key first appears: a second copy later in the same write (ICE retrying
@@ -144,7 +145,8 @@ def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], str]]) 
     return out
 
 
-def record_events(db: Session | Connection, items: list[EventItem], origin: str = "callback") -> Recorded:
+def record_events(db: Session | Connection, items: list[EventItem],
+                  origin: EventOrigin = EventOrigin.CALLBACK) -> Recorded:
     """Insert what is new; ON CONFLICT DO NOTHING makes a concurrent duplicate a no-op, not an error."""
     conn = db.connection() if isinstance(db, Session) else db
     [recorded] = _record_groups(conn, [(items, origin)])
@@ -154,7 +156,7 @@ def record_events(db: Session | Connection, items: list[EventItem], origin: str 
 @dataclass(eq=False)
 class _Entry:
     items: list[EventItem]
-    origin: str
+    origin: EventOrigin
     # Held until this entry is written or handed the lead; a bare Lock is the cheapest thing to block on.
     wake: threading.Lock = field(default_factory=threading.Lock)
     result: Recorded | None = None
@@ -182,7 +184,7 @@ class GroupCommitter:
         if conn is not None:
             conn.close()
 
-    def record(self, items: list[EventItem], origin: str = "callback") -> Recorded:
+    def record(self, items: list[EventItem], origin: EventOrigin = EventOrigin.CALLBACK) -> Recorded:
         entry = _Entry(items, origin)
         entry.wake.acquire()
         with self._lock:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, or_, update
 from sqlalchemy.sql import Executable
 
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, utcnow
+from receiver.db.models import Event, EventSnapshot, EventStatus, utcnow
 from receiver.exceptions import (
     ImageError,
     JobNotFound,
@@ -31,7 +31,7 @@ from receiver.exceptions import (
 from receiver.services import Services
 from receiver.worker.index import prepare, upsert_job, write_index
 from receiver.worker.resolve import resolve_targets
-from receiver.worker.types import Claimed, Outcome, Prepared, Target
+from receiver.worker.types import SKIPPED, Claimed, Outcome, Prepared, Target
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,10 @@ def _claim_statement() -> Executable:
         .where(
             Event.id == bindparam("event_id"),
             Event.next_attempt_at <= bindparam("due"),
-            or_(Event.status == "pending", (Event.status == "processing") & (Event.lease_until < bindparam("now"))),
+            or_(Event.status == EventStatus.PENDING,
+                (Event.status == EventStatus.PROCESSING) & (Event.lease_until < bindparam("now"))),
         )
-        .values(status="processing", attempts=Event.attempts + 1, lease_until=bindparam("lease"),
+        .values(status=EventStatus.PROCESSING, attempts=Event.attempts + 1, lease_until=bindparam("lease"),
                 updated_at=bindparam("now"))
         # Claimed's fields in their order: a row becomes Claimed(*row).
         .returning(*(getattr(Event, f.name) for f in fields(Claimed)))
@@ -67,7 +68,7 @@ def _finish_statement(retry: bool) -> Executable:
         values["next_attempt_at"] = bindparam("next_attempt_at")
     return (
         update(Event)
-        .where(Event.id == bindparam("event_id"), Event.status == "processing",
+        .where(Event.id == bindparam("event_id"), Event.status == EventStatus.PROCESSING,
                Event.attempts == bindparam("claimed_attempts"))
         .values(values)
     )
@@ -88,7 +89,7 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     return None if row is None else Claimed(*row)
 
 
-def _finish(svc: Services, ev: Claimed, status: str, error: str | None, retry_in: float | None = None) -> bool:
+def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
     with svc.engine.begin() as conn:
         return _set_status(conn, ev, status, error, retry_in)
@@ -100,12 +101,13 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
         ids = tuple(dict.fromkeys(write_index(conn, p) for p in prepared))
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
-        if _set_status(conn, ev, "done", None, None) and ids:  # an empty list would run it once, without parameters
+        # (An empty list of links would run the INSERT once, without parameters.)
+        if _set_status(conn, ev, EventStatus.DONE, None, None) and ids:
             conn.execute(_link_statement(conn.dialect.name), [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
     return ids
 
 
-def _set_status(conn: Connection, ev: Claimed, status: str, error: str | None, retry_in: float | None) -> bool:
+def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None) -> bool:
     now = utcnow()
     params: dict[str, object] = {"event_id": ev.id, "claimed_attempts": ev.attempts, "new_status": status,
                                  "error": error, "now": now}
@@ -135,13 +137,13 @@ def _describe(e: BaseException) -> str:
 def process_event(svc: Services, event_id: int) -> Outcome:
     ev = _claim(svc, event_id)
     if ev is None:
-        return Outcome("skipped")
+        return Outcome(SKIPPED)
     if ev.attempts > svc.settings.max_attempts:
         # Earlier attempts never finished (their leases expired): this event kills or hangs its worker
         # (OOM, segfault in a decoder). Stop handing it out.
         error = f"gave up: {ev.attempts - 1} attempts never finished (worker killed or hung?)"
-        _finish(svc, ev, "failed", error)
-        return Outcome("failed")
+        _finish(svc, ev, EventStatus.FAILED, error)
+        return Outcome(EventStatus.FAILED)
     with svc.metrics.stage("process"):
         return _process_claimed(svc, ev)
 
@@ -152,12 +154,12 @@ def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
         snapshot_ids = _finish_done(svc, ev, _run(svc, ev))
     except (Rejected, JobNotFound) as e:
         log.info("event %s rejected: %s", ev.id, e)
-        _finish(svc, ev, "rejected", _describe(e))
-        return Outcome("rejected")
+        _finish(svc, ev, EventStatus.REJECTED, _describe(e))
+        return Outcome(EventStatus.REJECTED)
     except (ImageError, ObjectNotFound, StoreError) as e:
         log.info("event %s failed: %s", ev.id, e)
-        _finish(svc, ev, "failed", _describe(e))
-        return Outcome("failed")
+        _finish(svc, ev, EventStatus.FAILED, _describe(e))
+        return Outcome(EventStatus.FAILED)
     except Exception as e:
         transient = isinstance(e, Transient)
         if not transient and not isinstance(e, ReceiverError):
@@ -165,12 +167,12 @@ def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
         else:
             log.info("event %s: %s (attempt %s)", ev.id, e, ev.attempts)
         if ev.attempts >= svc.settings.max_attempts:
-            _finish(svc, ev, "failed", f"gave up after {ev.attempts} attempts: {_describe(e)}")
-            return Outcome("failed")
+            _finish(svc, ev, EventStatus.FAILED, f"gave up after {ev.attempts} attempts: {_describe(e)}")
+            return Outcome(EventStatus.FAILED)
         delay = backoff_seconds(svc, ev.attempts, e.retry_after if isinstance(e, Transient) else None)
-        _finish(svc, ev, "pending", _describe(e), retry_in=delay)
-        return Outcome("pending", retry_in=delay)
-    return Outcome("done", snapshot_ids=snapshot_ids)
+        _finish(svc, ev, EventStatus.PENDING, _describe(e), retry_in=delay)
+        return Outcome(EventStatus.PENDING, retry_in=delay)
+    return Outcome(EventStatus.DONE, snapshot_ids=snapshot_ids)
 
 
 def _run(svc: Services, ev: Claimed) -> list[Prepared]:

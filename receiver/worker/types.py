@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from receiver.db.models import EventOrigin, EventStatus
+
+Skipped = Literal["skipped"]
+SKIPPED: Skipped = "skipped"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done | rejected | failed | pending (retry scheduled) | skipped (not ours to run)
+    status: EventStatus | Skipped  # pending: a retry is scheduled; skipped: not ours to run (claimed elsewhere)
     retry_in: float | None = None
     snapshot_ids: tuple[int, ...] = ()
 
@@ -19,7 +24,7 @@ class Claimed:
     id: int
     attempts: int
     job_id: str
-    origin: str
+    origin: EventOrigin
     key_from_ice: bool
     oss_object: str | None
     oss_bucket: str | None
