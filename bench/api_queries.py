@@ -31,6 +31,7 @@ from pathlib import Path
 from receiver.app import create_app  # noqa: E402
 from receiver.config import Settings  # noqa: E402
 from receiver.db.migrate import ensure_schema  # noqa: E402
+from receiver.services import services  # noqa: E402
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 STEP_MS = 5000  # a 5-second job interval
@@ -105,7 +106,7 @@ def main() -> int:
     settings = Settings(data_dir=args.db.parent, database_url=f"sqlite:///{args.db}", workers=1,
                         reconcile_seconds=0)
     app = create_app(settings)
-    svc = app.extensions["receiver"]
+    svc = services(app)
     if not args.reuse:
         if args.db.exists():
             args.db.unlink()

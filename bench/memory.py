@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from receiver.config import Settings  # noqa: E402
+from receiver.services import services  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
         settings = Settings(data_dir=Path(d), ice_endpoint=ice.url, access_key_id=AK, access_key_secret=SK,
                             oss_endpoint_map={OSS_ENDPOINT: oss.url}, workers=0, reconcile_seconds=0)
         app = build_app(settings)
-        svc = app.extensions["receiver"]
+        svc = services(app)
         client = app.test_client()
         t0 = time.perf_counter()
         # Near the objects' Last-Modified, as ICE sends it (a far time is logged per frame as a bad hint).

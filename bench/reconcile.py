@@ -37,7 +37,7 @@ from receiver.db.migrate import ensure_schema  # noqa: E402
 from receiver.ops.reconcile import Reconciler, Tally  # noqa: E402
 from receiver.ops.replay import run_events  # noqa: E402
 from receiver.ops.tracking import track  # noqa: E402
-from receiver.services import Services  # noqa: E402
+from receiver.services import Services, services  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
@@ -119,7 +119,7 @@ def setup(n: int, root: Path, workers: int, label: str) -> tuple[Services, FakeI
                         oss_endpoint_map={ENDPOINT: oss.url}, workers=workers, reconcile_lookback_days=1,
                         log_level="WARNING")
     app = create_app(settings)
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     ensure_schema(svc.engine)
     track(svc, job)
     return svc, ice, oss, keys

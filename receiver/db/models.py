@@ -199,7 +199,7 @@ class Snapshot(Base):
     create_timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
     last_modified_ms: Mapped[int | None] = mapped_column(BigInteger)
     indexed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    # Health signals from the smallest thumbnail (receiver/signals.py); null until computed or backfilled.
+    # Health signals from the smallest thumbnail (receiver/media/signals.py); null until computed or backfilled.
     luma: Mapped[float | None] = mapped_column(Float)
     luma_spread: Mapped[float | None] = mapped_column(Float)
     dhash: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit dHash as signed two's complement

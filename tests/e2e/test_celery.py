@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from receiver.config import Settings
 from receiver.db.models import Event, utcnow
-from receiver.services import Services
+from receiver.services import Services, services
 from receiver.worker.celery import QUEUE, TASK_NAME, CeleryDispatcher, celery_init_app, redispatch_due
 from tests.support.builders import build_app, callback_body, put_snapshot
 from tests.support.pg_redis import RedisServer, free_port, redis_server  # noqa: F401
@@ -40,13 +40,13 @@ def status(svc: Services, eid: int) -> Event:
 def celery_app(settings: Settings, redis_server: RedisServer):  # type: ignore[no-untyped-def]  # noqa: F811
     app = build_app(settings.with_(queue="celery", broker_url=redis_server.url))
     yield app
-    app.extensions["receiver"].close()
+    services(app).close()
     if "celery" in app.extensions:
         app.extensions["celery"].close()
 
 
 def test_task_takes_the_event_id_and_runs_process_event_in_the_app_context(celery_app, fake_ice, fake_oss, frame):
-    svc = celery_app.extensions["receiver"]
+    svc = services(celery_app)
     eid = post(celery_app, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
     celery = celery_init_app(celery_app)
     task = celery.tasks[TASK_NAME]
@@ -59,7 +59,7 @@ def test_task_takes_the_event_id_and_runs_process_event_in_the_app_context(celer
 def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake_ice, fake_oss):  # noqa: F811
     r = redis.Redis.from_url(redis_server.url)
     r.delete(QUEUE)
-    svc = celery_app.extensions["receiver"]
+    svc = services(celery_app)
     assert isinstance(svc.dispatcher, CeleryDispatcher)
     eid = post(celery_app, callback_body("snapshot/job-0001/1.jpg", T0))
     deadline = time.monotonic() + 10
@@ -76,7 +76,7 @@ def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake
 
 def test_callbacks_are_accepted_while_the_broker_is_down(settings):
     app = build_app(settings.with_(queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0"))
-    svc = app.extensions["receiver"]
+    svc = services(app)
     try:
         started = time.monotonic()
         ids = [post(app, callback_body(f"snapshot/job-0001/{i}.jpg", T0 + i)) for i in range(3)]

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 
 from receiver.config import Settings
-from receiver.services import Services
+from receiver.services import Services, services
 from receiver.sim.frames import make_frame
 from receiver.timeutil import now_ms
 from receiver.worker.dispatch import drain
@@ -48,7 +48,7 @@ class Server:
 
 
 def ingest(app: Flask, fake_oss: Any, fake_ice: Any, job: str, times: list[int]) -> None:
-    client, svc = app.test_client(), app.extensions["receiver"]
+    client, svc = app.test_client(), services(app)
     for ms in times:
         label = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%H:%M:%S")
         data = make_frame(ms // 5000 % 1000, width=320, height=180, text=label)
@@ -86,7 +86,7 @@ def stack(settings: Settings, fake_ice: Any, fake_oss: Any) -> Iterator[tuple[Fl
     server = Server(app)
     yield app, server, sorted(times)
     server.close()
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def console_errors(page: Any) -> list[str]:
@@ -107,7 +107,7 @@ def loaded(page: Any, selector: str) -> int:
 
 def test_grid_shows_every_latest_thumbnail_and_updates_without_reload(stack, browser, fake_oss, fake_ice):
     app, server, _ = stack
-    svc = app.extensions["receiver"]
+    svc = services(app)
     ctx = browser.new_context(viewport={"width": 1100, "height": 700}, timezone_id="UTC")
     page = ctx.new_page()
     errors = console_errors(page)
@@ -162,7 +162,7 @@ def test_job_page_strip_timeline_time_picker_and_original(stack, browser):
     page.fill("#jump-time", asked)
     page.click("#jump button[type=submit]")
     page.wait_for_selector("#nearest figure[data-snapshot-id]")
-    with app.extensions["receiver"].sessions() as s:
+    with services(app).sessions() as s:
         from sqlalchemy import select
 
         from receiver.db.models import Snapshot
@@ -205,4 +205,4 @@ def test_viewer_asks_for_an_api_key_once(settings, fake_ice, fake_oss, browser):
         assert errors == []
     finally:
         server.close()
-        app.extensions["receiver"].close()
+        services(app).close()

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from receiver.services import services
 from receiver.web.urlsign import URL_TTL_SECONDS, thumbnail_url
 from tests.support.api import add_job, add_snapshot, get_error, get_ok
 from tests.support.builders import JOB, build_app
@@ -18,7 +19,7 @@ KEYS = ("key-one", "key-two")
 @pytest.fixture
 def keyed(settings):  # type: ignore[no-untyped-def]
     app = build_app(settings.with_(api_keys=KEYS, url_signing_key="sign-me"))
-    svc = app.extensions["receiver"]
+    svc = services(app)
     add_job(svc)
     sid = add_snapshot(svc, T0, data=b"jpeg")
     yield app.test_client(), svc, sid
@@ -98,7 +99,7 @@ def test_without_keys_urls_are_plain_and_everything_is_open(client, svc):
 def cors_client(settings, request):  # type: ignore[no-untyped-def]
     app = build_app(settings.with_(cors_origins=request.param, api_keys=("k",)))
     yield app.test_client()
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 @pytest.mark.parametrize("cors_client", [("https://app.example",)], indirect=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.services import services
 from receiver.worker.dispatch import drain
 from tests.support.builders import build_app, callback_body, put_snapshot
 
@@ -71,4 +72,4 @@ def test_each_app_has_its_own_registry(client, settings):
         assert ("receiver_callbacks_total", (("answer", "accepted"), ("status", "200"))) not in m
         assert scrape(client)[("receiver_callbacks_total", (("answer", "accepted"), ("status", "200")))] == 1
     finally:
-        other.extensions["receiver"].close()
+        services(other).close()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
+from receiver.services import services
 from tests.support.api import add_event, add_job, add_snapshot, conforms, spec
 from tests.support.builders import JOB, build_app
 
@@ -31,7 +32,7 @@ def live_app(tmp_path_factory, fake_ice_module, fake_oss_module) -> Iterator[Any
                  access_key_id=AK, access_key_secret=SK, oss_endpoint_map={OSS_ENDPOINT: fake_oss_module.url},
                  workers=1)
     app = build_app(s)
-    svc = app.extensions["receiver"]
+    svc = services(app)
     add_job(svc)
     for i in range(3):
         add_snapshot(svc, T0 + i * 5000, data=b"\xff\xd8thumb")

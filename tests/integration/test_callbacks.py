@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from receiver.config import Settings
 from receiver.db.models import Event
-from receiver.services import Services
+from receiver.services import Services, services
 from tests.support.builders import JOB, build_app
 
 URL = "/callbacks/live-snapshot"
@@ -192,7 +192,7 @@ def test_token_path(settings):
     assert post(c, body, path=URL + "/s3cret-token").status_code == 200
     # Order: token before size.
     assert_error(post(c, "x" * 70000, path=URL + "/wrong"), 401, "InvalidToken")
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def sign(url: str, ts: int, key: str) -> dict[str, str]:
@@ -231,7 +231,7 @@ def test_signature_checks(settings):
     assert_error(post(c, "x" * 70000), 413, "PayloadTooLarge")
     assert_error(post(c, b"not json"), 401, "MissingSignature")
     assert_error(post(c, b"not json", headers=sign(url, now, "OldKey1")), 400, "InvalidJson")
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def test_signature_without_public_url_uses_the_request_url(settings):
@@ -240,7 +240,7 @@ def test_signature_without_public_url_uses_the_request_url(settings):
     now = int(time.time())
     resp = post(c, json.dumps({"JobId": JOB}), headers=sign("http://localhost" + URL, now, "K1abc"))
     assert resp.status_code == 200
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def test_database_unavailable_gets_503(settings, tmp_path: Path):
@@ -249,7 +249,7 @@ def test_database_unavailable_gets_503(settings, tmp_path: Path):
     from receiver.intake.inbox import GroupCommitter
 
     app = make_app(settings)
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     # A database file that cannot be opened (its folder is a plain file) stands in for a database that is down.
     (tmp_path / "blocker").write_text("not a directory")
     svc.intake = GroupCommitter(create_engine(f"sqlite:///{tmp_path}/blocker/receiver.db"))
@@ -357,7 +357,7 @@ def test_flask_views_answer_like_the_wsgi_route(settings):
     from receiver.intake.view import FlaskRoutingBypass
 
     app = make_app(settings, callback_token="tok")
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     assert isinstance(app.wsgi_app, FlaskRoutingBypass)
     routed, bare = app.test_client(), Client(app.wsgi_app.app)
     cases = [
@@ -397,7 +397,7 @@ def test_route_edges(settings):
     assert_error(post(c, body, path="/callbacks/other"), 404, "NotFound")
     cut = c.post(URL + "/" + quote("töken-ü"), data=body, environ_overrides={"CONTENT_LENGTH": "5"})
     assert_error(cut, 400, "InvalidJson")
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def test_a_database_locked_past_the_intake_timeout_gets_503_and_the_retry_is_accepted(client, svc):
@@ -434,7 +434,7 @@ def test_signature_over_a_utf8_path_and_odd_timestamps(settings):
     assert post(c, body, path=path, headers=sign("http://localhost" + URL + "/café", now, "K1abc")).status_code == 200
     odd = {**sign("http://localhost" + URL + "/café", now, "K1abc"), "X-ICE-TIMESTAMP": "²"}
     assert_error(post(c, body, path=path, headers=odd), 401, "InvalidSignature")
-    app.extensions["receiver"].close()
+    services(app).close()
 
 
 def test_a_body_with_no_length_and_no_end_is_empty(client, svc):

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from receiver.db.models import Thumbnail
+from receiver.services import services
 from receiver.worker.dispatch import drain
 from tests.support.builders import OSS_ENDPOINT, build_app, callback_body, put_snapshot
 
@@ -20,7 +21,7 @@ def test_oss_thumbnail_store_streams_or_redirects(settings, fake_ice, fake_oss, 
     fake_oss.create_bucket("thumbs")
     store = f"oss://thumbs/receiver/thumbs?endpoint={OSS_ENDPOINT}&redirect={int(redirect)}"
     app = build_app(settings.with_(thumbnail_store=store))
-    svc = app.extensions["receiver"]
+    svc = services(app)
     try:
         client = app.test_client()
         client.post("/callbacks/live-snapshot", data=callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from receiver.db.models import Event, Snapshot, Thumbnail
-from receiver.services import Services
+from receiver.services import Services, services
 from receiver.sim.frames import bad_inputs, make_frame
 from receiver.worker.dispatch import drain, wait_idle
 from receiver.worker.pipeline import process_event
@@ -170,7 +170,7 @@ def test_bad_images_fail_with_a_reason_and_the_next_frame_succeeds(client, svc, 
 
 def test_too_many_bytes_and_missing_objects_fail(settings, fake_ice, fake_oss, frame):
     app = build_app(settings.with_(max_image_bytes=10_000))
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     c = app.test_client()
     big = send(c, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
     missing = send(c, callback_body(f"snapshot/{JOB}/{T0 + 1}.jpg", T0 + 1))
@@ -253,7 +253,7 @@ def index_now(svc: Services, target_key: str) -> int:
 def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice, fake_oss, frame):
     """A worker that dies after indexing but before finishing: the next process finishes the event."""
     app = build_app(settings)
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     c = app.test_client()
     keys = [put_snapshot(fake_oss, fake_ice, T0 + i * 5000, make_frame(seed=i)) for i in range(3)]
     ids = [int(send(c, callback_body(k, T0 + i * 5000))) for i, k in enumerate(keys)]
@@ -265,7 +265,7 @@ def test_restart_mid_processing_loses_and_duplicates_nothing(settings, fake_ice,
     svc.close()
 
     app2 = build_app(settings)  # the restarted process
-    svc2: Services = app2.extensions["receiver"]
+    svc2: Services = services(app2)
     svc2.dispatcher.start()
     assert wait_idle(svc2, timeout=20)
     with svc2.sessions() as s:
@@ -404,7 +404,7 @@ def test_an_event_that_keeps_killing_its_worker_is_given_up(client, svc, fake_ic
 def test_process_worker_pool_indexes_each_snapshot_once(settings, fake_ice, fake_oss):
     """RECEIVER_WORKER_POOL=process: the same scheduler and sweeper, process_event in spawned processes."""
     app = build_app(settings.with_(worker_pool="process", workers=2))
-    svc: Services = app.extensions["receiver"]
+    svc: Services = services(app)
     c = app.test_client()
     small = make_frame(seed=4, width=320, height=180)
     ids = [send(c, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, small), T0 + i * 5000))

@@ -22,6 +22,7 @@ from receiver.media.signals import (
     to_unsigned64,
 )
 from receiver.ops.backfill import backfill
+from receiver.services import services
 from receiver.sim.frames import make_frame
 from receiver.worker.dispatch import drain
 from tests.support.builders import JOB, build_app, callback_body, put_snapshot
@@ -117,12 +118,12 @@ def test_original_redirects_to_a_presigned_url_that_serves_the_jpeg(client, svc,
 def test_original_streamed_when_configured(settings, fake_oss, fake_ice):
     app = build_app(settings.with_(original_mode="stream"))
     try:
-        client, svc = app.test_client(), app.extensions["receiver"]
+        client, svc = app.test_client(), services(app)
         sid, data = _indexed_frame(client, svc, fake_oss, fake_ice, seed=6)
         r = client.get(f"/v1/snapshots/{sid}/original")
         assert r.status_code == 200 and r.mimetype == "image/jpeg" and r.data == data
     finally:
-        app.extensions["receiver"].close()
+        services(app).close()
 
 
 def test_luma_statistics_match_pillows_imagestat():
