@@ -21,9 +21,12 @@ from receiver.services import EXTENSION, Dispatcher, Services
 from receiver.web import api, auth, errors, metrics_view, openapi, viewer
 from receiver.web import health as health_api
 from receiver.worker.dispatch import ThreadDispatcher
+from receiver.worker.heartbeat import release_claimer
 from receiver.worker.processes import ProcessDispatcher
 
 __all__ = ["build_services", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -46,8 +49,19 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     metrics_view.init_app(app)
     openapi.init_app(app)
     logging.getLogger("receiver").setLevel(settings.log_level.upper())
+    _warn_without_credentials(settings)
     app.wsgi_app = callbacks.FlaskRoutingBypass(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app
+
+
+def _warn_without_credentials(settings: Settings) -> None:
+    """Once per process, at start: every process that serves or works builds its app here, exactly once
+    (`serve`, `worker`, each gunicorn worker via wsgi.py; a process pool's children build only Services)."""
+    if api.credentials_status(settings) == "missing":
+        log.warning("no Alibaba Cloud credentials (ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
+                    "are not both set): callbacks are recorded, but every event will fail verifying its job with "
+                    "ICE until they are set (then `receiver replay`); /readyz reports "
+                    '"credentials": "missing"')
 
 
 def build_services(
@@ -80,6 +94,7 @@ def build_services(
                               else engine),
     )
     svc.dispatcher = make_dispatcher(svc)
+    svc.on_close.append(lambda: release_claimer(svc))
     return svc
 
 

@@ -197,8 +197,9 @@ class Settings:
     max_attempts: int = setting("RECEIVER_MAX_ATTEMPTS", 8, "tries before an event is `failed`", minimum=1)
     retry_base_seconds: float = setting("RECEIVER_RETRY_BASE_SECONDS", 1.0, "first retry delay; doubles per try")
     retry_max_seconds: float = setting("RECEIVER_RETRY_MAX_SECONDS", 300.0, "longest retry delay")
-    lease_seconds: float = setting("RECEIVER_LEASE_SECONDS", 120.0, "how long a worker holds an event before "
-                                   "another may take it")
+    lease_seconds: float = setting("RECEIVER_LEASE_SECONDS", 20.0, "how long a claim on an event lasts unless "
+                                   "renewed; a working worker renews it every third of this, so a dead worker's "
+                                   "event is taken over this long after its last renewal")
     sweep_seconds: float = setting("RECEIVER_SWEEP_SECONDS", 5.0, "how often workers look in the inbox for "
                                    "due events")
     ice_timeout_ms: int = setting("RECEIVER_ICE_TIMEOUT_MS", 5000, "timeout of an ICE API call, milliseconds",
@@ -207,6 +208,10 @@ class Settings:
     log_level: str = setting("RECEIVER_LOG_LEVEL", "INFO", "Python logging level")
     web_threads: int = setting("RECEIVER_WEB_THREADS", 16, "waitress threads of `serve` (gunicorn.conf.py reads "
                                "its own)", minimum=1)
+    web_connections: int = setting("RECEIVER_WEB_CONNECTIONS", 2000, "open connections `serve` holds before it "
+                                   "stops accepting (the open-file limit is raised to fit)", minimum=1)
+    web_request_seconds: float = setting("RECEIVER_WEB_REQUEST_SECONDS", 20.0, "`serve` closes a connection whose "
+                                         "request is not read whole this long after its first byte (0 = no limit)")
     health_gap_factor: float = setting("RECEIVER_HEALTH_GAP_FACTOR", 1.5, "frames further apart than this many "
                                        "intervals make a gap")
     health_stale_factor: float = setting("RECEIVER_HEALTH_STALE_FACTOR", 4.0, "silence of this many intervals "

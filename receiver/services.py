@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +66,9 @@ class Services:
     # The JobInfo each job's row was last written from: the gateway hands back the same object until its
     # cache entry expires, so an identical object means the row is already current (worker.pipeline).
     upserted_jobs: dict[str, JobInfo] = field(default_factory=dict)
+    # What the composition root asks to be done when these Services close, after the workers stop and before
+    # the engines go (receiver.app: the worker's SQLite claim lock).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         maintenance, self.maintenance = self.maintenance, None
@@ -78,6 +81,8 @@ class Services:
             close = getattr(store, "close", None)
             if close is not None:
                 close()
+        for hook in self.on_close:
+            hook()
         self.intake.close()
         if self.intake.engine is not self.engine:
             self.intake.engine.dispose()

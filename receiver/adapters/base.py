@@ -154,6 +154,9 @@ class FetchedObject:
     size: int
     last_modified_ms: int | None
     content_type: str | None
+    # Which check the bytes passed (oss_common.verify_body): "crc64", "md5" (a plain-MD5 ETag), "length"
+    # (Content-Length only) or "none" (the answer carried nothing to check against).
+    integrity: str = "none"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A caching IceGateway: GetLiveSnapshotJob answers kept for a short TTL, with single flight."""
+"""A caching IceGateway: GetLiveSnapshotJob answers kept for a short TTL, with single flight; and
+ListLiveSnapshotFiles pages shared by the events of one batch (``list_files_shared``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from dataclasses import dataclass, field
 from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary
 from receiver.config import Settings
 from receiver.exceptions import JobNotFound
+from receiver.timeutil import now_ms
+
+# How long a shared ListLiveSnapshotFiles page is kept. Freshness is the caller's (``fetched_after_ms``); this
+# only bounds memory and how long a burst of events can lean on one answer.
+LISTING_TTL_S = 30.0
+MAX_LISTINGS = 1000
 
 
 @dataclass
@@ -20,8 +27,20 @@ class _Flight:
     error: BaseException | None = None
 
 
+_PageKey = tuple[str, str, str, int, str]  # job_id, start_time, end_time, limit, sort_by
+
+
+@dataclass
+class _PageFlight:
+    sent_ms: int  # wall clock when the request left: the answer holds every file ICE listed by then
+    done: threading.Event = field(default_factory=threading.Event)
+    page: FilesPage | None = None
+    error: BaseException | None = None
+
+
 class CachedIceGateway:
-    """Caches get_job (negative results too) with single flight; list_files/list_jobs pass through.
+    """Caches get_job (negative results too) with single flight; list_files/list_jobs pass through, and
+    list_files_shared shares listing pages between the callers that may share them.
 
     Jobs cannot change their formats or output (there is no UpdateLiveSnapshotJob), so a short TTL is safe and
     spares ICE one call per callback. Concurrent misses for one id share a single upstream call.
@@ -34,6 +53,8 @@ class CachedIceGateway:
         negative_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 10_000,
+        listing_ttl: float = LISTING_TTL_S,
+        wall_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.inner = inner
         self._ttl, self._negative_ttl, self._clock, self._max = ttl, negative_ttl, clock, max_entries
@@ -42,6 +63,9 @@ class CachedIceGateway:
             str, tuple[float, JobInfo | None]
         ] = {}  # job_id -> (expires_at, job or None=gone)
         self._flights: dict[str, _Flight] = {}
+        self._listing_ttl, self._wall_ms = listing_ttl, wall_ms
+        self._pages: dict[_PageKey, tuple[float, int, FilesPage]] = {}  # -> (expires_at, sent_ms, page)
+        self._page_flights: dict[_PageKey, _PageFlight] = {}
 
     @classmethod
     def from_settings(cls, inner: IceGateway, settings: Settings) -> CachedIceGateway:
@@ -103,6 +127,63 @@ class CachedIceGateway:
         self, job_id: str, start_time: str, end_time: str, limit: int = 100, sort_by: str = "asc"
     ) -> FilesPage:
         return self.inner.list_files(job_id, start_time, end_time, limit=limit, sort_by=sort_by)
+
+    def list_files_shared(
+        self, job_id: str, start_time: str, end_time: str, limit: int = 100, sort_by: str = "asc", *,
+        fetched_after_ms: int,
+    ) -> FilesPage:
+        """``list_files``, answered by a request sent at or after ``fetched_after_ms`` (wall clock, epoch ms).
+
+        The events of one callback batch (the worker's bare-JobId events, worker/resolve.py) ask the same
+        question; they pass the time their callback arrived, so one answer sent after it serves them all: it
+        holds every file ICE had listed when they were called back. Concurrent identical requests share one
+        upstream call (single flight), and a page fetched since stays reusable for ``listing_ttl`` seconds.
+        Errors are not kept: the next caller asks again.
+        """
+        key: _PageKey = (job_id, start_time, end_time, limit, sort_by)
+        with self._lock:
+            entry = self._pages.get(key)
+            if entry is not None and entry[0] > self._clock() and entry[1] >= fetched_after_ms:
+                return entry[2]
+            flight = self._page_flights.get(key)
+            leader = flight is None or flight.sent_ms < fetched_after_ms  # a flight sent too early will not do
+            if leader:
+                flight = self._page_flights[key] = _PageFlight(sent_ms=self._wall_ms())
+        assert flight is not None
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                dup = _fresh(flight.error)
+                if dup is flight.error:
+                    raise dup
+                raise dup from flight.error
+            assert flight.page is not None
+            return flight.page
+        try:
+            flight.page = self.inner.list_files(job_id, start_time, end_time, limit=limit, sort_by=sort_by)
+            self._store_page(key, flight.sent_ms, flight.page)
+            return flight.page
+        except BaseException as e:
+            flight.error = e
+            raise
+        finally:
+            with self._lock:
+                if self._page_flights.get(key) is flight:
+                    del self._page_flights[key]
+            flight.done.set()
+
+    def _store_page(self, key: _PageKey, sent_ms: int, page: FilesPage) -> None:
+        if self._listing_ttl <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            if len(self._pages) >= MAX_LISTINGS:
+                self._pages = {k: v for k, v in self._pages.items() if v[0] > now}
+                while len(self._pages) >= MAX_LISTINGS:
+                    del self._pages[next(iter(self._pages))]
+            old = self._pages.get(key)
+            if old is None or old[1] <= sent_ms:  # never replace a newer answer with an older one
+                self._pages[key] = (now + self._listing_ttl, sent_ms, page)
 
     def list_jobs(
         self, page_no: int = 1, page_size: int = 100, status: str | None = None

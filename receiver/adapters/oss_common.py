@@ -1,11 +1,17 @@
-"""What the OSS stores share over oss2: error translation, the CRC check, credentials and the session.
+"""What the OSS stores share over oss2: error translation, integrity checks, credentials, the session and
+the URLs browsers are sent to.
 
-Every oss2 or transport failure leaves the stores as one of the receiver's own errors, chained with
-``from`` (design/oss.md sections 2-4):
+Every oss2 call of the adapters runs inside ``translated()``, so nothing of oss2's leaves them: each failure
+becomes one of the receiver's own errors, chained with ``from`` (design/oss.md sections 2-4):
 
 - NotFound (NoSuchKey, NoSuchBucket, a bare HEAD 404) -> ObjectNotFound
-- 5xx, 429/408, RequestError (refused, timeouts), a broken or short transfer, CRC mismatch -> Transient
-- anything else (403 AccessDenied/SignatureDoesNotMatch, 400 ...) -> StoreError
+- 5xx, 429/408, RequestError (refused, timeouts), InconsistentError, a broken or short transfer, a CRC, MD5
+  or length mismatch -> Transient
+- an answer oss2 cannot parse: whatever it raises from its own code while reading one (RuntimeError "parse
+  xml: ... could not be found", ValueError from int() or a date, xml ParseError, KeyError ...) -> Transient
+  (a cut or proxied body reads as garbage too; a server that always answers so fails after the retries,
+  with the reason kept)
+- any other OssError (403 AccessDenied/SignatureDoesNotMatch, 400, ClientError ...) -> StoreError
 
 oss2 never retries single-object calls, so retrying Transient is the caller's job.
 """
@@ -13,8 +19,11 @@ oss2 never retries single-object calls, so retrying Transient is the caller's jo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +50,44 @@ def check_crc(where: str, sent: int | None, data: bytes, what: str = "crc mismat
     """OSS's x-oss-hash-crc64ecma (when it sent one) against the bytes in hand; a mismatch is Transient."""
     if sent is not None and sent != crc64(data):
         raise Transient(f"{where}: {what}")
+
+
+# A single-PUT object's ETag is the MD5 of its bytes (32 hex digits); a multipart or appendable object's is
+# not (multipart ones look like "<hex>-<parts>"), and neither is anything else a server may send.
+_MD5_ETAG = re.compile(r"[0-9A-Fa-f]{32}")
+
+
+def verify_body(
+    where: str,
+    data: bytes,
+    *,
+    crc: int | None,
+    etag: str | None,
+    length: int | None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Check a whole body against the strongest evidence the answer carries and return which check passed.
+
+    CRC-64 (x-oss-hash-crc64ecma) when sent; else the ETag when it is a plain MD5 (a single PUT: 32 hex
+    digits, and no x-oss-object-type other than Normal); else the Content-Length; else "none" (a chunked
+    answer with neither: nothing to check against). A mismatch is Transient: the next fetch may be intact.
+    """
+    if length is not None and len(data) != length:
+        raise Transient(f"{where}: truncated transfer ({len(data)} of {length} bytes)")
+    if crc is not None:
+        check_crc(where, crc, data)
+        return "crc64"
+    object_type = (headers or {}).get("x-oss-object-type", "Normal") or "Normal"
+    if etag and _MD5_ETAG.fullmatch(etag) and object_type.lower() == "normal":
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != etag.lower():
+            raise Transient(f"{where}: md5 mismatch (ETag {etag})")
+        return "md5"
+    return "length" if length is not None else "none"
+
+
+def count_integrity(op: str, check: str) -> None:
+    """Which check a whole read passed, as receiver_external_calls{operation="<op>.integrity", outcome=check}."""
+    metrics.count_call("oss", f"{op}.integrity", check)
 
 
 def session(settings: Settings) -> ProxiedSession | DirectSession:
@@ -76,6 +123,32 @@ def ms(unix_seconds: int | None) -> int | None:
     return None if unix_seconds is None else int(unix_seconds) * 1000
 
 
+def browser_bucket(bucket: Any, host: str) -> Any:
+    """The bucket to sign URLs with that a browser will follow (a presigned GET, a redirect).
+
+    ``host`` is the endpoint as configured or reported (a bare host); ``bucket`` talks to the address it maps
+    to. When either is a VPC ``-internal`` host, which browsers cannot reach, the URL must name the public
+    host instead: the same bucket at ``https://<host without -internal>``. The V1 signature does not cover
+    the host, so the URL is valid there. Otherwise ``bucket`` itself (a mapped local address stays).
+    """
+    mapped = urlsplit(bucket.endpoint).hostname or ""
+    if "-internal." not in host and "-internal." not in mapped:
+        return bucket
+    public = host.replace("-internal.", ".")
+    with translated(f"oss://{bucket.bucket_name}/ (presign)", None):
+        return oss2.Bucket(bucket.auth, f"https://{public}", bucket.bucket_name, session=bucket.session,
+                           enable_crc=False)
+
+
+def _raised_in_oss2(tb: TracebackType | None) -> bool:
+    """Whether oss2's own code is on the traceback: a failure of the call, not a bug in ours."""
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "oss2":
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def translate(err: oss2.exceptions.OssError, where: str) -> ReceiverError:
     code = getattr(err, "code", "") or ""
     status = int(getattr(err, "status", 0) or 0)
@@ -91,21 +164,36 @@ def translate(err: oss2.exceptions.OssError, where: str) -> ReceiverError:
 
 
 @contextlib.contextmanager
-def translated(where: str, op: str = "other") -> Iterator[None]:
+def translated(where: str, op: str | None = "other") -> Iterator[None]:
+    """Run oss2 calls: any failure leaves as the receiver's own error; ``op`` names the call in
+    receiver_external_calls (None: local work such as signing a URL, not counted)."""
+
+    def count(error: str | None = None) -> None:
+        if op is not None:
+            metrics.count_call("oss", op, error)
+
     try:
         yield
     except oss2.exceptions.OssError as e:
         err = translate(e, where)
-        metrics.count_call("oss", op, err.code)
+        count(err.code)
         raise err from e
     except OSError as e:
         # requests raises its own RequestException (an OSError) while a streamed body is read, outside
         # oss2's wrapping: a connection dropped mid-body or a read timeout.
-        metrics.count_call("oss", op, Transient.code)
+        count(Transient.code)
         raise Transient(f"{where}: transfer failed: {e}") from e
     except ReceiverError as e:
         # Our own checks on the answer (size, truncation, CRC) fail the call too.
-        metrics.count_call("oss", op, e.code)
+        count(e.code)
         raise
+    except Exception as e:
+        if not _raised_in_oss2(e.__traceback__):
+            raise  # ours: a bug, not an OSS answer
+        # oss2 parsing an answer it cannot read raises whatever its parser met (design/oss.md section 3):
+        # RuntimeError for a missing element, ValueError for a bad number or date, ParseError for non-XML.
+        count(Transient.code)
+        text = " ".join(str(e).split())[:200]
+        raise Transient(f"{where}: unreadable answer ({type(e).__name__}: {text})") from e
     else:
-        metrics.count_call("oss", op)
+        count()

@@ -13,7 +13,16 @@ from urllib.parse import parse_qsl, urlsplit
 import oss2
 
 from receiver.adapters.base import ThumbnailStore
-from receiver.adapters.oss_common import auth, check_crc, path_style, session, translated
+from receiver.adapters.oss_common import (
+    auth,
+    browser_bucket,
+    check_crc,
+    count_integrity,
+    path_style,
+    session,
+    translated,
+    verify_body,
+)
 from receiver.adapters.oss_policy import EndpointPolicy
 from receiver.config import Settings
 from receiver.exceptions import ObjectNotFound, Rejected
@@ -118,10 +127,14 @@ class FileThumbnailStore:
 class OssThumbnailStore:
     """Thumbnails in our own OSS bucket under ``prefix``."""
 
-    def __init__(self, bucket: Any, prefix: str = "", *, redirect: bool = False) -> None:
+    def __init__(self, bucket: Any, prefix: str = "", *, redirect: bool = False, host: str | None = None) -> None:
+        """``host``: the endpoint host as configured (before the endpoint map), for browser_bucket."""
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.redirect = redirect
+        # Redirects send browsers to the public host when the configured one is a VPC -internal endpoint,
+        # the same rule (and function) as /original's presigned URLs.
+        self._browser = browser_bucket(bucket, host or urlsplit(bucket.endpoint).hostname or "")
         # See OssSourceStore: close the pooled sockets with the store rather than leave them to the GC.
         self._finalizer = weakref.finalize(self, bucket.session.close)
 
@@ -143,9 +156,11 @@ class OssThumbnailStore:
     def get(self, key: str) -> bytes:
         k = self._key(key)
         where = f"oss://{self.bucket.bucket_name}/{k}"
-        with translated(where), self.bucket.get_object(k) as r:
+        with translated(where, "GetObject"), self.bucket.get_object(k) as r:
             data = bytes(r.read())
-            check_crc(where, r.server_crc, data)
+            check = verify_body(where, data, crc=r.server_crc, etag=r.etag, length=r.content_length,
+                                headers=r.headers)
+        count_integrity("GetObject", check)
         return data
 
     def delete(self, keys: list[str]) -> None:
@@ -170,7 +185,9 @@ class OssThumbnailStore:
 
     def presign(self, key: str, expires: int) -> str | None:
         # slash_safe keeps "/" readable in the URL; the signature covers the decoded key either way.
-        return str(self.bucket.sign_url("GET", self._key(key), expires, slash_safe=True))
+        k = self._key(key)
+        with translated(f"oss://{self.bucket.bucket_name}/{k} (presign)", None):
+            return str(self._browser.sign_url("GET", k, expires, slash_safe=True))
 
 
 def _truthy(name: str, value: str) -> bool:
@@ -236,4 +253,4 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
     except oss2.exceptions.ClientError as e:
         oss_session.close()
         raise ValueError(f"thumbnail store URL {url!r}: {e}") from None
-    return OssThumbnailStore(bucket, parts.path, redirect=_truthy("redirect", params.get("redirect", "")))
+    return OssThumbnailStore(bucket, parts.path, redirect=_truthy("redirect", params.get("redirect", "")), host=host)

@@ -15,7 +15,7 @@ from receiver.ops.backfill import backfill
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.replay import replay as do_replay
 from receiver.ops.replay import run_events
-from receiver.ops.retention import parse_duration
+from receiver.ops.retention import PruneIncomplete, parse_duration
 from receiver.ops.retention import prune as do_prune
 from receiver.ops.tracking import discover
 from receiver.ops.tracking import track as do_track
@@ -132,13 +132,21 @@ def prune(state: CliState, older_than: str, dry_run: bool) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--older-than") from None
     with state.services() as svc:
-        result = do_prune(svc, seconds, dry_run=dry_run)
+        try:
+            result = do_prune(svc, seconds, dry_run=dry_run)
+        except PruneIncomplete as e:
+            result = e.result  # what was done before it stopped is still said, then the error
+        # What was done first, even when it stopped short: a re-run starts from what is left.
         for job, n in sorted(result.per_job.items()):
             click.echo(f"  {job}: {n} snapshots")
         verb = "would delete" if dry_run else "deleted"
         click.echo(f"{verb} {result.summary()}")
         if dry_run:
             click.echo(f"(cutoff {ms_to_iso(result.cutoff_ms)}; nothing deleted)")
+        for err in result.errors:
+            click.echo(f"error: {err}", err=True)
+        if result.errors:
+            sys.exit(1)
 
 
 @click.command("backfill-signals")

@@ -5,29 +5,140 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import click
 from flask import Flask
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import MultiSocketServer, TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from receiver.cli.context import CliState, pass_state, setup_logging
+from receiver.config import Settings
 from receiver.ops.maintenance import Role, start_loops
 from receiver.services import services
 from receiver.worker.dispatch import drain
 
 log = logging.getLogger("receiver")
 
+FD_HEADROOM = 256  # descriptors beyond the connections: database, thumbnails, temp files, pipes, the ICE/OSS clients
+REAP_LOG_SECONDS = 60.0  # at most one log line a minute about the connections cut off
+
+
+class _DeadlineChannel(HTTPChannel):
+    """A waitress channel whose request must arrive whole within `request_seconds` of its first byte.
+
+    waitress's own `channel_timeout` counts inactivity, so a client that sends one byte every few seconds keeps
+    its channel forever. Here the clock of a request starts at its first byte (at the accept, for a
+    connection's first request) and stops when waitress has read it whole and hands it to a worker thread;
+    `_DeadlineServer.maintenance` closes the channels past the limit. Idle keep-alive time between requests is
+    still waitress's `channel_timeout`.
+    """
+
+    def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
+        super().__init__(server, sock, addr, adj, map)
+        self.request_started: float | None = time.monotonic()
+
+    def received(self, data: bytes) -> bool:
+        before = self.request
+        ok: bool = super().received(data)
+        if self.request is None:
+            self.request_started = None  # read whole (or nothing pending): a worker thread has it
+        elif self.request is not before and (before is not None or self.request_started is None):
+            self.request_started = time.monotonic()  # a new request began (a first one keeps the accept's time)
+        return ok
+
+
+class _DeadlineServer(TcpWSGIServer):
+    channel_class = _DeadlineChannel
+    request_seconds = 0.0
+    _cut = 0
+    _cut_logged_at = 0.0
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # waitress's inactivity timeout
+        if self.request_seconds <= 0:
+            return
+        cutoff = time.monotonic() - self.request_seconds
+        for channel in list(self.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if started is not None and started < cutoff and not channel.requests and not channel.will_close:
+                channel.will_close = True  # closed by the loop on its next pass, as waitress's own timeout does
+                self._cut += 1
+        mono = time.monotonic()
+        if self._cut and mono - self._cut_logged_at >= REAP_LOG_SECONDS:
+            log.info("closed %d connections that sent no complete request within %g s (RECEIVER_WEB_REQUEST_SECONDS)",
+                     self._cut, self.request_seconds)
+            self._cut, self._cut_logged_at = 0, mono
+
+
+def allowed_connections(wanted: int) -> int:
+    """Raise the open-file soft limit to what `wanted` connections need (up to the hard limit); return the
+    number of connections the limit allows, logging when that is fewer than `wanted`."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to raise
+        return wanted
+    need = wanted + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.debug("raised the open-file soft limit from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    allowed = max(soft - FD_HEADROOM, soft // 2)
+    log.warning("the open-file limit (%d, hard %d) allows about %d connections, not the %d of "
+                "RECEIVER_WEB_CONNECTIONS: raise `ulimit -n` (LimitNOFILE= under systemd)", soft, hard, allowed, wanted)
+    return allowed
+
+
+def create_server(app: Flask, host: str, port: int, settings: Settings) -> Any:
+    """waitress as `serve` runs it: many connections, a total time limit per request, poll() instead of select().
+
+    Only a request read whole reaches a worker thread (waitress buffers headers and body in its event loop), so
+    slow or idle clients cost a file descriptor and some memory each, never a thread; what they must not do is
+    fill the connection limit, hence the high limit and the per-request time limit.
+    """
+    connections = allowed_connections(settings.web_connections)
+    adj = Adjustments(
+        host=host, port=port, threads=settings.web_threads, ident="receiver", clear_untrusted_proxy_headers=True,
+        # The map holds the listening socket(s) and the trigger besides the connections.
+        connection_limit=connections + 4,
+        asyncore_use_poll=True,  # select() fails on descriptors above 1024
+        cleanup_interval=1,  # how often the timeouts are checked: a pass over the channels, cheap
+        max_request_header_size=64 * 1024,  # what a slow client can park in memory: headers
+        # ...and body: the callback is the only POST (RECEIVER_MAX_CALLBACK_BYTES answers 413 in the app's words)
+        max_request_body_size=max(2 * settings.max_callback_bytes, 1 << 20),
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    socket_map: dict[int, Any] = {}
+    servers = []
+    for sockinfo in adj.listen:  # waitress.create_server, with our server class (TCP only)
+        server = _DeadlineServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
+        server.request_seconds = settings.web_request_seconds
+        servers.append(server)
+    if len(servers) == 1:
+        return servers[0]
+    return MultiSocketServer(socket_map, adj, [(s.effective_host, s.effective_port) for s in servers], dispatcher,
+                             servers[-1].log_info)
+
 
 def run_server(app: Flask, host: str, port: int) -> None:
-    from waitress import serve as waitress_serve
-
     settings = services(app).settings
     if not settings.callback_token and not settings.callback_auth_keys:
         log.warning("no RECEIVER_CALLBACK_TOKEN or RECEIVER_CALLBACK_AUTH_KEYS: anyone can post callbacks "
                     "(they are verified with ICE, but they cost ICE API calls)")
+    server = create_server(app, host, port, settings)
     click.echo(f"receiver listening on http://{host}:{port}/", err=True)
-    waitress_serve(app, host=host, port=port, threads=settings.web_threads, ident="receiver",
-                   clear_untrusted_proxy_headers=True)
+    server.run()
 
 
 def _raise_system_exit(signum: int, _frame: Any) -> None:

@@ -15,12 +15,19 @@ from typing import Any
 from receiver.timeutil import parse_time_ms
 
 MAX_JOB_ID_LENGTH = 128
+# Items (list entries and FileList entries together) one callback may carry: ICE sends one snapshot per
+# callback; a batch above this is refused whole (413 TooManyItems), so one request cannot fan out into
+# thousands of events, ICE calls and listings (docs/behaviour.md).
+MAX_ITEMS = 100
+# Nesting of arrays and objects in a body (a MessageBody string counts on its own): ICE's deepest shape is 4.
+MAX_DEPTH = 32
 
 
 class CallbackParseError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -90,14 +97,67 @@ def _bad_field(name: str, value: str | None) -> CallbackParseError | None:
     return None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _too_deep(doc: Any) -> bool:
+    """True when arrays and objects nest deeper than MAX_DEPTH; iterative, so no depth can overflow it."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _loads(text: str) -> Any:
+    """json.loads without NaN/Infinity and with bounded nesting; every failure is CallbackParseError."""
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        # The decoder recurses per level; what it cannot nest, we would not have accepted anyway.
+        raise CallbackParseError("TooDeep", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        raise CallbackParseError("InvalidJson", f"body is not valid JSON: {e}") from None
+    if _too_deep(doc):
+        raise CallbackParseError("TooDeep", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
 def _message_body(fields: dict[str, Any]) -> dict[str, Any] | None:
     body = fields.get("messagebody")
     if isinstance(body, str):
         try:
-            body = json.loads(body)
-        except ValueError:
+            body = _loads(body)
+        except CallbackParseError as e:
+            if e.code == "TooDeep":
+                raise
             return None
     return body if isinstance(body, dict) else None
+
+
+def _file_time(merged: dict[str, Any]) -> int | None | CallbackParseError:
+    """The file's CreateTimestamp, else its CreateTime, as Unix ms; None when neither is given (null or "").
+
+    Both have a format the contract names, so a value that is not a time in years 1000-9999 refuses the item
+    (InvalidCreateTimestamp, InvalidCreateTime). The envelope's EventTime is only a fallback and is read
+    leniently (an unreadable one is ignored).
+    """
+    times: list[int] = []
+    for key, name in (("createtimestamp", "CreateTimestamp"), ("createtime", "CreateTime")):
+        value = merged.get(key)
+        if value is None or value == "":
+            continue
+        ms = parse_time_ms(value)
+        if ms is None:
+            return CallbackParseError(f"Invalid{name}", f"{name} is not ISO-8601 or Unix ms in years 1000-9999")
+        times.append(ms)
+    return times[0] if times else None
 
 
 def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | CallbackParseError:
@@ -110,10 +170,9 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
                         ("OssEndpoint", oss_endpoint)):
         if (bad := _bad_field(name, value)) is not None:
             return bad
-    ts_raw = merged.get("createtimestamp")
-    create_ts = parse_time_ms(ts_raw) if ts_raw is not None else None
-    if create_ts is None:
-        create_ts = parse_time_ms(merged.get("createtime"))
+    create_ts = _file_time(merged)
+    if isinstance(create_ts, CallbackParseError):
+        return create_ts
     moment = create_ts if create_ts is not None else parse_time_ms(event_time)
     if oss_object is None and moment is None:
         identity_src = "sha256:" + hashlib.sha256(_canonical(raw_obj).encode()).hexdigest()
@@ -131,7 +190,11 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
     )
 
 
-def _items_of(obj: dict[str, Any]) -> list[EventItem | CallbackParseError]:
+def _too_many(count: int) -> CallbackParseError:
+    return CallbackParseError("TooManyItems", f"{count} items in one callback; at most {MAX_ITEMS}", 413)
+
+
+def _items_of(obj: dict[str, Any], budget: int) -> list[EventItem | CallbackParseError]:
     top = _fields(obj)
     body = _message_body(top)
     inner = _fields(body) if body is not None else {}
@@ -141,6 +204,8 @@ def _items_of(obj: dict[str, Any]) -> list[EventItem | CallbackParseError]:
     event_time = merged.get("eventtime")
     file_list = inner.get("filelist", top.get("filelist"))
     if isinstance(file_list, list) and file_list:
+        if len(file_list) > budget:
+            raise _too_many(MAX_ITEMS - budget + len(file_list))
         out: list[EventItem | CallbackParseError] = []
         context = {k: v for k, v in merged.items() if k != "filelist"}
         for f in file_list:
@@ -167,18 +232,22 @@ def _strip_list(obj: dict[str, Any]) -> dict[str, Any]:
 def parse_callback(body: bytes) -> tuple[list[EventItem], list[CallbackParseError]]:
     """Every event item in the body, and the items that could not be used (with why).
 
-    Raises CallbackParseError when the body as a whole is unusable (not JSON, not an object or list).
+    Raises CallbackParseError when the body as a whole is unusable: not JSON, not an object or list, nested
+    deeper than MAX_DEPTH, or more than MAX_ITEMS items (its ``status`` is then 413). Nothing else escapes.
     """
     try:
-        doc = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
         raise CallbackParseError("InvalidJson", f"body is not valid JSON: {e}") from None
+    doc = _loads(text)
     if isinstance(doc, dict):
         objs: list[Any] = [doc]
     elif isinstance(doc, list):
         if not doc:
             raise CallbackParseError("InvalidBody", "the body is an empty list")
         objs = doc
+        if len(objs) > MAX_ITEMS:
+            raise _too_many(len(objs))
     else:
         raise CallbackParseError("InvalidBody", "the body must be a JSON object or a list of objects")
     items: list[EventItem] = []
@@ -187,6 +256,9 @@ def parse_callback(body: bytes) -> tuple[list[EventItem], list[CallbackParseErro
         if not isinstance(obj, dict):
             errors.append(CallbackParseError("InvalidBody", "list items must be JSON objects"))
             continue
-        for r in _items_of(obj):
+        results = _items_of(obj, MAX_ITEMS - len(items) - len(errors))
+        if len(items) + len(errors) + len(results) > MAX_ITEMS:
+            raise _too_many(len(items) + len(errors) + len(results))
+        for r in results:
             (errors if isinstance(r, CallbackParseError) else items).append(r)  # type: ignore[arg-type]
     return items, errors

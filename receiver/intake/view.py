@@ -23,6 +23,8 @@ from werkzeug.wsgi import get_content_length
 
 from receiver.intake.parse import CallbackParseError, parse_callback
 from receiver.services import Services, current_services
+from receiver.strict import StrictError, parse_int
+from receiver.timeutil import MAX_TIME_MS
 from receiver.web.errors import ApiError, as_api_error, error_body
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,11 @@ def _check_signature(environ: Environ, keys: tuple[str, ...], max_skew: int, pub
     sig = environ.get("HTTP_X_ICE_SIGNATURE", "").strip().lower()
     if not ts or not sig:
         raise ApiError(401, "MissingSignature", "X-ICE-TIMESTAMP and X-ICE-SIGNATURE are required")
-    if not (ts.isascii() and ts.isdigit()):  # "²".isdigit() is true and int() refuses it
-        raise ApiError(401, "InvalidSignature", "X-ICE-TIMESTAMP must be Unix seconds")
-    if abs(time.time() - int(ts)) > max_skew:
+    try:
+        seconds = parse_int(ts, 0, MAX_TIME_MS // 1000)  # ASCII digits, length-checked before int()
+    except StrictError:
+        raise ApiError(401, "InvalidSignature", "X-ICE-TIMESTAMP must be Unix seconds") from None
+    if abs(time.time() - seconds) > max_skew:
         raise ApiError(401, "StaleSignature", f"X-ICE-TIMESTAMP is more than {max_skew} s from now")
     ok = False
     # Check every candidate so the time taken does not reveal which key or URL nearly matched.
@@ -116,7 +120,7 @@ def _accept(svc: Services, environ: Environ, token: str) -> tuple[bytes, str]:
         items, skipped = parse_callback(body)
     except CallbackParseError as e:
         log.info("callback refused (%s): %r", e.code, body[:512])
-        raise ApiError(400, e.code, str(e)) from None
+        raise ApiError(e.status, e.code, str(e)) from None
     if not items:
         first = skipped[0] if skipped else CallbackParseError("MissingJobId", "no JobId in the callback")
         log.info("callback refused (%s): %r", first.code, body[:512])

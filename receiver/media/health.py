@@ -9,9 +9,13 @@ Given the frames of a window (time, luma, spread, dHash) and the job's interval:
 - **frozen runs**: at least ``frozen_min_frames`` consecutive non-black frames whose neighbours' dHashes
   differ by at most ``frozen_hamming`` bits. Black frames break frozen runs (they all hash alike; they are
   reported as black, not twice).
-- **status** at the window's end, most severe first: ``stale`` (nothing for ``stale_factor`` intervals),
-  ``gap`` (a gap is open or ended within the last ``stale_factor`` intervals), ``black`` (the newest frame is
-  black), ``frozen`` (the newest frame ends a frozen run), else ``ok``.
+- **status** at the window's end, most severe first: ``stale`` (nothing for ``stale_factor`` intervals, and
+  nothing since), ``gap`` (a gap is open or ended within the last ``stale_factor`` intervals), ``black`` (the
+  newest frame is black), ``frozen`` (the newest frame ends a frozen run), else ``ok``.
+- **a past moment**: the window's end may lie in the past, inside a silence that later frames ended. That
+  silence is a gap whatever the window (product.md 3.2), never ``stale``: the caller passes the first frame at
+  or after the window's end (``next_ms``), and the gap reaches it, as a gap spanning the window's start reaches
+  back to the frame before it (``previous_ms``).
 
 Frames without signals (indexed before the signals existed and not backfilled) count as seen and for
 gaps, and break black and frozen runs.
@@ -141,11 +145,14 @@ def assess(
     thresholds: Thresholds | None = None,
     previous_ms: int | None = None,
     first_ever_ms: int | None = None,
+    next_ms: int | None = None,
 ) -> Health:
     """Health of ``frames`` (ascending, all in [since, until)).
 
     ``previous_ms`` is the newest frame before ``since`` (so a gap spanning ``since`` is found);
-    ``first_ever_ms`` the job's oldest frame (a job that began mid-window is not "missing" the time before).
+    ``first_ever_ms`` the job's oldest frame (a job that began mid-window is not "missing" the time before);
+    ``next_ms`` the oldest frame at or after ``until``, if any (so a silence that later frames ended is a
+    gap, not ``stale``: the stream was not silent *now*).
     """
     t = thresholds or Thresholds()
     interval_ms = max(1, interval_ms)
@@ -156,11 +163,20 @@ def assess(
     newest = times[-1] if times else previous_ms
     silence = end - newest if newest is not None else None
     stale_after = t.stale_factor * interval_ms
-    if newest is not None and silence is not None and silence > stale_after:
+    later = next_ms if next_ms is not None and next_ms >= until_ms else None
+    spanning: Run | None = None  # the gap ``until`` lies in, ended by a later frame
+    if later is not None and newest is not None:
+        spanning = next(iter(find_gaps([newest, later], interval_ms, t)), None)
+        if spanning is not None:
+            gaps.append(spanning)
+    elif newest is not None and silence is not None and silence > stale_after:
         gaps.append(Run(newest, end, max(1, silence // interval_ms)))
     black = find_black(frames, t)
     frozen = find_frozen(frames, t)
-    if silence is None or silence > stale_after:
+    if later is not None and (newest is None or spanning is not None):
+        # Inside a silence later frames ended (or before the job's first frame): the stream came back.
+        status = "gap"
+    elif silence is None or silence > stale_after:
         status = "stale"
     elif silence > t.gap_factor * interval_ms or (gaps and end - gaps[-1].end_ms <= stale_after):
         status = "gap"
@@ -175,10 +191,16 @@ def assess(
 
 
 def current_status(newest_first: Sequence[Frame], interval_ms: int, now_ms: int, t: Thresholds) -> str:
-    """The status at ``now`` from a job's newest frames (enough: ``frozen_min_frames`` + 1)."""
-    frames = list(reversed(newest_first))
-    if not frames:
+    """The status at ``now`` from a job's newest frames (enough: ``frozen_min_frames`` + 1).
+
+    Frames stamped at or after ``now`` (a capture clock ahead of ours) are not in the window; they are later
+    frames, which end any silence before them (see ``assess``'s ``next_ms``).
+    """
+    frames = [f for f in reversed(newest_first) if f.captured_at_ms < now_ms]
+    later = [f.captured_at_ms for f in newest_first if f.captured_at_ms >= now_ms]
+    if not frames and not later:
         return "stale"
     lookback = int(t.stale_factor * interval_ms)
-    return assess(frames, interval_ms=interval_ms, since_ms=min(frames[0].captured_at_ms, now_ms - lookback),
-                  until_ms=now_ms, now_ms=now_ms, thresholds=t).status
+    since = min(frames[0].captured_at_ms, now_ms - lookback) if frames else now_ms - lookback
+    return assess(frames, interval_ms=interval_ms, since_ms=since, until_ms=now_ms, now_ms=now_ms, thresholds=t,
+                  next_ms=min(later) if later else None).status

@@ -2,9 +2,19 @@
 cached storyboard sheets.
 
 Work goes in batches of BATCH rows, one short transaction each, so the callback path (which needs the
-SQLite write lock for its inserts) waits at most one batch. Rows are deleted and committed *before* their
-thumbnail files: a crash in between leaves orphan files (invisible, and overwritten if the same snapshot is
-ever indexed again, because storage keys are deterministic) rather than rows pointing at missing files.
+SQLite write lock for its inserts) waits at most one batch.
+
+Order within a batch: the thumbnail files are deleted *first*, then the batch's rows in one transaction. The
+rows are the only record of which files exist, so they go last: a crash or a store failure in between leaves
+rows (all older than the cutoff) whose thumbnails are already gone, and the next prune finds the same rows,
+deletes their files again (deleting a missing file or object succeeds) and then the rows. The other order
+left files no re-run could ever find once their rows were committed away. Until then those rows answer 404
+for their thumbnails, and storyboards draw a blank tile, which is what a pruned snapshot looks like anyway.
+
+Failures are reported, not raised mid-way: each phase (snapshots, events, cached storyboard sheets) that
+meets a store error (a ReceiverError: the adapters translate every oss2 failure) stops, records it in
+``PruneResult.errors`` and lets the next phase run; what was done is counted as it is done. Anything else
+(the database gone) raises PruneIncomplete carrying the counts so far. Either way a re-run finishes the job.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select
@@ -46,10 +57,29 @@ class PruneResult:
     events: int = 0
     storyboards: int = 0
     per_job: dict[str, int] = field(default_factory=dict)
+    # One line per phase that did not finish ("<phase>: <error>"); empty when the prune is complete.
+    errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files), {self.events} done/rejected "
+        text = (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files), {self.events} done/rejected "
                 f"events and {self.storyboards} cached storyboard sheets older than {ms_to_iso(self.cutoff_ms)}")
+        if self.errors:
+            text += f"; incomplete ({len(self.errors)} error(s)): run it again to finish"
+        return text
+
+
+class PruneIncomplete(ReceiverError):
+    """Prune stopped on something other than a store error; ``result`` holds what it had done by then."""
+
+    code = "PruneIncomplete"
+
+    def __init__(self, message: str, result: PruneResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneResult) -> PruneResult:
@@ -67,27 +97,29 @@ def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneR
 
 
 def _prune_snapshots(svc: Services, cutoff_ms: int, result: PruneResult, batch: int) -> None:
+    """Per batch: the files, then the rows (see the module docstring for why this order)."""
     while True:
-        with svc.sessions.begin() as s:
+        with svc.sessions() as s:
             rows = s.execute(select(Snapshot.id, Snapshot.job_id).where(Snapshot.captured_at_ms < cutoff_ms)
                              .order_by(Snapshot.id).limit(batch)).all()
             if not rows:
                 return
             ids = [r.id for r in rows]
             keys = list(s.execute(select(Thumbnail.storage_key).where(Thumbnail.snapshot_id.in_(ids))).scalars())
+            # A file another row also names (an older layout, or keys reused by a re-index) stays.
+            shared = set(s.execute(select(Thumbnail.storage_key).where(
+                Thumbnail.storage_key.in_(keys), Thumbnail.snapshot_id.not_in(ids))).scalars()) if keys else set()
+        gone = [k for k in keys if k not in shared]
+        if gone:
+            svc.thumbs.delete(gone)  # raises: this batch's rows stay, and the next prune starts from them
+            result.thumbnails += len(gone)
+        with svc.sessions.begin() as s:
             s.execute(delete(EventSnapshot).where(EventSnapshot.snapshot_id.in_(ids)))
             s.execute(delete(Thumbnail).where(Thumbnail.snapshot_id.in_(ids)))
             s.execute(delete(Snapshot).where(Snapshot.id.in_(ids)))
         for r in rows:
             result.per_job[r.job_id] = result.per_job.get(r.job_id, 0) + 1
         result.snapshots += len(ids)
-        if keys:
-            with svc.sessions() as s:
-                # A snapshot re-indexed since (same identity, same deterministic keys) owns these files again.
-                live = set(s.execute(select(Thumbnail.storage_key).where(Thumbnail.storage_key.in_(keys))).scalars())
-            gone = [k for k in keys if k not in live]
-            svc.thumbs.delete(gone)
-            result.thumbnails += len(gone)
 
 
 def _prune_events(svc: Services, cutoff_dt: dt.datetime, result: PruneResult, batch: int) -> None:
@@ -109,20 +141,29 @@ def prune(svc: Services, older_than_seconds: float, *, dry_run: bool = False, ba
     cutoff_ms = (now if now is not None else now_ms()) - int(older_than_seconds * 1000)
     cutoff_dt = dt.datetime.fromtimestamp(cutoff_ms / 1000, dt.UTC)
     result = PruneResult(cutoff_ms=cutoff_ms)
+    phases: list[tuple[str, Callable[[], object]]]
     if dry_run:
-        _count(svc, cutoff_ms, cutoff_dt, result)
+        phases = [("counting", lambda: _count(svc, cutoff_ms, cutoff_dt, result))]
     else:
-        _prune_snapshots(svc, cutoff_ms, result, batch)
-        _prune_events(svc, cutoff_dt, result, batch)
-    _prune_sheets(svc, cutoff_ms, result, dry_run)
+        phases = [("snapshots", lambda: _prune_snapshots(svc, cutoff_ms, result, batch)),
+                  ("events", lambda: _prune_events(svc, cutoff_dt, result, batch))]
+    # Sheets last and on their own: a store that cannot list (an OSS policy without ListObjects, an answer
+    # oss2 cannot parse) must not stop snapshots and events from being pruned.
+    phases.append(("cached storyboard sheets", lambda: _prune_sheets(svc, cutoff_ms, result, dry_run)))
+    for name, run in phases:
+        try:
+            run()
+        except (ReceiverError, OSError) as e:
+            # A store failure (OSError: the file store's own): this phase stops, the next ones still run.
+            result.errors.append(f"{name} not pruned: {_one_line(e)}")
+            log.warning("retention: %s not pruned: %s", name, _one_line(e))
+        except Exception as e:
+            result.errors.append(f"{name} not pruned: {type(e).__name__}: {_one_line(e)}")
+            raise PruneIncomplete(result.errors[-1], result) from e
     return result
 
 
 def _prune_sheets(svc: Services, cutoff_ms: int, result: PruneResult, dry_run: bool) -> None:
     """Cached storyboard sheets written before the cutoff: content-addressed and never rewritten, so their
-    age is their file's; one for a range still wanted is rendered again. Last and on its own: a store that
-    cannot list (an OSS policy without ListObjects) must not stop snapshots and events from being pruned."""
-    try:
-        result.storyboards = svc.thumbs.delete_older_than(SHEET_PREFIX, cutoff_ms / 1000, dry_run=dry_run)
-    except (ReceiverError, OSError) as e:
-        log.warning("retention: cached storyboard sheets not pruned: %s", e)
+    age is their file's; one for a range still wanted is rendered again."""
+    result.storyboards = svc.thumbs.delete_older_than(SHEET_PREFIX, cutoff_ms / 1000, dry_run=dry_run)

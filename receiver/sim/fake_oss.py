@@ -6,6 +6,11 @@ URL), so a test that passes here exercises the exact bytes oss2 signs. Responses
 shapes oss2's parsers need: no XML namespace, RFC 1123 ``Last-Modified``, quoted upper-case MD5 ETag,
 decimal CRC64 and a request id; HEAD errors travel base64-encoded in ``x-oss-err``.
 
+Third-party servers answer less than OSS does; switches reproduce them: ``omit_crc`` (no
+``x-oss-hash-crc64ecma``), ``chunked`` (object bodies without ``Content-Length``), ``put(..., multipart=True)``
+(a multipart-style ETag that is not the MD5), ``break_listing_next`` (a listing oss2 cannot parse) and
+``corrupt_body_next`` (bytes damaged on the way, headers intact).
+
 Not emulated: virtual-hosted addressing, V1 ``ListObjects`` (only V2), multipart, ACL calls, versioning,
 ``x-oss-process`` (answered 400 so image processing stays a local, tested code path).
 
@@ -159,6 +164,7 @@ class _Object:
     content_type: str
     crc: int
     meta: dict[str, str] = field(default_factory=dict)
+    object_type: str = "Normal"
 
 
 @dataclass
@@ -173,6 +179,7 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     truncate: bool = False  # send half the body under the full Content-Length, then drop the connection
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length
 
 
 class _Denied(Exception):
@@ -264,8 +271,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         if reply.truncate:
             self.send_header("Connection", "close")
+        if reply.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        if self.command != "HEAD" and reply.body:
+        if self.command != "HEAD" and reply.chunked:
+            body = reply.body[: len(reply.body) // 2] if reply.truncate else reply.body
+            for i in range(0, len(body), 16384):
+                piece = body[i : i + 16384]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if not reply.truncate:
+                self.wfile.write(b"0\r\n\r\n")
+        elif self.command != "HEAD" and reply.body:
             self.wfile.write(reply.body[: len(reply.body) // 2] if reply.truncate else reply.body)
         if reply.truncate:
             self.wfile.flush()
@@ -287,6 +303,12 @@ class FakeOss:
         self._failures: dict[str, list[tuple[int, str]]] = {}
         self._corrupt_crc = 0
         self._truncate = 0
+        self._corrupt_body = 0
+        self._broken_listings: list[str] = []
+        # What some third-party servers do: no x-oss-hash-crc64ecma anywhere; object bodies sent chunked,
+        # without Content-Length.
+        self.omit_crc = False
+        self.chunked = False
         self._conns: set[socket.socket] = set()
         self.connections_accepted = 0  # TCP connections so far: tells whether clients reuse keep-alive ones
         self._server: _Server | None = None
@@ -363,9 +385,18 @@ class FakeOss:
         *,
         last_modified: float | None = None,
         content_type: str = "image/jpeg",
+        multipart: bool = False,
     ) -> str:
-        """Store an object (creating the bucket if needed); returns the ETag without quotes."""
+        """Store an object (creating the bucket if needed); returns the ETag without quotes.
+
+        ``multipart``: as a one-part multipart upload leaves it: ETag ``<MD5 of the part MD5s>-1`` (not the
+        MD5 of the bytes) and ``x-oss-object-type: Multipart``.
+        """
         obj = self._make_object(data, content_type, {}, last_modified)
+        if multipart:
+            part_md5 = hashlib.md5(data, usedforsecurity=False).digest()
+            obj.etag = hashlib.md5(part_md5, usedforsecurity=False).hexdigest().upper() + "-1"
+            obj.object_type = "Multipart"
         with self._lock:
             self._buckets.setdefault(bucket, _Bucket()).objects[key] = obj
         return obj.etag
@@ -405,6 +436,22 @@ class FakeOss:
     def truncate_next(self, n: int) -> None:
         with self._lock:
             self._truncate += n
+
+    def corrupt_body_next(self, n: int) -> None:
+        """Flip one byte of the body in the next ``n`` GET answers; headers (CRC, ETag, length) stay right."""
+        with self._lock:
+            self._corrupt_body += n
+
+    def break_listing_next(self, n: int, how: str = "namespace") -> None:
+        """Answer the next ``n`` ListObjectsV2 requests (after authentication) with a 200 oss2 cannot parse.
+
+        ``namespace``: the S3 shape some servers send (an ``xmlns`` on the root), so oss2 finds none of its
+        elements and raises RuntimeError; ``garbage``: not XML at all (a ParseError inside oss2).
+        """
+        if how not in ("namespace", "garbage"):
+            raise ValueError(f"how must be 'namespace' or 'garbage', got {how!r}")
+        with self._lock:
+            self._broken_listings.extend([how] * n)
 
     def fetched(self, bucket: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         """Object reads (GET/HEAD on a key) seen so far, optionally filtered."""
@@ -448,7 +495,8 @@ class FakeOss:
         reply.headers["x-oss-request-id"] = request_id
         if reply.status >= 400:
             self._finish_error(method, reply, request_id, bucket, key)
-        reply.headers.setdefault("Content-Length", str(len(reply.body)))
+        if not reply.chunked:
+            reply.headers.setdefault("Content-Length", str(len(reply.body)))
         with self._lock:
             self.requests.append(
                 {
@@ -692,7 +740,7 @@ class FakeOss:
         if head and "objectMeta" in q:
             return _Reply(200, {**base, "Content-Length": str(len(obj.data))})
         crc = obj.crc
-        truncate = False
+        truncate = corrupt = False
         if not head:
             with self._lock:
                 if self._corrupt_crc:
@@ -701,16 +749,21 @@ class FakeOss:
                 if self._truncate:
                     self._truncate -= 1
                     truncate = True
+                if self._corrupt_body:
+                    self._corrupt_body -= 1
+                    corrupt = True
         headers = {
             **base,
             "Content-Type": obj.content_type,
             "Accept-Ranges": "bytes",
-            "x-oss-object-type": "Normal",
+            "x-oss-object-type": obj.object_type,
             "x-oss-storage-class": "Standard",
-            "x-oss-hash-crc64ecma": str(crc),
+            **({} if self.omit_crc else {"x-oss-hash-crc64ecma": str(crc)}),
             **{f"x-oss-meta-{k}": v for k, v in obj.meta.items()},
         }
         data, status = obj.data, 200
+        if corrupt and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         rng = self._parse_range(h.get("range", ""), len(obj.data))
         if rng == "invalid":
             return self._error(416, "InvalidRange", "The requested range cannot be satisfied.")
@@ -718,6 +771,8 @@ class FakeOss:
             start, end = rng
             data, status = obj.data[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(obj.data)}"
+        if self.chunked and not head:
+            return _Reply(status, headers, data, truncate=truncate, chunked=True)
         headers["Content-Length"] = str(len(data))
         return _Reply(status, headers, b"" if head else data, truncate=truncate)
 
@@ -753,7 +808,7 @@ class FakeOss:
                 # Stored intact, answered wrong: what a client sees when the upload was damaged on the way.
                 self._corrupt_crc -= 1
                 crc ^= 0x1
-        return _Reply(200, {"ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(crc)})
+        return _Reply(200, {"ETag": f'"{obj.etag}"', **({} if self.omit_crc else {"x-oss-hash-crc64ecma": str(crc)})})
 
     def _batch_delete(self, b: _Bucket, h: Mapping[str, str], body: bytes) -> _Reply:
         if h.get("content-md5") != _content_md5(body):
@@ -788,6 +843,10 @@ class FakeOss:
         def enc(s: str) -> str:
             return escape(quote(s, safe="") if url else s)
 
+        with self._lock:
+            broken = self._broken_listings.pop(0) if self._broken_listings else None
+        if broken == "garbage":
+            return _Reply(200, {"Content-Type": "application/xml"}, b"<html><body>502 Bad Gateway</body>")
         marker = max(token, start_after)
         with self._lock:
             objects = sorted(b.objects.items())
@@ -826,5 +885,6 @@ class FakeOss:
                     f'<ETag>"{o.etag}"</ETag><Type>Normal</Type><Size>{len(o.data)}</Size>'
                     "<StorageClass>Standard</StorageClass></Contents>"
                 )
-        xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult>{"".join(parts)}</ListBucketResult>'
+        ns = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"' if broken == "namespace" else ""
+        xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult{ns}>{"".join(parts)}</ListBucketResult>'
         return _Reply(200, {"Content-Type": "application/xml"}, xml.encode())

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from receiver.config import Settings
 from receiver.db import queries
 from receiver.db.migrate import is_at_head
 from receiver.db.models import EVENT_STATUSES, Event, Job, Snapshot, Thumbnail
@@ -21,9 +22,10 @@ from receiver.web.params import (
     choice_param,
     decode_cursor,
     encode_cursor,
-    is_ascii_int,
     limit_param,
     order_param,
+    parse_width,
+    path_id,
     time_param,
 )
 from receiver.web.serialize import event_json, job_detail_json, job_json, snapshot_json
@@ -48,9 +50,10 @@ def _signing_key() -> str | None:
 
 
 def _int_id(raw: str, what: str) -> int:
-    if not is_ascii_int(raw):
+    value = path_id(raw)
+    if value is None:
         raise ApiError(404, "NotFound", f"no {what} {raw[:100]!r}")
-    return int(raw)
+    return value
 
 
 def _job(s: Session, job_id: str) -> Job:
@@ -97,13 +100,21 @@ def readyz() -> Response:
         raise ApiError(503, "NotReady", f"database unreachable: {type(e).__name__}") from None
     if not current:
         raise ApiError(503, "NotReady", "database schema is not at head: run `receiver db upgrade`")
-    return jsonify({"status": "ready"})
+    # Missing credentials stay 200: readiness is the database (product.md 3.2), callbacks are still recorded
+    # for `receiver replay` once keys are set, and taking the process out of rotation would not fix it.
+    return jsonify({"status": "ready", "credentials": credentials_status(svc.settings)})
+
+
+def credentials_status(settings: Settings) -> str:
+    """``configured`` with an AccessKey pair (ALIBABA_CLOUD_ACCESS_KEY_ID and _SECRET), else ``missing``: every
+    ICE call then fails (each event, after its retries) and OSS serves only public-read buckets."""
+    return "configured" if settings.access_key_id and settings.access_key_secret else "missing"
 
 
 @bp.get("/v1/jobs")
 def jobs() -> Response:
     limit = limit_param()
-    cursor = decode_cursor("jobs", (str,))
+    cursor = decode_cursor("jobs", ("job",))
     with _svc().readers() as s:
         rows = queries.jobs_with_latest(s, cursor[0] if cursor else None, limit + 1)
         key = _signing_key()
@@ -126,7 +137,7 @@ def job_snapshots(job_id: str) -> Response:
     since, until = time_param("since"), time_param("until")
     order, limit = order_param(), limit_param()
     scope = f"snapshots:{job_id}:{order}"
-    cursor = decode_cursor(scope, (int, int))
+    cursor = decode_cursor(scope, ("time", "id"))
     q = queries.HistoryQuery(job_id, since, until, order, (cursor[0], cursor[1]) if cursor else None, limit + 1)
     with _svc().readers() as s:
         _job(s, job_id)
@@ -180,10 +191,7 @@ def _width_param(widths: tuple[int, ...]) -> int:
     raw = request.args.get("width")
     if raw is None or raw == "":
         return max(widths)
-    if not is_ascii_int(raw, 5) or int(raw) not in widths:
-        allowed = ", ".join(str(w) for w in sorted(widths))
-        raise ApiError(400, "InvalidParameter", f"width must be one of {allowed}, got {raw[:100]!r}")
-    return int(raw)
+    return parse_width(raw, widths)
 
 
 @bp.get("/v1/snapshots/<snapshot_id>/thumbnail")
@@ -229,7 +237,7 @@ def events() -> Response:
     job_id = request.args.get("job_id") or None
     limit = limit_param()
     scope = f"events:{status}:{job_id}"
-    cursor = decode_cursor(scope, (int,))
+    cursor = decode_cursor(scope, ("id",))
     q = select(Event)
     if status is not None:
         q = q.where(Event.status == status)

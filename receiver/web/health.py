@@ -16,10 +16,11 @@ from receiver.exceptions import ObjectNotFound, StoreError, Transient
 from receiver.media import storyboard as sb
 from receiver.media.health import Thresholds, assess
 from receiver.services import Services, current_services
-from receiver.timeutil import ms_to_iso, now_ms
+from receiver.strict import StrictError, parse_int
+from receiver.timeutil import MAX_TIME_MS, ms_to_iso, now_ms
 from receiver.web import health_query as hq
 from receiver.web.errors import ApiError
-from receiver.web.params import is_ascii_int, time_param
+from receiver.web.params import path_id, time_param
 from receiver.web.urlsign import signed_url
 
 bp = Blueprint("health_api", __name__)
@@ -29,6 +30,7 @@ MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
 ORIGINAL_TTL = 300  # seconds a presigned original URL stays valid
 # A range whose end is this far in the past has settled (late callbacks and the reconciler are done).
 SETTLED_MS = 5 * 60 * 1000
+MAX_SHEET = 10_000  # far above any plan (storyboard.py keeps at most 1000 tiles)
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -81,7 +83,8 @@ def job_health(job_id: str) -> Response:
         interval = hq.interval_ms(job, frames)
         h = assess(frames, interval_ms=interval, since_ms=since, until_ms=until, now_ms=now,
                    thresholds=Thresholds.from_settings(_svc().settings),
-                   previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id))
+                   previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id),
+                   next_ms=hq.next_ms(s, job_id, until))
     body: dict[str, Any] = {
         "job_id": job_id, "since": ms_to_iso(since), "until": ms_to_iso(until),
         "interval_seconds": interval / 1000 if interval % 1000 else interval // 1000,
@@ -132,8 +135,23 @@ def storyboard_vtt(job_id: str) -> Response:
     return Response(text, headers=headers, content_type="text/vtt; charset=utf-8")
 
 
-@bp.get("/v1/jobs/<job_id>/storyboard/<int:since>-<int:until>-<int:sheet>.jpg")
-def storyboard_sprite(job_id: str, since: int, until: int, sheet: int) -> Response:
+def _sprite_numbers(since_raw: str, until_raw: str, sheet_raw: str) -> tuple[int, int, int]:
+    """The numbers of a sprite path, parsed strictly (werkzeug's int converter takes any Unicode digit and
+    any length): Unix ms from 0 to year 9999 and a sheet index, or 400."""
+    try:
+        return (parse_int(since_raw, 0, MAX_TIME_MS), parse_int(until_raw, 0, MAX_TIME_MS),
+                parse_int(sheet_raw, 0, MAX_SHEET))
+    except StrictError:
+        raise ApiError(400, "InvalidParameter", "a sprite path is <since ms>-<until ms>-<sheet>.jpg, "
+                       f"got {f'{since_raw}-{until_raw}-{sheet_raw}'[:100]!r}") from None
+
+
+@bp.get("/v1/jobs/<job_id>/storyboard/<since>-<until>-<sheet>.jpg")
+def storyboard_sprite(job_id: str, since: str, until: str, sheet: str) -> Response:
+    return _sprite(job_id, *_sprite_numbers(since, until, sheet))
+
+
+def _sprite(job_id: str, since: int, until: int, sheet: int) -> Response:
     if since >= until or until - since > MAX_WINDOW_MS:
         raise ApiError(404, "NotFound", "no such storyboard sheet")
     p = _plan(job_id, since, until)
@@ -172,10 +190,11 @@ def original(snapshot_id: str) -> BaseResponse:
     authenticates with a Bearer header can still show the image in an <img>.
     """
     svc = _svc()
-    if not is_ascii_int(snapshot_id):
+    sid = path_id(snapshot_id)
+    if sid is None:
         raise ApiError(404, "NotFound", f"no snapshot {snapshot_id[:100]!r}")
     with svc.readers() as s:
-        snap = s.get(Snapshot, int(snapshot_id))
+        snap = s.get(Snapshot, sid)
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
     wants_json = request.accept_mimetypes.best == "application/json"

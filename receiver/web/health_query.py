@@ -1,4 +1,5 @@
-"""The SQL behind stream health: frames of a window, and the current status of a page of jobs.
+"""The SQL behind stream health: frames of a window (with the frames either side of it), and the current
+status of a page of jobs.
 
 Every statement is served by ``ix_snapshots_job_time`` (job_id, captured_at_ms, id). The status of a page
 of jobs (``/v1/jobs`` items carry ``health``) comes from one UNION ALL statement of per-job
@@ -46,6 +47,15 @@ def previous_ms(s: Session, job_id: str, before: int) -> int | None:
     return s.execute(
         select(Snapshot.captured_at_ms).where(Snapshot.job_id == job_id, Snapshot.captured_at_ms < before)
         .order_by(Snapshot.captured_at_ms.desc(), Snapshot.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def next_ms(s: Session, job_id: str, at: int) -> int | None:
+    """The oldest frame at or after ``at``: a window ending in the past may end inside a silence that later
+    frames ended, which is a gap, not ``stale`` (media/health.py ``assess``)."""
+    return s.execute(
+        select(Snapshot.captured_at_ms).where(Snapshot.job_id == job_id, Snapshot.captured_at_ms >= at)
+        .order_by(Snapshot.captured_at_ms, Snapshot.id).limit(1)
     ).scalar_one_or_none()
 
 

@@ -176,6 +176,21 @@ _CURSOR = _q("cursor", {"type": "string"}, "next_cursor of the previous page, wi
 _ETAG = {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}}
 
 
+def _path(name: str, description: str, digits: int) -> dict[str, Any]:
+    # Digits in a string, as the route takes them: the view parses them strictly and answers 400 otherwise.
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}$"}}
+
+
+def _viewer(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params + [
+        _q("poll", {"type": "string", "pattern": r"^[0-9]{1,4}(\.[0-9]{1,3})?$"},
+           "seconds between refreshes, 0.5 to 3600 (default 5)"),
+        _q("page", {"type": "integer", "minimum": 1, "maximum": 1000}, "history page size (default 60)"),
+    ], "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                     "400": _err("bad poll or page")}}}
+
+
 def _read(summary: str, ok: dict[str, Any], params: list[dict[str, Any]], *, not_found: bool = True,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok, "400": _err("bad query parameter"),
@@ -261,8 +276,16 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/": {"get": {"summary": "The viewer", "responses": {"200": {
-            "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        "/v1/jobs/{job_id}/storyboard/{since}-{until}-{sheet}.jpg": _read(
+            "A storyboard sprite sheet (the URLs come from storyboard.vtt)",
+            {"description": "the sheet", "headers": _ETAG,
+             "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+            [_PATH_JOB, _path("since", "Unix ms", 14), _path("until", "Unix ms, after since", 14),
+             _path("sheet", "sheet index from 0", 4), _q("v", {"type": "string"}, "digest of the sheet's tiles"),
+             _q("exp", {"type": "string"}, "signed URL expiry"), _q("sig", {"type": "string"}, "signed URL signature")],
+            extra={"304": {"description": "If-None-Match matched"}}),
+        "/": _viewer("The viewer: every job with its latest frame", []),
+        "/jobs/{job_id}": _viewer("The viewer: one job's timeline and history", [_PATH_JOB]),
     }
 
 

@@ -10,9 +10,32 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from receiver.services import current_services
+from receiver.strict import StrictError, parse_decimal_milli, parse_int
+from receiver.web.errors import ApiError
 
 bp = Blueprint("viewer", __name__, template_folder="templates", static_folder="static",
                static_url_path="/viewer-static")
+
+DEFAULT_POLL_MS = 5000
+MIN_POLL_MS, MAX_POLL_MS = 500, 3_600_000
+DEFAULT_PAGE, MAX_PAGE = 60, 1000
+
+
+def parse_poll(raw: str) -> int:
+    """``?poll=<seconds>`` (0.5 to 3600, at most three decimals) as milliseconds, or 400."""
+    try:
+        return parse_decimal_milli(raw, MIN_POLL_MS, MAX_POLL_MS)
+    except StrictError:
+        raise ApiError(400, "InvalidParameter", f"poll must be seconds from 0.5 to 3600, got {raw[:100]!r}") from None
+
+
+def parse_page(raw: str) -> int:
+    """``?page=<n>`` (1 to 1000), or 400."""
+    try:
+        return parse_int(raw, 1, MAX_PAGE)
+    except StrictError:
+        raise ApiError(400, "InvalidParameter", f"page must be an integer from 1 to {MAX_PAGE}, "
+                       f"got {raw[:100]!r}") from None
 
 
 def _config() -> dict[str, object]:
@@ -22,8 +45,8 @@ def _config() -> dict[str, object]:
     page = request.args.get("page", "")
     return {
         "keys_required": bool(svc.settings.api_keys),
-        "poll_ms": int(float(poll) * 1000) if poll.replace(".", "", 1).isdigit() and float(poll) >= 0.5 else 5000,
-        "page_size": int(page) if page.isdigit() and 1 <= int(page) <= 1000 else 60,
+        "poll_ms": parse_poll(poll) if poll else DEFAULT_POLL_MS,
+        "page_size": parse_page(page) if page else DEFAULT_PAGE,
         "gap_factor": svc.settings.health_gap_factor,
     }
 

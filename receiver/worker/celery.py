@@ -243,6 +243,8 @@ class CeleryDispatcher:
                 return
 
     def _sweep_loop(self) -> None:
+        # The grace applies to pending events only (a message that may be lost); a dead worker's claim is due as
+        # soon as its lease ends (no heartbeat renews it), so it is re-sent within a lease plus a sweep.
         grace = self.svc.settings.lease_seconds
         while not self._stop.wait(self.svc.settings.sweep_seconds):
             try:

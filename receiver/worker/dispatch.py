@@ -19,6 +19,7 @@ from receiver.config import Settings
 from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services
+from receiver.worker.heartbeat import reclaim_orphans
 from receiver.worker.pipeline import process_event
 
 Builder = Callable[[Settings], Services]
@@ -79,6 +80,12 @@ class ThreadDispatcher:
         if self._executor is not None:
             return
         self._stopping = False
+        try:
+            # On a SQLite file with no other live worker process: a previous run's claims are orphans; take
+            # them back now rather than after their leases (the first sweep, just below, runs them).
+            reclaim_orphans(self.svc)
+        except Exception:
+            log.exception("could not take back a previous run's claims; they expire with their leases")
         self._new_pool()
         self._thread = threading.Thread(target=self._loop, name="receiver-scheduler", daemon=True)
         self._thread.start()

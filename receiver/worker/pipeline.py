@@ -29,6 +29,7 @@ from receiver.exceptions import (
     Transient,
 )
 from receiver.services import Services
+from receiver.worker.heartbeat import heartbeat, mark_claimer
 from receiver.worker.index import prepare, upsert_job, write_index
 from receiver.worker.resolve import resolve_targets
 from receiver.worker.types import SKIPPED, Claimed, Outcome, Prepared, Target
@@ -81,6 +82,7 @@ def _link_statement(dialect: str) -> Executable:
 
 
 def _claim(svc: Services, event_id: int) -> Claimed | None:
+    mark_claimer(svc)  # on a SQLite file: this process may hold claims from now on (see worker/heartbeat.py)
     now = utcnow()
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
     params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
@@ -144,7 +146,8 @@ def process_event(svc: Services, event_id: int) -> Outcome:
         error = f"gave up: {ev.attempts - 1} attempts never finished (worker killed or hung?)"
         _finish(svc, ev, EventStatus.FAILED, error)
         return Outcome(EventStatus.FAILED)
-    with svc.metrics.stage("process"):
+    # The lease is short; the heartbeat renews it while this runs, so only a dead worker's claim runs out.
+    with svc.metrics.stage("process"), heartbeat(svc).holding(ev.id, ev.attempts):
         return _process_claimed(svc, ev)
 
 

@@ -39,7 +39,8 @@ def _init_child(build: Builder, settings: Settings) -> None:
     Image.preinit()  # the JPEG plugin
     # A parent killed without shutting the pool down (SIGKILL, OOM) would leave its children waiting on the
     # call queue forever, holding memory and database connections: they leave with it. An event a child was
-    # running stays `processing` until its lease expires, as after any crash.
+    # running stays `processing` until its lease expires (no heartbeat renews it any more), or until the next
+    # `serve` on the same SQLite file takes it back at start (worker/heartbeat.py).
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="receiver-parent-watch",

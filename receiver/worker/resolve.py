@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from receiver.adapters.base import JobInfo, format_ice_time
+from receiver.adapters.base import FilesPage, JobInfo, format_ice_time
+from receiver.adapters.ice_cache import CachedIceGateway
 from receiver.exceptions import ObjectNotFound, Rejected
 from receiver.media.formats import check_key_safe, match_key, overwrite_key
 from receiver.services import Services
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 SEQUENCE_LOOKBACK_MIN_S = 60
 SEQUENCE_LOOKAHEAD_S = 60
 MAX_LIST_PAGES = 20
+# The window's edges are rounded out to this grid, so the events of one batch (one job, moments close together)
+# ask ICE the same question, answered once for all of them (CachedIceGateway.list_files_shared): a callback of
+# thousands of FileList items costs a few ListLiveSnapshotFiles calls, not one (or 20 pages) per item.
+SEQUENCE_WINDOW_GRID_S = 60
 # Last-Modified has second precision and OSS stamps the end of the upload: beyond this, it is another write.
 OVERWRITE_TIME_TOLERANCE_MS = 2000
 # A callback's CreateTimestamp within this of the object's Last-Modified is believed (ICE writes, then calls).
@@ -66,15 +71,32 @@ def resolve_targets(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
     return targets
 
 
+def sequence_window(moment_ms: int, interval_seconds: int | None) -> tuple[int, int]:
+    """The [start, end] (epoch ms) listed for a bare-JobId event at ``moment_ms``: at least the lookback before
+    and the lookahead after it, the same for every moment of one SEQUENCE_WINDOW_GRID_S cell."""
+    grid = SEQUENCE_WINDOW_GRID_S * 1000
+    lookback = max(3 * (interval_seconds or 5), SEQUENCE_LOOKBACK_MIN_S) * 1000
+    cell = moment_ms // grid * grid
+    start = (cell - lookback) // grid * grid
+    end = -(-(cell + grid + SEQUENCE_LOOKAHEAD_S * 1000) // grid) * grid
+    return start, end
+
+
+def _list_page(svc: Services, job_id: str, start: str, end: str, received_ms: int) -> FilesPage:
+    if isinstance(svc.ice, CachedIceGateway):
+        # Any answer sent after this event's callback arrived holds its file: share it with the batch.
+        return svc.ice.list_files_shared(job_id, start, end, limit=100, fetched_after_ms=received_ms)
+    return svc.ice.list_files(job_id, start, end, limit=100)
+
+
 def _recent_sequence_files(svc: Services, job: JobInfo, ev: Claimed) -> list[Target]:
-    moment = ev.create_timestamp_ms or int(ev.received_at.timestamp() * 1000)
-    lookback = max(3 * (job.interval_seconds or 5), SEQUENCE_LOOKBACK_MIN_S)
-    start = format_ice_time(moment - lookback * 1000)
-    end = format_ice_time(moment + SEQUENCE_LOOKAHEAD_S * 1000)
+    received_ms = int(ev.received_at.timestamp() * 1000)
+    window = sequence_window(ev.create_timestamp_ms or received_ms, job.interval_seconds)
+    start, end = (format_ice_time(ms) for ms in window)
     out: list[Target] = []
     seen: set[str] = set()
     for _ in range(MAX_LIST_PAGES):
-        page = svc.ice.list_files(job.job_id, start, end, limit=100)
+        page = _list_page(svc, job.job_id, start, end, received_ms)
         for f in page.files:
             if f.is_overlay or f.oss_object in seen:
                 continue

@@ -34,11 +34,13 @@ from tests.integration.test_leases import (  # noqa: F401
     test_one_holder_at_a_time_and_takeover_after_expiry,
 )
 from tests.integration.test_pipeline import (  # noqa: F401
+    test_a_slow_download_keeps_its_claim_while_its_worker_lives,
     test_bad_images_fail_with_a_reason_and_the_next_frame_succeeds,
     test_concurrent_processing_of_one_event_indexes_once,
     test_overwrite_mode_one_snapshot_per_etag,
     test_restart_mid_processing_loses_and_duplicates_nothing,
     test_sequence_snapshot_is_indexed_and_served,
+    test_the_heartbeat_renews_only_claims_still_held,
     test_threaded_dispatcher_processes_a_burst,
     test_transient_failures_are_retried_to_success,
 )

@@ -20,7 +20,46 @@ def job(svc):  # type: ignore[no-untyped-def]
 
 def test_healthz_readyz(client):
     assert get_ok(client, "/healthz", "Status") == {"status": "ok"}
-    assert get_ok(client, "/readyz", "Status") == {"status": "ready"}
+    assert get_ok(client, "/readyz", "Status") == {"status": "ready", "credentials": "configured"}
+
+
+def test_no_credentials_warn_once_at_start_and_show_in_readyz(settings, caplog):
+    # Issue 14 item 9: no credentials at all used to start silently, then fail every event.
+    import logging
+
+    from receiver.services import services
+    from tests.support.builders import build_app
+
+    with caplog.at_level(logging.WARNING, logger="receiver"):
+        app = build_app(settings.with_(access_key_id=None, access_key_secret=None, security_token=None))
+    try:
+        warnings = [r for r in caplog.records if "credentials" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+        assert "ALIBABA_CLOUD_ACCESS_KEY_ID" in warnings[0].getMessage()
+        # Still ready (readiness is the database; callbacks are recorded for a replay), but it says so.
+        resp = app.test_client().get("/readyz")
+        assert resp.status_code == 200
+        assert resp.get_json() == {"status": "ready", "credentials": "missing"}
+        # A secret without its id (or the reverse) is no credential either.
+        from receiver.web.api import credentials_status
+
+        assert credentials_status(settings.with_(access_key_id=None)) == "missing"
+        assert credentials_status(settings.with_(access_key_secret="")) == "missing"
+        assert credentials_status(settings) == "configured"
+    finally:
+        services(app).close()
+
+
+def test_configured_credentials_start_without_the_warning(settings, caplog):
+    import logging
+
+    from receiver.services import services
+    from tests.support.builders import build_app
+
+    with caplog.at_level(logging.WARNING, logger="receiver"):
+        app = build_app(settings)
+    services(app).close()
+    assert not [r for r in caplog.records if "credentials" in r.getMessage()]
 
 
 def test_readyz_refuses_a_database_behind_head(client, svc):

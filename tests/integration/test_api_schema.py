@@ -66,7 +66,7 @@ def _operations(app: Any) -> list[Any]:
     return [result.ok() for result in loaded.get_all_operations()]
 
 
-SEMANTIC = {"cursor", "since", "until", "time"}
+SEMANTIC = {"cursor", "since", "until", "time", "poll"}
 
 
 def _excluded(case: Any) -> list[Any]:
@@ -78,18 +78,23 @@ def _excluded(case: Any) -> list[Any]:
     out = []
     query = case.query or {}
     if SEMANTIC & set(query):
-        # A cursor is opaque (only issued ones are valid) and a time must parse as ISO-8601 or Unix ms in
-        # years 1000-9999: constraints JSON Schema cannot state, so a schema-valid value may get its 400.
+        # A cursor is opaque (only issued ones are valid), a time must parse as ISO-8601 or Unix ms in
+        # years 1000-9999 and the viewer's poll must be 0.5-3600 s: constraints JSON Schema cannot state
+        # (or not for a decimal in a string), so a schema-valid value may get its 400.
         out.append(checks.positive_data_acceptance)
     if any(v in ("", None, [], {}) for v in query.values()):
         out.append(checks.negative_data_rejection)  # an empty parameter means absent (docs/api.md)
     return out
 
 
+# Path parameters pinned to the seeded data: the job, snapshot 1, and the sprite sheet over its snapshots.
+PINNED = {"job_id": JOB, "since": str(T0 - 1000), "until": str(T0 + 60_000), "sheet": "0"}
+
+
 def _pin(case: Any) -> Any:
     # Random ids almost always 404; half the cases use the seeded job and snapshot to reach the 200 paths.
     if case.path_parameters:
-        case.path_parameters = {k: (JOB if k == "job_id" else "1") for k in case.path_parameters}
+        case.path_parameters = {k: PINNED.get(k, "1") for k in case.path_parameters}
     return case
 
 
@@ -126,7 +131,8 @@ def test_document_is_openapi_31_and_covers_the_interface(client):
                  "/v1/jobs/{job_id}/snapshots", "/v1/jobs/{job_id}/snapshots/latest",
                  "/v1/jobs/{job_id}/snapshots/nearest", "/v1/snapshots/{snapshot_id}",
                  "/v1/snapshots/{snapshot_id}/thumbnail", "/v1/events", "/healthz", "/readyz", "/metrics",
-                 "/openapi.json"):
+                 "/openapi.json", "/", "/jobs/{job_id}", "/v1/jobs/{job_id}/storyboard.vtt",
+                 "/v1/jobs/{job_id}/storyboard/{since}-{until}-{sheet}.jpg"):
         assert path in doc["paths"], path
     widths = doc["paths"]["/v1/snapshots/{snapshot_id}/thumbnail"]["get"]["parameters"][1]["schema"]["enum"]
     assert widths == [160, 320]

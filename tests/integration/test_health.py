@@ -149,3 +149,27 @@ def test_expected_counts_the_slot_at_the_start_of_a_partial_interval():
     # Five frames 5 s apart, asked 0.5 s after the last one: five slots, not four.
     h = run(live(5), until=T0 + 20_500)
     assert (h.expected, h.seen) == (5, 5)
+
+
+def test_health_at_a_past_moment_inside_a_silence_later_snapshots_ended_is_a_gap(client, svc):
+    # Issue 14 item 8: until = 30 s into a 60 s silence two hours ago answered `stale`; product.md 3.2: a
+    # silence that later snapshots end is a `gap`, whatever the window.
+    from tests.support.api import add_job, add_snapshot
+
+    add_job(svc)  # TimeInterval 5 s
+    silence_start = (now_ms() // 1000 - 2 * 3600) * 1000
+    before = [silence_start - i * S for i in range(12)][::-1]
+    after = [silence_start + 60_000 + i * S for i in range(12)]
+    for ms in before + after:
+        add_snapshot(svc, ms)
+    until = silence_start + 30_000
+    for query in (f"until={until}", f"until={until}&since={until - 10_000}", f"until={until}&since={before[0]}"):
+        body = client.get(f"/v1/jobs/{JOB}/health?{query}").get_json()
+        assert body["status"] == "gap", query
+        assert (body["gaps"][-1]["start_ms"], body["gaps"][-1]["end_ms"]) == (silence_start, after[0]), query
+    # The same moment with nothing after it (the stream is silent now) is stale, as before.
+    from receiver.db.models import Snapshot
+
+    with svc.sessions.begin() as s:
+        s.query(Snapshot).filter(Snapshot.captured_at_ms > silence_start).delete()
+    assert client.get(f"/v1/jobs/{JOB}/health?until={until}").get_json()["status"] == "stale"

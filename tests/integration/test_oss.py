@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -837,3 +838,186 @@ def test_thumbnail_store_put_keeps_its_headers(fake: FakeOss, settings: Settings
         assert store.bucket.head_object("p/ab/cd/320.jpg").content_type == "image/jpeg"
     finally:
         store.close()
+
+
+# --- integrity without CRC (issue 14 item 7) --------------------------------------------------------------
+
+
+def _integrity_count(check: str) -> int:
+    from receiver import metrics
+
+    return metrics._calls.get(("oss", "GetObject.integrity", check), 0)
+
+
+def test_integrity_crc64_when_sent(fake: FakeOss, source: OssSourceStore) -> None:
+    # Real OSS: CRC-64 is sent and checked; the check is on the result and in the metrics.
+    fake.put(BUCKET, "a.jpg", b"\xff\xd8" + b"c" * 3000)
+    before = _integrity_count("crc64")
+    assert source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10_000).integrity == "crc64"
+    assert _integrity_count("crc64") == before + 1
+    fake.corrupt_body_next(1)  # bytes damaged, headers (CRC, ETag, length) right: only the CRC can tell
+    with pytest.raises(Transient, match="crc mismatch"):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10_000)
+
+
+def test_integrity_without_crc_or_length_uses_the_md5_etag(fake: FakeOss, source: OssSourceStore) -> None:
+    # A server that sends neither x-oss-hash-crc64ecma nor Content-Length (chunked): a single-PUT ETag is
+    # the MD5 of the bytes, so that is what is checked.
+    fake.omit_crc, fake.chunked = True, True
+    data = b"\xff\xd8" + b"m" * 40_000
+    fake.put(BUCKET, "a.jpg", data)
+    got = source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000)
+    assert (got.data, got.integrity) == (data, "md5")
+    fake.corrupt_body_next(1)
+    with pytest.raises(Transient, match="md5 mismatch"):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000)
+    # A short chunked body (no length to compare with) fails in the transport: Transient too.
+    fake.truncate_next(1)
+    with pytest.raises(Transient):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=100_000)
+
+
+def test_integrity_multipart_etag_falls_back_to_the_length(fake: FakeOss, source: OssSourceStore) -> None:
+    # A multipart ETag ("<hex>-<parts>") is not an MD5 of the bytes: never compared, so a good object is not
+    # failed for it. Without a CRC the Content-Length is what is left.
+    fake.omit_crc = True
+    data = b"\xff\xd8" + b"p" * 50_000
+    etag = fake.put(BUCKET, "mp.jpg", data, multipart=True)
+    assert etag.endswith("-1")
+    got = source.get(ENDPOINT, BUCKET, "mp.jpg", max_bytes=100_000)
+    assert (got.data, got.etag, got.integrity) == (data, etag, "length")
+    fake.truncate_next(1)  # fewer bytes than the Content-Length said
+    with pytest.raises(Transient):
+        source.get(ENDPOINT, BUCKET, "mp.jpg", max_bytes=100_000)
+    # Chunked too: nothing is left to check against, and the result says so rather than claiming a check.
+    fake.chunked = True
+    before = _integrity_count("none")
+    assert source.get(ENDPOINT, BUCKET, "mp.jpg", max_bytes=100_000).integrity == "none"
+    assert _integrity_count("none") == before + 1
+
+
+def test_verify_body_checks_in_order() -> None:
+    from receiver.adapters.oss_common import crc64 as our_crc64
+    from receiver.adapters.oss_common import verify_body
+
+    data = b"bytes"
+    md5 = "4B3A6218BB3E3A7303E8A171A60FCF92"  # md5(b"bytes")
+    assert verify_body("w", data, crc=our_crc64(data), etag="x-1", length=5) == "crc64"
+    assert verify_body("w", data, crc=None, etag=md5, length=None) == "md5"
+    assert verify_body("w", data, crc=None, etag=md5.lower(), length=5) == "md5"
+    # An appendable object's ETag is not its MD5 either, whatever it looks like.
+    assert verify_body("w", data, crc=None, etag="0" * 32, length=5,
+                       headers={"x-oss-object-type": "Appendable"}) == "length"
+    with pytest.raises(Transient, match="crc mismatch"):
+        verify_body("w", data, crc=our_crc64(data) ^ 1, etag=md5, length=5)
+    with pytest.raises(Transient, match="md5 mismatch"):
+        verify_body("w", data, crc=None, etag="0" * 32, length=5)
+    with pytest.raises(Transient, match="truncated"):
+        verify_body("w", data, crc=None, etag="x-1", length=6)
+
+
+def test_thumbnail_store_verifies_without_crc(fake: FakeOss, settings: Settings) -> None:
+    fake.create_bucket("thumbs")
+    store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
+    assert isinstance(store, OssThumbnailStore)
+    try:
+        fake.omit_crc, fake.chunked = True, True
+        store.put("a.jpg", b"thumb" * 100, "image/jpeg")
+        fake.corrupt_body_next(1)
+        with pytest.raises(Transient, match="md5 mismatch"):
+            store.get("a.jpg")
+        assert store.get("a.jpg") == b"thumb" * 100
+    finally:
+        store.close()
+
+
+# --- every oss2 failure leaves the adapters as the receiver's own error (issue 14 item 6) -----------------
+
+
+@pytest.mark.parametrize(("how", "raised"), [("namespace", "RuntimeError"), ("garbage", "ParseError")])
+def test_unparseable_listing_is_transient(fake: FakeOss, settings: Settings, how: str, raised: str) -> None:
+    fake.create_bucket("thumbs")
+    fake.put("thumbs", "t/storyboards/ab/old.jpg", b"x", last_modified=time.time() - 40 * 86400)
+    store = thumbnail_store_from_url(f"oss://thumbs/t?endpoint={ENDPOINT}", settings)
+    assert isinstance(store, OssThumbnailStore)
+    try:
+        fake.break_listing_next(1, how)
+        with pytest.raises(Transient, match=f"unreadable answer \\({raised}") as info:
+            store.delete_older_than("storyboards/", time.time())
+        assert "\n" not in str(info.value)
+        assert type(info.value.__cause__).__module__.split(".")[0] in ("builtins", "xml")
+        assert fake.keys("thumbs") == ["t/storyboards/ab/old.jpg"]  # nothing deleted on a failed listing
+        assert store.delete_older_than("storyboards/", time.time()) == 1  # the next answer is fine
+    finally:
+        store.close()
+
+
+def test_unparseable_header_is_transient(fake: FakeOss, source: OssSourceStore,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # oss2 raises a bare ValueError for a Last-Modified that is not RFC 1123 (design/oss.md section 3).
+    fake.put(BUCKET, "a.jpg", b"x")
+    real_read = fake._read
+
+    def bad_date(*args: object, **kwargs: object) -> object:
+        reply = real_read(*args, **kwargs)  # type: ignore[arg-type]
+        reply.headers["Last-Modified"] = "2026-11-28T12:00:00Z"
+        return reply
+
+    monkeypatch.setattr(fake, "_read", bad_date)
+    with pytest.raises(Transient, match="unreadable answer \\(ValueError"):
+        source.head(ENDPOINT, BUCKET, "a.jpg")
+    with pytest.raises(Transient, match="unreadable answer \\(ValueError"):
+        source.get(ENDPOINT, BUCKET, "a.jpg", max_bytes=10)
+
+
+def test_our_own_bugs_are_not_translated() -> None:
+    from receiver.adapters.oss_common import translated
+
+    with pytest.raises(KeyError), translated("oss://x/y"):
+        raise KeyError("ours")
+
+
+# --- presigned URLs browsers follow never name a VPC -internal host ---------------------------------------
+
+
+INTERNAL = "oss-cn-shanghai-internal.aliyuncs.com"
+
+
+def _fetch_via_fake(fake: FakeOss, url: str, bucket: str) -> bytes:
+    # The public host is not reachable here; the V1 signature does not cover the host, so the same path and
+    # query against the fake (path style) proves the URL's signature.
+    parts = urllib.parse.urlsplit(url)
+    with urllib.request.urlopen(f"{fake.url}/{bucket}{parts.path}?{parts.query}", timeout=5) as r:
+        return bytes(r.read())
+
+
+def test_presign_switches_internal_endpoints_to_public(fake: FakeOss, settings: Settings) -> None:
+    fake.put(BUCKET, "cam1/a.jpg", b"orig")
+    fake.create_bucket("thumbs")
+    fake.put("thumbs", "t/ab/x.jpg", b"thumb")
+    # The README's example: the thumbnail store configured on the -internal endpoint (reached here at the
+    # fake through the map), and a job's public endpoint mapped to the -internal address.
+    s = settings.with_(oss_endpoint_map={ENDPOINT: fake.url, INTERNAL: fake.url})
+    thumbs = thumbnail_store_from_url(f"oss://thumbs/t?endpoint={INTERNAL}&redirect=1", s)
+    direct = thumbnail_store_from_url(f"oss://thumbs/t?endpoint=https://{INTERNAL}&redirect=1",
+                                      settings.with_(oss_endpoint_map={}))
+    assert isinstance(thumbs, OssThumbnailStore) and isinstance(direct, OssThumbnailStore)
+    mapped = OssSourceStore(settings.with_(oss_endpoint_map={ENDPOINT: f"https://{INTERNAL}"}))
+    try:
+        for url in (thumbs.presign("ab/x.jpg", 60), direct.presign("ab/x.jpg", 60)):
+            assert url is not None
+            assert urllib.parse.urlsplit(url).hostname == "thumbs.oss-cn-shanghai.aliyuncs.com", url
+            assert urllib.parse.urlsplit(url).scheme == "https"
+            assert _fetch_via_fake(fake, url, "thumbs") == b"thumb"
+        original = mapped.presign(ENDPOINT, BUCKET, "cam1/a.jpg", 60)
+        assert urllib.parse.urlsplit(original).hostname == f"{BUCKET}.oss-cn-shanghai.aliyuncs.com"
+        assert _fetch_via_fake(fake, original, BUCKET) == b"orig"
+        # A public endpoint mapped to a local address keeps that address (tests, the demo).
+        plain = thumbnail_store_from_url(f"oss://thumbs/t?endpoint={ENDPOINT}&redirect=1", s)
+        assert isinstance(plain, OssThumbnailStore)
+        assert str(plain.presign("ab/x.jpg", 60)).startswith(fake.url)
+        plain.close()
+    finally:
+        thumbs.close()
+        direct.close()
+        mapped.close()

@@ -442,3 +442,88 @@ def test_bare_job_id_with_nothing_listed_fails_with_the_real_reason(client, svc,
     drain(svc)
     ev = the_event(svc, eid)
     assert ev.status == "failed" and "no file" in (ev.last_error or "")
+
+
+# --- leases: a heartbeat while working, and a restarted process taking back orphaned claims (worker/heartbeat.py)
+
+
+def test_a_slow_download_keeps_its_claim_while_its_worker_lives(client, svc, settings, fake_ice, fake_oss, frame):
+    """The lease is short and the download outlasts it several times: the heartbeat renews the claim, so a
+    second worker trying all along never takes the event, and the object is fetched once."""
+    svc.settings = svc.settings.with_(lease_seconds=0.3)
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    eid = int(send(client, callback_body(key, T0)))
+    other = build_app(settings.with_(lease_seconds=0.3))  # another worker on the same database
+    outcome: list[object] = []
+    fake_oss.latency = 1.2  # four leases
+    try:
+        working = threading.Thread(target=lambda: outcome.append(process_event(svc, eid).status))
+        working.start()
+        while the_event(svc, str(eid)).status != "processing":  # claimed: now inside the slow GET
+            time.sleep(0.01)
+        tries = 0
+        while working.is_alive():
+            assert process_event(services(other), eid).status == "skipped"
+            tries += 1
+            time.sleep(0.05)
+        working.join()
+    finally:
+        fake_oss.latency = 0.0
+        services(other).close()
+    assert outcome == ["done"] and tries >= 5
+    ev = the_event(svc, str(eid))
+    assert ev.status == "done" and ev.attempts == 1
+    assert len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"]) == 1
+
+
+def test_the_heartbeat_renews_only_claims_still_held(client, svc, fake_ice, fake_oss, frame):
+    import datetime as dt
+
+    from receiver.db.models import utcnow
+    from receiver.worker.heartbeat import renew
+
+    ids = [int(send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, frame), T0 + i * 5000)))
+           for i in range(3)]
+    past = utcnow() - dt.timedelta(seconds=1)
+    with svc.sessions.begin() as s:
+        s.execute(update(Event).where(Event.id.in_(ids[:2])).values(status="processing", attempts=2, lease_until=past))
+    # ids[0]: still ours (attempt 2). ids[1]: claimed again by someone else (we hold attempt 1). ids[2]: pending.
+    assert renew(svc.engine, {ids[0]: 2, ids[1]: 1, ids[2]: 0}, 60) == 1
+    leases = {e: the_event(svc, str(e)).lease_until for e in ids}
+    assert leases[ids[0]] is not None and leases[ids[0]].replace(tzinfo=None) > utcnow().replace(tzinfo=None)
+    assert leases[ids[1]] is not None and leases[ids[1]].replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
+    assert leases[ids[2]] is None
+    assert renew(svc.engine, {}, 60) == 0
+
+
+def test_a_restarted_process_takes_back_orphaned_claims_unless_another_worker_lives(settings, fake_ice, fake_oss,
+                                                                                    frame):
+    """SQLite: claims left `processing` by a dead run are taken back at start, not after their leases; while
+    another process that may claim lives (it holds the shared lock), they are left to their leases."""
+    import datetime as dt
+    import fcntl
+
+    from receiver.db.models import utcnow
+    from receiver.worker import heartbeat
+
+    app = build_app(settings)
+    svc: Services = services(app)
+    try:
+        c = app.test_client()
+        ids = [int(send(c, callback_body(put_snapshot(fake_oss, fake_ice, T0 + i * 5000, make_frame(seed=i)),
+                                         T0 + i * 5000))) for i in range(2)]
+        with svc.sessions.begin() as s:  # a run that died a moment ago: fresh leases, nobody renewing them
+            s.execute(update(Event).where(Event.id.in_(ids)).values(
+                status="processing", attempts=1, lease_until=utcnow() + dt.timedelta(seconds=600)))
+        path = heartbeat._lock_path(svc)
+        assert path is not None
+        with open(path, "ab") as live_worker:  # e.g. a `receiver worker` on the same file
+            fcntl.flock(live_worker.fileno(), fcntl.LOCK_SH)
+            assert heartbeat.reclaim_orphans(svc, wait=0.1) == 0
+        assert {the_event(svc, str(e)).status for e in ids} == {"processing"}
+        svc.dispatcher.start()  # the worker is gone: the start takes both back, the first sweep runs them
+        assert wait_idle(svc, timeout=20)
+        assert {(the_event(svc, str(e)).status, the_event(svc, str(e)).attempts) for e in ids} == {("done", 2)}
+        assert heartbeat.reclaim_orphans(svc) == 0  # this process claims now: its own claims are live
+    finally:
+        svc.close()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from receiver.db.models import Event, EventSnapshot, Snapshot, Thumbnail
 from receiver.ops.retention import parse_duration, prune
@@ -124,3 +125,112 @@ def test_cli_prune_dry_run_prints_and_keeps(client, svc, settings, fake_ice, fak
     assert res.exit_code == 0 and "deleted 1 snapshots" in res.output
     assert count(svc, Snapshot) == 1
     assert runner.invoke("prune", "--older-than", "soon").exit_code == 2
+
+
+# --- an OSS thumbnail store that fails mid-prune (issue 14 item 6) ---------------------------------------
+
+THUMBS = "thumbs"
+
+
+def oss_app(settings, fake_oss):
+    from receiver.services import services
+    from tests.support.builders import OSS_ENDPOINT, build_app
+
+    fake_oss.create_bucket(THUMBS)
+    s = settings.with_(thumbnail_store=f"oss://{THUMBS}/t?endpoint={OSS_ENDPOINT}")
+    app = build_app(s)
+    return s, app, services(app)
+
+
+def error_lines(res) -> list[str]:
+    return [line for line in res.output.splitlines() if line.startswith("error:")]
+
+
+def test_cli_prune_with_an_unparseable_listing_says_what_it_did_and_a_rerun_finishes(settings, fake_ice, fake_oss):
+    s, app, svc = oss_app(settings, fake_oss)
+    try:
+        by_age = index(app.test_client(), svc, fake_ice, fake_oss, [40, 35, 1])
+        old_keys, young_keys = thumb_keys(svc, [by_age[40], by_age[35]]), thumb_keys(svc, [by_age[1]])
+        now = time.time()
+        fake_oss.put(THUMBS, "t/storyboards/ab/old.jpg", b"sheet", last_modified=now - 40 * 86400)
+        fake_oss.put(THUMBS, "t/storyboards/ab/new.jpg", b"sheet", last_modified=now - 86400)
+        runner = Cli(cli_settings(s))
+
+        fake_oss.break_listing_next(1)  # the third-party server's S3-shaped listing: oss2 raises RuntimeError
+        res = runner.invoke("prune", "--older-than", "30d")
+        assert res.exit_code == 1, res.output
+        assert "Traceback" not in res.output and not isinstance(res.exception, RuntimeError)
+        # What it did, then one line for what it could not do.
+        assert "job-0001: 2 snapshots" in res.output
+        assert "deleted 2 snapshots (4 thumbnail files)" in res.output and "run it again" in res.output
+        [err] = error_lines(res)
+        assert err.startswith("error: cached storyboard sheets not pruned: oss://thumbs/t/storyboards/ (list)")
+        assert "unreadable answer (RuntimeError: parse xml" in err
+        assert count(svc, Snapshot) == 1
+        assert sorted(fake_oss.keys(THUMBS)) == sorted(
+            [f"t/{k}" for k in young_keys] + ["t/storyboards/ab/new.jpg", "t/storyboards/ab/old.jpg"])
+
+        again = runner.invoke("prune", "--older-than", "30d")
+        assert again.exit_code == 0, again.output
+        assert "deleted 0 snapshots (0 thumbnail files)" in again.output
+        assert "and 1 cached storyboard sheets" in again.output and not error_lines(again)
+        assert sorted(fake_oss.keys(THUMBS)) == sorted([f"t/{k}" for k in young_keys] + ["t/storyboards/ab/new.jpg"])
+        assert not any(f"t/{k}" in fake_oss.keys(THUMBS) for k in old_keys)
+    finally:
+        svc.close()
+
+
+def test_prune_deletes_files_before_rows_so_a_failed_delete_leaves_nothing_unfindable(settings, fake_ice, fake_oss):
+    s, app, svc = oss_app(settings, fake_oss)
+    try:
+        by_age = index(app.test_client(), svc, fake_ice, fake_oss, [40, 35, 31, 1])
+        young_keys = thumb_keys(svc, [by_age[1]])
+        with svc.sessions.begin() as ses:
+            ses.execute(update(Event).values(received_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
+        runner = Cli(cli_settings(s))
+
+        # The first batch's delete fails: its rows stay, so its files stay findable; events (rows only) are
+        # pruned all the same.
+        fake_oss.fail_next("POST", 1)
+        res = runner.invoke("prune", "--older-than", "30d")
+        assert res.exit_code == 1, res.output
+        [err] = error_lines(res)
+        assert err.startswith("error: snapshots not pruned: ") and "InternalError" in err
+        assert "deleted 0 snapshots (0 thumbnail files), 4 done/rejected events" in res.output
+        assert count(svc, Snapshot) == 4
+
+        # A crash after a batch's files went and before its rows did: the next run finds the rows, deletes
+        # the (already missing) files again and finishes.
+        for k in thumb_keys(svc, [by_age[40]]):
+            fake_oss.delete(THUMBS, f"t/{k}")
+        done = prune(svc, parse_duration("30d"), batch=2)
+        assert (done.snapshots, done.thumbnails, done.errors) == (3, 6, [])
+        with svc.sessions() as ses:
+            assert list(ses.execute(select(Snapshot.id)).scalars()) == [by_age[1]]
+        # No orphan: exactly the young snapshot's thumbnails are left in the store.
+        assert fake_oss.keys(THUMBS) == sorted(f"t/{k}" for k in young_keys)
+    finally:
+        svc.close()
+
+
+def test_prune_reports_a_database_failure_with_what_it_did(client, svc, fake_ice, fake_oss, monkeypatch):
+    from receiver.ops import retention
+    from receiver.ops.retention import PruneIncomplete
+
+    index(client, svc, fake_ice, fake_oss, [40, 1])
+
+    def db_gone(*args, **kwargs):
+        # Not a store error: the prune stops there, and says what it had done.
+        raise OperationalError("DELETE FROM events", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(retention, "_prune_events", db_gone)
+    with pytest.raises(PruneIncomplete, match="events not pruned: OperationalError: .*database is locked") as info:
+        prune(svc, parse_duration("30d"))
+    assert "\n" not in str(info.value)
+    # The command prints the same: what was done, then the error on one line, exit 1, no traceback.
+    res = Cli(cli_settings(svc.settings)).invoke("prune", "--older-than", "30d")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "deleted 0 snapshots" in res.output
+    [err] = error_lines(res)
+    assert err.startswith("error: events not pruned: OperationalError: ")
+    assert (info.value.result.snapshots, info.value.result.thumbnails) == (1, 2)
