@@ -200,6 +200,9 @@ class Settings:
     lease_seconds: float = setting("RECEIVER_LEASE_SECONDS", 20.0, "how long a claim on an event lasts unless "
                                    "renewed; a working worker renews it every third of this, so a dead worker's "
                                    "event is taken over this long after its last renewal")
+    redispatch_seconds: float = setting("RECEIVER_REDISPATCH_SECONDS", 120.0, "with Celery: how long a pending "
+                                        "event may wait past its time before the sweeper sends it to the broker "
+                                        "again (its message may be lost)")
     sweep_seconds: float = setting("RECEIVER_SWEEP_SECONDS", 5.0, "how often workers look in the inbox for "
                                    "due events")
     ice_timeout_ms: int = setting("RECEIVER_ICE_TIMEOUT_MS", 5000, "timeout of an ICE API call, milliseconds",

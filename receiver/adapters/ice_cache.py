@@ -87,12 +87,7 @@ class CachedIceGateway:
             if flight is None:
                 flight = self._flights[job_id] = _Flight()
         if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                dup = _fresh(flight.error)
-                if dup is flight.error:
-                    raise dup
-                raise dup from flight.error
+            _follow(flight)
             assert flight.job is not None
             return flight.job
         try:
@@ -151,12 +146,7 @@ class CachedIceGateway:
                 flight = self._page_flights[key] = _PageFlight(sent_ms=self._wall_ms())
         assert flight is not None
         if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                dup = _fresh(flight.error)
-                if dup is flight.error:
-                    raise dup
-                raise dup from flight.error
+            _follow(flight)
             assert flight.page is not None
             return flight.page
         try:
@@ -189,6 +179,16 @@ class CachedIceGateway:
         self, page_no: int = 1, page_size: int = 100, status: str | None = None
     ) -> tuple[list[JobSummary], int]:
         return self.inner.list_jobs(page_no=page_no, page_size=page_size, status=status)
+
+
+def _follow(flight: _Flight | _PageFlight) -> None:
+    """A follower of a single flight: wait for the leader, and raise (a copy of) its error if it failed."""
+    flight.done.wait()
+    if flight.error is not None:
+        dup = _fresh(flight.error)
+        if dup is flight.error:
+            raise dup
+        raise dup from flight.error
 
 
 def _fresh(error: BaseException) -> BaseException:

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
+from xml.parsers.expat import ExpatError
 
 import anycrc
 import oss2
@@ -141,12 +143,15 @@ def browser_bucket(bucket: Any, host: str) -> Any:
 
 
 def _raised_in_oss2(tb: TracebackType | None) -> bool:
-    """Whether oss2's own code is on the traceback: a failure of the call, not a bug in ours."""
+    """Whether the innermost frame of oss2's or ours that raised is oss2's: a failure of the call, not a bug
+    in ours (oss2 calls back into our transport, so a frame of oss2 further out proves nothing)."""
+    owner = ""
     while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "oss2":
-            return True
+        top = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        if top in ("oss2", "receiver"):
+            owner = top
         tb = tb.tb_next
-    return False
+    return owner == "oss2"
 
 
 def translate(err: oss2.exceptions.OssError, where: str) -> ReceiverError:
@@ -187,7 +192,7 @@ def translated(where: str, op: str | None = "other") -> Iterator[None]:
         # Our own checks on the answer (size, truncation, CRC) fail the call too.
         count(e.code)
         raise
-    except Exception as e:
+    except (RuntimeError, ValueError, LookupError, ElementTree.ParseError, ExpatError) as e:
         if not _raised_in_oss2(e.__traceback__):
             raise  # ours: a bug, not an OSS answer
         # oss2 parsing an answer it cannot read raises whatever its parser met (design/oss.md section 3):

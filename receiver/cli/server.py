@@ -114,8 +114,10 @@ def create_server(app: Flask, host: str, port: int, settings: Settings) -> Any:
         asyncore_use_poll=True,  # select() fails on descriptors above 1024
         cleanup_interval=1,  # how often the timeouts are checked: a pass over the channels, cheap
         max_request_header_size=64 * 1024,  # what a slow client can park in memory: headers
-        # ...and body: the callback is the only POST (RECEIVER_MAX_CALLBACK_BYTES answers 413 in the app's words)
-        max_request_body_size=max(2 * settings.max_callback_bytes, 1 << 20),
+        # ...and body, well above what the app refuses itself (RECEIVER_MAX_CALLBACK_BYTES: 413, or the path's
+        # 404 first, in the error object), so waitress's own plain-text 413 only meets bodies no client needs;
+        # waitress spools large bodies to a temporary file rather than memory.
+        max_request_body_size=max(16 * settings.max_callback_bytes, 16 << 20),
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from receiver.timeutil import parse_time_ms
+
+log = logging.getLogger(__name__)
 
 MAX_JOB_ID_LENGTH = 128
 # Items (list entries and FileList entries together) one callback may carry: ICE sends one snapshot per
@@ -101,6 +104,10 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259)")
 
 
+# Built once: json.loads with any keyword argument builds a new decoder (and scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _too_deep(doc: Any) -> bool:
     """True when arrays and objects nest deeper than MAX_DEPTH; iterative, so no depth can overflow it."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
@@ -118,13 +125,14 @@ def _too_deep(doc: Any) -> bool:
 def _loads(text: str) -> Any:
     """json.loads without NaN/Infinity and with bounded nesting; every failure is CallbackParseError."""
     try:
-        doc = json.loads(text, parse_constant=_refuse_constant)
+        doc = _DECODER.decode(text)
     except RecursionError:
         # The decoder recurses per level; what it cannot nest, we would not have accepted anyway.
         raise CallbackParseError("TooDeep", f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
         raise CallbackParseError("InvalidJson", f"body is not valid JSON: {e}") from None
-    if _too_deep(doc):
+    # Only a body with that many brackets can nest that deep: the walk is skipped for every ordinary callback.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(doc):
         raise CallbackParseError("TooDeep", f"JSON nested deeper than {MAX_DEPTH} levels")
     return doc
 
@@ -141,23 +149,22 @@ def _message_body(fields: dict[str, Any]) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _file_time(merged: dict[str, Any]) -> int | None | CallbackParseError:
-    """The file's CreateTimestamp, else its CreateTime, as Unix ms; None when neither is given (null or "").
+def _file_time(merged: dict[str, Any]) -> int | None:
+    """The file's CreateTimestamp, else its CreateTime, as Unix ms; None when neither reads as a time.
 
-    Both have a format the contract names, so a value that is not a time in years 1000-9999 refuses the item
-    (InvalidCreateTimestamp, InvalidCreateTime). The envelope's EventTime is only a fallback and is read
-    leniently (an unreadable one is ignored).
+    Read strictly (one parser, years 1000-9999, no NaN or 5,000-digit numbers) but leniently used: product.md
+    refuses a callback only for bad JSON or a missing JobId, so a value that is not a time counts as absent
+    and the next field (then the envelope's EventTime) is used; the raw body keeps what was sent.
     """
-    times: list[int] = []
-    for key, name in (("createtimestamp", "CreateTimestamp"), ("createtime", "CreateTime")):
+    for key in ("createtimestamp", "createtime"):
         value = merged.get(key)
         if value is None or value == "":
             continue
         ms = parse_time_ms(value)
-        if ms is None:
-            return CallbackParseError(f"Invalid{name}", f"{name} is not ISO-8601 or Unix ms in years 1000-9999")
-        times.append(ms)
-    return times[0] if times else None
+        if ms is not None:
+            return ms
+        log.info("callback time %s=%r is not a time; ignored", key, str(value)[:80])
+    return None
 
 
 def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | CallbackParseError:
@@ -171,8 +178,6 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
         if (bad := _bad_field(name, value)) is not None:
             return bad
     create_ts = _file_time(merged)
-    if isinstance(create_ts, CallbackParseError):
-        return create_ts
     moment = create_ts if create_ts is not None else parse_time_ms(event_time)
     if oss_object is None and moment is None:
         identity_src = "sha256:" + hashlib.sha256(_canonical(raw_obj).encode()).hexdigest()

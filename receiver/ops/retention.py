@@ -158,6 +158,8 @@ def prune(svc: Services, older_than_seconds: float, *, dry_run: bool = False, ba
             result.errors.append(f"{name} not pruned: {_one_line(e)}")
             log.warning("retention: %s not pruned: %s", name, _one_line(e))
         except Exception as e:
+            # The database, or a bug: the traceback goes to the log, the command says what was done.
+            log.exception("retention: %s not pruned", name)
             result.errors.append(f"{name} not pruned: {type(e).__name__}: {_one_line(e)}")
             raise PruneIncomplete(result.errors[-1], result) from e
     return result

@@ -243,9 +243,10 @@ class CeleryDispatcher:
                 return
 
     def _sweep_loop(self) -> None:
-        # The grace applies to pending events only (a message that may be lost); a dead worker's claim is due as
-        # soon as its lease ends (no heartbeat renews it), so it is re-sent within a lease plus a sweep.
-        grace = self.svc.settings.lease_seconds
+        # The grace applies to pending events only (a message that may be lost): long enough that a backlog in
+        # the broker is not mistaken for lost messages and re-sent on top of itself. A dead worker's claim is
+        # due as soon as its lease ends (no heartbeat renews it), so it is re-sent within a lease plus a sweep.
+        grace = self.svc.settings.redispatch_seconds
         while not self._stop.wait(self.svc.settings.sweep_seconds):
             try:
                 ids = redispatch_due(self.svc, grace)

@@ -67,7 +67,9 @@ class Heartbeat:
     """Renews the claims this process is working on while it works on them (see the module's docstring)."""
 
     def __init__(self, engine: Engine, lease_seconds: float) -> None:
-        self.engine = engine
+        # Weak: the registry below is keyed by the engine, and a value holding its key would keep every closed
+        # Services' engine (and this) alive for the life of the process.
+        self._engine = weakref.ref(engine)
         self.lease_seconds = lease_seconds
         self.interval = max(0.05, lease_seconds / BEATS_PER_LEASE)
         self._claims: dict[int, int] = {}
@@ -79,6 +81,7 @@ class Heartbeat:
     def holding(self, event_id: int, attempts: int) -> Iterator[None]:
         with self._cond:
             self._claims[event_id] = attempts
+            self._cond.notify_all()  # a lingering thread takes it on
             if self._thread is None or not self._thread.is_alive():
                 # Runs only while there are claims: an idle process (or a Services closed in tests) has none.
                 self._thread = threading.Thread(target=self._loop, name="receiver-heartbeat", daemon=True)
@@ -98,12 +101,21 @@ class Heartbeat:
                 while self._claims and time.monotonic() < next_beat:
                     self._cond.wait(timeout=max(0.0, next_beat - time.monotonic()))
                 if not self._claims:
-                    self._thread = None
-                    return
+                    # Linger one beat: a process that runs one event at a time (a pool child, a Celery prefork
+                    # child) would otherwise start a thread per event.
+                    self._cond.wait_for(lambda: bool(self._claims), timeout=self.interval)
+                    if not self._claims:
+                        self._thread = None
+                        return
+                    next_beat = time.monotonic() + self.interval
+                    continue
                 claims = dict(self._claims)
             next_beat = time.monotonic() + self.interval
+            engine = self._engine()
+            if engine is None:
+                return
             try:
-                held = renew(self.engine, claims, self.lease_seconds)
+                held = renew(engine, claims, self.lease_seconds)
                 self.renewals += 1
             except Exception:
                 # The database is briefly away: try again at the next beat (the lease covers two missed ones).
@@ -153,7 +165,8 @@ def _lock_path_for(database_url: str) -> str | None:
     database = make_url(database_url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return f"{os.path.abspath(database)}-workers.lock"
+    # realpath: two spellings of one file (a symlinked release folder) must meet on one lock.
+    return f"{os.path.realpath(database)}-workers.lock"
 
 
 def _own_locks() -> dict[str, IO[bytes]]:

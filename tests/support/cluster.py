@@ -58,6 +58,7 @@ class Cluster:
             "RECEIVER_DATA_DIR": str(log_dir),
             "RECEIVER_WORKERS": "1",
             "RECEIVER_LEASE_SECONDS": "3",
+            "RECEIVER_REDISPATCH_SECONDS": "3",
             "RECEIVER_SWEEP_SECONDS": "0.5",
             "RECEIVER_RETRY_BASE_SECONDS": "0.2",
             "RECEIVER_RECONCILE_SECONDS": "0",
