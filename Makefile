@@ -34,4 +34,4 @@ bench: venv
 	$(BIN)/python bench/thumbnails.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

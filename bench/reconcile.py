@@ -64,17 +64,16 @@ class Clock:
 
 
 def instrument(svc: Services, clock: Clock) -> None:
-    """Time each stage at its boundary: the ICE and store objects on svc, the image functions in ingest."""
-    import receiver.worker.index as ingest
+    """Time each stage at its boundary: the ICE and store objects on svc, the image functions in worker/index.py."""
+    import receiver.worker.index as index
 
     svc.ice.list_files = clock.wrap("ICE listing (ListLiveSnapshotFiles)", svc.ice.list_files)  # type: ignore[method-assign]
     svc.ice.get_job = clock.wrap("ICE GetLiveSnapshotJob (cached)", svc.ice.get_job)  # type: ignore[method-assign]
     svc.source.get = clock.wrap("OSS GET (oss2 over loopback, CRC64 check)", svc.source.get)  # type: ignore[method-assign]
     svc.thumbs.put = clock.wrap("thumbnail file writes", svc.thumbs.put)  # type: ignore[method-assign]
-    ingest.make_thumbnails = clock.wrap("thumbnailing (Pillow)", ingest.make_thumbnails)  # type: ignore[attr-defined]
-    if hasattr(ingest, "snapshot_columns"):
-        ingest.snapshot_columns = clock.wrap("image signals (issue 5: dhash, blurhash...)",  # type: ignore[attr-defined]
-                                             ingest.snapshot_columns)
+    index.make_thumbnails = clock.wrap("thumbnailing (Pillow)", index.make_thumbnails)  # type: ignore[attr-defined]
+    index.snapshot_columns = clock.wrap("image signals (dhash, blurhash...)",  # type: ignore[attr-defined]
+                                        index.snapshot_columns)
 
     @event.listens_for(svc.engine, "before_cursor_execute")
     def _before(conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any) -> None:

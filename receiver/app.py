@@ -32,12 +32,11 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app. Nothing connects here beyond creating the (lazy) engine; workers start elsewhere.
 
-    ``overrides`` may hand in ``ice=``, ``source=``, ``thumbs=`` implementations (tests, the demo).
+    ``overrides`` may hand in ``ice=``, ``source=``, ``thumbs=`` implementations (tests).
     """
     settings = settings or Settings.from_env()
     app = Flask("receiver")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.config["RECEIVER_SETTINGS"] = settings
     svc = build_services(settings, **overrides)
     app.extensions[EXTENSION] = svc
     errors.register_error_handlers(app)

@@ -1,4 +1,4 @@
-"""The long-running commands: `serve` (web + workers), `worker` (workers only) and `demo`."""
+"""The long-running commands: `serve` (web + workers) and `worker` (workers only); `demo` is in cli/demo.py."""
 
 from __future__ import annotations
 

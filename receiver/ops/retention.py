@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 # Failed events stay until replayed: operators need them.
-FINAL_EVENT_STATUSES = (EventStatus.DONE, EventStatus.REJECTED)
+PRUNABLE_STATUSES = (EventStatus.DONE, EventStatus.REJECTED)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -92,7 +92,7 @@ def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneR
             select(func.count()).select_from(Thumbnail).join(Snapshot, Snapshot.id == Thumbnail.snapshot_id)
             .where(Snapshot.captured_at_ms < cutoff_ms)).scalar_one()
         result.events = s.execute(select(func.count()).select_from(Event).where(
-            Event.status.in_(FINAL_EVENT_STATUSES), Event.received_at < cutoff_dt)).scalar_one()
+            Event.status.in_(PRUNABLE_STATUSES), Event.received_at < cutoff_dt)).scalar_one()
     return result
 
 
@@ -125,7 +125,7 @@ def _prune_snapshots(svc: Services, cutoff_ms: int, result: PruneResult, batch: 
 def _prune_events(svc: Services, cutoff_dt: dt.datetime, result: PruneResult, batch: int) -> None:
     while True:
         with svc.sessions.begin() as s:
-            ids = list(s.execute(select(Event.id).where(Event.status.in_(FINAL_EVENT_STATUSES),
+            ids = list(s.execute(select(Event.id).where(Event.status.in_(PRUNABLE_STATUSES),
                                                         Event.received_at < cutoff_dt)
                                  .order_by(Event.id).limit(batch)).scalars())
             if not ids:

@@ -8,15 +8,15 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session
 
 from receiver.config import Settings
 from receiver.db import queries
 from receiver.db.migrate import is_at_head
-from receiver.db.models import EVENT_STATUSES, Event, Job, Snapshot, Thumbnail
+from receiver.db.models import EVENT_STATUSES, Event, Snapshot, Thumbnail
 from receiver.exceptions import ObjectNotFound
-from receiver.services import Services, current_services
+from receiver.services import current_services
 from receiver.timeutil import now_ms
+from receiver.web.common import IMMUTABLE, SETTLED_MS, job_or_404, not_modified, signing_key
 from receiver.web.errors import ApiError
 from receiver.web.params import (
     choice_param,
@@ -32,21 +32,10 @@ from receiver.web.serialize import event_json, job_detail_json, job_json, snapsh
 
 bp = Blueprint("api", __name__)
 
-IMMUTABLE = "public, max-age=31536000, immutable"
-# A history page whose `until` is this far in the past is cached for as long: late callbacks and the
-# reconciler (default period 60 s) fill a range within minutes, so older ranges have settled.
-SETTLED_MS = 5 * 60 * 1000
 SETTLED_MAX_AGE = 300
 REDIRECT_TTL = 3600
 
 
-def _svc() -> Services:
-    svc = current_services()
-    return svc
-
-
-def _signing_key() -> str | None:
-    return _svc().settings.url_signing_secret if _svc().settings.api_keys else None
 
 
 def _int_id(raw: str, what: str) -> int:
@@ -55,12 +44,6 @@ def _int_id(raw: str, what: str) -> int:
         raise ApiError(404, "NotFound", f"no {what} {raw[:100]!r}")
     return value
 
-
-def _job(s: Session, job_id: str) -> Job:
-    job = s.get(Job, job_id) if len(job_id) <= 128 and job_id.isprintable() else None
-    if job is None:
-        raise ApiError(404, "NotFound", f"no job {job_id[:128]!r}")
-    return job
 
 
 def _page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
@@ -72,16 +55,10 @@ def _conditional_json(body: dict[str, Any], cache_control: str) -> Response:
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     etag = f'W/"{hashlib.sha256(data).hexdigest()[:32]}"'
     headers = {"ETag": etag, "Cache-Control": cache_control}
-    if etag in _if_none_match():
+    if not_modified(etag):
         return Response(status=304, headers=headers)
     return Response(data, status=200, headers=headers, mimetype="application/json")
 
-
-def _if_none_match() -> set[str]:
-    raw = request.headers.get("If-None-Match", "")
-    tags = {t.strip() for t in raw.split(",") if t.strip()}
-    # Weak comparison (RFC 9110 13.1.2): W/"x" and "x" name the same representation.
-    return tags | {t[2:] for t in tags if t.startswith("W/")} | {f"W/{t}" for t in tags if not t.startswith("W/")}
 
 
 @bp.get("/healthz")
@@ -91,7 +68,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    svc = _svc()
+    svc = current_services()
     try:
         with svc.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -115,9 +92,9 @@ def credentials_status(settings: Settings) -> str:
 def jobs() -> Response:
     limit = limit_param()
     cursor = decode_cursor("jobs", ("job",))
-    with _svc().readers() as s:
+    with current_services().readers() as s:
         rows = queries.jobs_with_latest(s, cursor[0] if cursor else None, limit + 1)
-        key = _signing_key()
+        key = signing_key()
         items = [job_json(job, latest, key) for job, latest in rows[:limit]]
     next_cursor = encode_cursor("jobs", [rows[limit - 1][0].job_id]) if len(rows) > limit else None
     return jsonify(_page(items, next_cursor))
@@ -125,11 +102,11 @@ def jobs() -> Response:
 
 @bp.get("/v1/jobs/<job_id>")
 def job_detail(job_id: str) -> Response:
-    with _svc().readers() as s:
-        job = _job(s, job_id)
+    with current_services().readers() as s:
+        job = job_or_404(s, job_id)
         latest = queries.latest_snapshot(s, job_id)
         counters = queries.job_counters(s, job_id)
-        return jsonify(job_detail_json(job, latest, counters, _signing_key()))
+        return jsonify(job_detail_json(job, latest, counters, signing_key()))
 
 
 @bp.get("/v1/jobs/<job_id>/snapshots")
@@ -139,17 +116,17 @@ def job_snapshots(job_id: str) -> Response:
     scope = f"snapshots:{job_id}:{order}"
     cursor = decode_cursor(scope, ("time", "id"))
     q = queries.HistoryQuery(job_id, since, until, order, (cursor[0], cursor[1]) if cursor else None, limit + 1)
-    with _svc().readers() as s:
-        _job(s, job_id)
+    with current_services().readers() as s:
+        job_or_404(s, job_id)
         rows = queries.history(s, q)
-        key = _signing_key()
+        key = signing_key()
         items = [snapshot_json(r, key) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = encode_cursor(scope, [last.captured_at_ms, last.id])
     if until is not None and until <= now_ms() - SETTLED_MS:
-        visibility = "private" if _svc().settings.api_keys else "public"
+        visibility = "private" if current_services().settings.api_keys else "public"
         cache = f"{visibility}, max-age={SETTLED_MAX_AGE}"
     else:
         cache = "no-cache"
@@ -158,33 +135,33 @@ def job_snapshots(job_id: str) -> Response:
 
 @bp.get("/v1/jobs/<job_id>/snapshots/latest")
 def job_latest(job_id: str) -> Response:
-    with _svc().readers() as s:
-        _job(s, job_id)
+    with current_services().readers() as s:
+        job_or_404(s, job_id)
         snap = queries.latest_snapshot(s, job_id)
         if snap is None:
             raise ApiError(404, "NotFound", f"job {job_id!r} has no snapshots yet")
-        return jsonify(snapshot_json(snap, _signing_key()))
+        return jsonify(snapshot_json(snap, signing_key()))
 
 
 @bp.get("/v1/jobs/<job_id>/snapshots/nearest")
 def job_nearest(job_id: str) -> Response:
     t = time_param("time", required=True)
     assert t is not None
-    with _svc().readers() as s:
-        _job(s, job_id)
+    with current_services().readers() as s:
+        job_or_404(s, job_id)
         snap = queries.nearest(s, job_id, t)
         if snap is None:
             raise ApiError(404, "NotFound", f"job {job_id!r} has no snapshots yet")
-        return jsonify(snapshot_json(snap, _signing_key()))
+        return jsonify(snapshot_json(snap, signing_key()))
 
 
 @bp.get("/v1/snapshots/<snapshot_id>")
 def snapshot(snapshot_id: str) -> Response:
-    with _svc().readers() as s:
+    with current_services().readers() as s:
         snap = s.get(Snapshot, _int_id(snapshot_id, "snapshot"))
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
-        return jsonify(snapshot_json(snap, _signing_key()))
+        return jsonify(snapshot_json(snap, signing_key()))
 
 
 def _width_param(widths: tuple[int, ...]) -> int:
@@ -196,7 +173,7 @@ def _width_param(widths: tuple[int, ...]) -> int:
 
 @bp.get("/v1/snapshots/<snapshot_id>/thumbnail")
 def thumbnail(snapshot_id: str) -> Response:
-    svc = _svc()
+    svc = current_services()
     sid = _int_id(snapshot_id, "snapshot")
     width = _width_param(svc.settings.thumbnail_widths)
     with svc.readers() as s:
@@ -213,8 +190,7 @@ def thumbnail(snapshot_id: str) -> Response:
         "Cache-Control": IMMUTABLE,
         "Content-Type": "image/jpeg" if thumb.format == "jpeg" else f"image/{thumb.format}",
     }
-    inm = _if_none_match()
-    if etag in inm or "*" in inm:
+    if not_modified(etag):
         # Answered from the index alone: the image is never read for a revalidation.
         return Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
     if getattr(svc.thumbs, "redirect", False):
@@ -247,7 +223,7 @@ def events() -> Response:
         # Newest first by id: events inserted while paging have larger ids, so they never shift a page.
         q = q.where(Event.id < cursor[0])
     q = q.order_by(Event.id.desc()).limit(limit + 1)
-    with _svc().readers() as s:
+    with current_services().readers() as s:
         rows = list(s.execute(q).scalars())
         items = [event_json(e) for e in rows[:limit]]
     next_cursor = encode_cursor(scope, [rows[limit - 1].id]) if len(rows) > limit else None

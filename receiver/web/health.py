@@ -8,10 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 from werkzeug.wrappers import Response as BaseResponse
 
-from receiver.db.models import Job, Snapshot, Thumbnail
+from receiver.db.models import Snapshot, Thumbnail
 from receiver.exceptions import ObjectNotFound, StoreError, Transient
 from receiver.media import storyboard as sb
 from receiver.media.health import Thresholds, assess
@@ -19,6 +19,7 @@ from receiver.services import Services, current_services
 from receiver.strict import StrictError, parse_int
 from receiver.timeutil import MAX_TIME_MS, ms_to_iso, now_ms
 from receiver.web import health_query as hq
+from receiver.web.common import IMMUTABLE, SETTLED_MS, job_or_404, not_modified, signing_key
 from receiver.web.errors import ApiError
 from receiver.web.params import path_id, time_param
 from receiver.web.urlsign import signed_url
@@ -28,27 +29,10 @@ bp = Blueprint("health_api", __name__)
 DEFAULT_WINDOW_MS = 3600 * 1000
 MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
 ORIGINAL_TTL = 300  # seconds a presigned original URL stays valid
-# A range whose end is this far in the past has settled (late callbacks and the reconciler are done).
-SETTLED_MS = 5 * 60 * 1000
 MAX_SHEET = 10_000  # far above any plan (storyboard.py keeps at most 1000 tiles)
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def _svc() -> Services:
-    svc = current_services()
-    return svc
 
-
-def _signing_key() -> str | None:
-    s = _svc().settings
-    return s.url_signing_secret if s.api_keys else None
-
-
-def _job(s: Session, job_id: str) -> Job:
-    job = s.get(Job, job_id) if len(job_id) <= 128 and job_id.isprintable() else None
-    if job is None:
-        raise ApiError(404, "NotFound", f"no job {job_id[:128]!r}")
-    return job
 
 
 def _window() -> tuple[int, int]:
@@ -64,25 +48,21 @@ def _window() -> tuple[int, int]:
 
 
 def _cache_control(settled: bool, max_age: int) -> str:
-    scope = "private" if _svc().settings.api_keys else "public"
+    scope = "private" if current_services().settings.api_keys else "public"
     return f"{scope}, max-age={max_age}" if settled else f"{scope}, no-cache"
 
-
-def _not_modified(etag: str) -> bool:
-    tags = {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}
-    return etag in tags or "*" in tags
 
 
 @bp.get("/v1/jobs/<job_id>/health")
 def job_health(job_id: str) -> Response:
     since, until = _window()
     now = now_ms()
-    with _svc().readers() as s:
-        job = _job(s, job_id)
+    with current_services().readers() as s:
+        job = job_or_404(s, job_id)
         frames = hq.window_frames(s, job_id, since, until)
         interval = hq.interval_ms(job, frames)
         h = assess(frames, interval_ms=interval, since_ms=since, until_ms=until, now_ms=now,
-                   thresholds=Thresholds.from_settings(_svc().settings),
+                   thresholds=Thresholds.from_settings(current_services().settings),
                    previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id),
                    next_ms=hq.next_ms(s, job_id, until))
     body: dict[str, Any] = {
@@ -96,9 +76,9 @@ def job_health(job_id: str) -> Response:
 
 
 def _plan(job_id: str, since: int, until: int) -> sb.Plan:
-    svc = _svc()
+    svc = current_services()
     with svc.readers() as s:
-        job = _job(s, job_id)
+        job = job_or_404(s, job_id)
         # One row per snapshot with its smallest thumbnail: the tiles are small, so is their source.
         t2 = aliased(Thumbnail)
         smallest = select(func.min(t2.width)).where(t2.snapshot_id == Snapshot.id).scalar_subquery()
@@ -124,13 +104,13 @@ def _sprite_path(job_id: str, since: int, until: int, sheet: int) -> str:
 def storyboard_vtt(job_id: str) -> Response:
     since, until = _window()
     p = _plan(job_id, since, until)
-    key = _signing_key()
+    key = signing_key()
     text = sb.render_vtt(p, lambda sh: signed_url(_sprite_path(job_id, since, until, sh.index),
                                                   f"v={sh.digest}", key))
     settled = until <= now_ms() - SETTLED_MS
     etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": _cache_control(settled, 3600)}
-    if _not_modified(etag):
+    if not_modified(etag):
         return Response(status=304, headers=headers)
     return Response(text, headers=headers, content_type="text/vtt; charset=utf-8")
 
@@ -162,11 +142,11 @@ def _sprite(job_id: str, since: int, until: int, sheet: int) -> Response:
     # The URL names its content (v = digest) when it came from the VTT, so a settled sheet never changes.
     pinned = settled and request.args.get("v") == sh.digest
     etag = f'"{sh.digest}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if pinned and not _svc().settings.api_keys
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if pinned and not current_services().settings.api_keys
                else _cache_control(settled, 3600)}
-    if _not_modified(etag):
+    if not_modified(etag):
         return Response(status=304, headers=headers)
-    svc = _svc()
+    svc = current_services()
     store_key = f"{sb.SHEET_PREFIX}{sh.digest[:2]}/{sh.digest}.jpg"
     data: bytes | None = None
     if settled:
@@ -189,7 +169,7 @@ def original(snapshot_id: str) -> BaseResponse:
     ``Accept: application/json`` answers ``{"url", "expires_in"}`` instead of redirecting, so a page that
     authenticates with a Bearer header can still show the image in an <img>.
     """
-    svc = _svc()
+    svc = current_services()
     sid = path_id(snapshot_id)
     if sid is None:
         raise ApiError(404, "NotFound", f"no snapshot {snapshot_id[:100]!r}")
@@ -210,7 +190,7 @@ def _original(svc: Services, snap: Snapshot, wants_json: bool) -> BaseResponse:
     if svc.settings.original_mode == "stream":
         if wants_json:
             path = f"/v1/snapshots/{snap.id}/original"
-            return jsonify({"url": signed_url(path, "", _signing_key()), "expires_in": None})
+            return jsonify({"url": signed_url(path, "", signing_key()), "expires_in": None})
         obj = svc.source.get(snap.oss_endpoint, snap.oss_bucket, snap.oss_object, svc.settings.max_image_bytes)
         if obj.etag != snap.etag:
             raise ApiError(410, "Gone", "the object was rewritten since this snapshot was taken")

@@ -38,7 +38,7 @@ class _InboxCollector(Collector):
 def _record_request(resp: Response) -> Response:
     svc = current_services()
     if request.path.startswith("/callbacks/") and request.method == "POST":
-        # Callbacks are counted where they are answered (callbacks.answer); this is the rest (404s).
+        # Callbacks are counted where they are answered (intake.view.answer); this is the rest (404s).
         if not g.get("callback_counted"):
             body = resp.get_json(silent=True) if resp.is_json else None
             err = body.get("error") if isinstance(body, dict) else None

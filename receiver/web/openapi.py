@@ -14,6 +14,7 @@ from flask import Flask, Response, current_app, jsonify
 
 from receiver.config import Settings
 from receiver.db.models import EVENT_ORIGINS, EVENT_STATUSES
+from receiver.media.health import STATUSES as HEALTH_STATUSES
 from receiver.services import services
 from receiver.web.params import MAX_LIMIT
 
@@ -126,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "job_id": {"type": "string"}, "since": _TIME, "until": _TIME,
             "interval_seconds": _nullable({"type": "integer"}),
             "expected": {"type": "integer"}, "seen": {"type": "integer"},
-            "status": {"enum": ["ok", "gap", "frozen", "black", "stale"]},
+            "status": {"enum": list(HEALTH_STATUSES)},
             "gaps": {"type": "array", "items": ref("Run")},
             "frozen": {"type": "array", "items": ref("Run")},
             "black": {"type": "array", "items": ref("Run")},

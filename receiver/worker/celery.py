@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "receiver.process_event"
 QUEUE = "receiver"
-POOLS = ("prefork", "threads", "solo")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -164,7 +163,7 @@ class CeleryDispatcher:
 
     submit() never blocks the callback on the broker: ids go to a queue that one publisher thread sends
     (started lazily, and again after a fork). A failed publish is only logged; the event stays pending in
-    the table and the sweeper sends it again once it is overdue by RECEIVER_LEASE_SECONDS.
+    the table and the sweeper sends it again once it is overdue by RECEIVER_REDISPATCH_SECONDS.
     """
 
     def __init__(self, svc: Services) -> None:

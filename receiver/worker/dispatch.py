@@ -10,19 +10,16 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from sqlalchemy import select
 
-from receiver.config import Settings
 from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services
 from receiver.worker.heartbeat import reclaim_orphans
 from receiver.worker.pipeline import process_event
-
-Builder = Callable[[Settings], Services]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +170,7 @@ class ThreadDispatcher:
 
 
 def wait_idle(svc: Services, timeout: float) -> bool:
-    """Until no event is pending-and-due or processing (tests and the demo)."""
+    """Until no event is pending-and-due or processing (tests)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with svc.readers() as s:
