@@ -72,11 +72,7 @@ def build_services(
 ) -> Services:
     engine = make_engine(settings.database_url)
     if ice is None:
-        ice = CachedIceGateway(
-            SdkIceGateway.from_settings(settings),
-            ttl=settings.job_cache_seconds,
-            negative_ttl=settings.job_negative_cache_seconds,
-        )
+        ice = CachedIceGateway.from_settings(SdkIceGateway.from_settings(settings), settings)
     read_engine = reader(engine)
     svc = Services(
         settings=settings,
