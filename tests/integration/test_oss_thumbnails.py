@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,14 @@ from tests.support.builders import OSS_ENDPOINT, build_app, callback_body, put_s
 T0 = 1796212805123
 
 
+def index_one(client: Any, svc: Any, fake_oss: Any, fake_ice: Any, frame: bytes) -> dict[str, Any]:
+    """One snapshot called back and processed; its item from the history API."""
+    client.post("/callbacks/live-snapshot", data=callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    drain(svc)
+    [snap] = client.get("/v1/jobs/job-0001/snapshots").get_json()["items"]
+    return snap
+
+
 @pytest.mark.parametrize("redirect", [False, True])
 def test_oss_thumbnail_store_streams_or_redirects(settings, fake_ice, fake_oss, frame, redirect):
     fake_oss.create_bucket("thumbs")
@@ -25,9 +34,7 @@ def test_oss_thumbnail_store_streams_or_redirects(settings, fake_ice, fake_oss, 
     svc = services(app)
     try:
         client = app.test_client()
-        client.post("/callbacks/live-snapshot", data=callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
-        drain(svc)
-        [snap] = client.get("/v1/jobs/job-0001/snapshots").get_json()["items"]
+        snap = index_one(client, svc, fake_oss, fake_ice, frame)
         keys = fake_oss.keys("thumbs")
         assert len(keys) == 2 and all(k.startswith("receiver/thumbs/") for k in keys)
         resp = client.get(snap["thumbnails"][0]["url"])
@@ -62,9 +69,7 @@ def test_redirect_from_an_internal_endpoint_points_browsers_at_the_public_host(s
     svc = services(app)
     try:
         client = app.test_client()
-        client.post("/callbacks/live-snapshot", data=callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
-        drain(svc)
-        [snap] = client.get("/v1/jobs/job-0001/snapshots").get_json()["items"]
+        snap = index_one(client, svc, fake_oss, fake_ice, frame)
         resp = client.get(snap["thumbnails"][0]["url"])
         assert resp.status_code == 302
         location = urllib.parse.urlsplit(resp.headers["Location"])
