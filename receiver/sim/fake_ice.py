@@ -17,6 +17,16 @@ Behaviour the real service does not document, chosen here and relied on by tests
 * ``SortBy=desc`` returns the newest ``Limit`` files and never a ``NextStartTime``: the documented paging
   contract (same ``EndTime``, ``StartTime = NextStartTime``) cannot walk a descending list.
 * GetLiveSnapshotJob on an unknown job answers 404 ``JobNotFound``; throttling is 400 ``Throttling.User``.
+
+Accounts: every access key belongs to an account uid (the constructor's keys to ``DEFAULT_UID``; more through
+``add_account``), and so does every job. A job of another account answers exactly as an unknown job, and
+ListLiveSnapshotJobs lists the caller's jobs only. Temporary keys (``STS.*``) are resolved through the
+``StsAuthority`` given as ``sts``: the token travels in ``x-acs-security-token`` (signed), an expired one gets
+400 ``InvalidSecurityToken.Expired``, a wrong or missing one 400 ``InvalidSecurityToken.MismatchWithAccessKey``
+or ``MissingSecurityToken`` (codes of Alibaba Cloud's public POP errors; the status 400 is inferred). Only
+ACS3 (V3) signatures are accepted, so the V2 ``SecurityToken`` query parameter is not read.
+``throttle(uid, qps)`` gives one account a token bucket (HTTP 400 ``Throttling.User`` above it) without
+touching the others.
 """
 
 from __future__ import annotations
@@ -29,12 +39,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from receiver.sim.fake_sts import DEFAULT_UID as DEFAULT_UID  # re-exported: the account of the default keys
+from receiver.sim.fake_sts import StsAuthority, TokenRefused
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +169,23 @@ def _now_str() -> str:
 class FakeIce:
     """In-memory ICE live snapshot service on ``127.0.0.1:<ephemeral port>``; see the module docstring."""
 
-    def __init__(self, access_keys: dict[str, str] | None = None, region: str = "cn-shanghai") -> None:
+    def __init__(
+        self,
+        access_keys: dict[str, str] | None = None,
+        region: str = "cn-shanghai",
+        sts: StsAuthority | None = None,
+    ) -> None:
         self.access_keys = (
             dict(access_keys)
             if access_keys is not None
             else {DEFAULT_ACCESS_KEY_ID: DEFAULT_ACCESS_KEY_SECRET}
         )
         self.region = region
+        self.sts = sts
+        self.throttled_by_uid: dict[str, int] = {}
+        self._key_owner: dict[str, str] = dict.fromkeys(self.access_keys, DEFAULT_UID)
+        self._owners: dict[str, str] = {}  # job id -> uid
+        self._limits: dict[str, _TokenBucket] = {}
         self.latency = 0.0
         # Seconds of x-acs-date skew tolerated; None turns the check off. 15 min is the usual Alibaba figure.
         self.max_clock_skew: float | None = 900.0
@@ -175,7 +198,7 @@ class FakeIce:
         self._nonces: dict[str, float] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._handlers: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+        self._handlers: dict[str, Callable[[dict[str, str], str], dict[str, Any]]] = {
             "GetLiveSnapshotJob": self._get_job,
             "ListLiveSnapshotFiles": self._list_files,
             "ListLiveSnapshotJobs": self._list_jobs,
@@ -232,6 +255,24 @@ class FakeIce:
 
     # -- state set-up -------------------------------------------------------------------------------------
 
+    def add_account(self, uid: str, access_keys: Mapping[str, str]) -> None:
+        """Give account ``uid`` these long-term keys (id -> secret), next to the existing ones."""
+        with self._lock:
+            self.access_keys.update(access_keys)
+            self._key_owner.update(dict.fromkeys(access_keys, uid))
+
+    def throttle(self, uid: str, qps: float | None, retry_after_ms: int | None = None) -> None:
+        """Limit account ``uid`` to ``qps`` calls per second (a bucket of one second's calls); None lifts it.
+
+        Calls above it get 400 ``Throttling.User``; with ``retry_after_ms`` they also carry
+        ``x-acs-retry-after`` (the SDK then raises ThrottlingException instead of ClientException).
+        """
+        with self._lock:
+            if qps is None:
+                self._limits.pop(uid, None)
+            else:
+                self._limits[uid] = _TokenBucket(qps, retry_after_ms)
+
     def add_job(
         self,
         job_id: str,
@@ -245,8 +286,9 @@ class FakeIce:
         status: str = "started",
         callback_url: str = "",
         stream_url: str = "rtmp://example/live/stream",
+        owner_uid: str | None = None,
     ) -> dict[str, Any]:
-        """Store a job and return its GetLiveSnapshotJob wire dict (without RequestId)."""
+        """Store a job of account ``owner_uid`` (default DEFAULT_UID); returns its GetLiveSnapshotJob dict."""
         now = _now_str()
         job: dict[str, Any] = {
             "JobId": job_id,
@@ -265,12 +307,14 @@ class FakeIce:
         }
         with self._lock:
             self._jobs[job_id] = job
+            self._owners[job_id] = owner_uid or DEFAULT_UID
             self._files.setdefault(job_id, [])
         return json.loads(json.dumps(job))  # a copy, so callers cannot mutate the stored job
 
     def remove_job(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._owners.pop(job_id, None)
             self._files.pop(job_id, None)
 
     def add_file(
@@ -337,6 +381,20 @@ class FakeIce:
         with self._lock:
             return sum(1 for r in self.requests if r["action"] == action)
 
+    def calls_by_uid(self) -> dict[str, dict[str, int]]:
+        """Authenticated requests per account and action, whatever their answer (throttled ones included)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for r in self.requests:
+                if "uid" in r:
+                    per = out.setdefault(r["uid"], {})
+                    per[r["action"]] = per.get(r["action"], 0) + 1
+        return out
+
+    def owner(self, job_id: str) -> str | None:
+        with self._lock:
+            return self._owners.get(job_id)
+
     def files(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(f) for f in self._files.get(job_id, [])]
@@ -349,7 +407,8 @@ class FakeIce:
         """Process one request; returns (status, extra headers, body). Never raises for client errors.
 
         Each request is logged in ``requests`` as ``{"action", "params", "status", "time"}`` plus
-        ``access_key_id`` once authenticated and ``code`` for ICE error answers.
+        ``access_key_id``, ``uid`` and ``credential`` ("access_key" | "sts") once authenticated, and ``code``
+        for ICE error answers.
         """
         if self.latency:
             time.sleep(self.latency)
@@ -361,8 +420,10 @@ class FakeIce:
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         entry: dict[str, Any] = {"action": action, "params": params, "status": 0, "time": time.time()}
         try:
-            ak = verify_acs3(method, split.path, split.query, headers, body, self.access_keys)
+            ak = verify_acs3(method, split.path, split.query, headers, body, _Secrets(self))
             entry["access_key_id"] = ak
+            uid, credential = self._identify(ak, headers)
+            entry["uid"], entry["credential"] = uid, credential
             self._check_freshness(headers)
             if headers.get("x-acs-version") != API_VERSION:
                 raise IceApiError(
@@ -371,11 +432,12 @@ class FakeIce:
             handler = self._handlers.get(action)
             if handler is None:
                 raise IceApiError(404, "InvalidAction.NotFound", f"Specified api is not found: {action!r}.")
+            self._check_rate(uid)
             injected = self._injected_failure(action)
             if injected is not None:
                 status, extra, payload = injected
             else:
-                result = handler(params)
+                result = handler(params, uid)
                 status, extra, payload = 200, {}, json.dumps({"RequestId": request_id, **result}).encode()
         except IceApiError as e:
             entry["code"] = e.code
@@ -395,6 +457,39 @@ class FakeIce:
                 "Recommend": f"https://api.alibabacloud.com/troubleshoot?q={code}&product=ICE",
             }
         ).encode()
+
+    def _identify(self, ak: str, headers: Mapping[str, str]) -> tuple[str, str]:
+        """The account behind a verified key, and whether the key is long-term or temporary."""
+        with self._lock:
+            static = ak in self.access_keys
+            owner = self._key_owner.get(ak, DEFAULT_UID)
+        if static:
+            return owner, "access_key"
+        assert self.sts is not None  # _Secrets only resolves temporary keys through an authority
+        token = headers.get("x-acs-security-token")
+        if token and "x-acs-security-token" not in headers.get("authorization", ""):
+            raise IceApiError(400, "IncompleteSignature", "x-acs-security-token must be signed.")
+        try:
+            return self.sts.check(ak, token), "sts"
+        except TokenRefused as e:
+            if e.kind == "expired":
+                raise IceApiError(400, "InvalidSecurityToken.Expired", "Specified SecurityToken is expired.") from None
+            if e.reason == "missing":
+                raise IceApiError(400, "MissingSecurityToken", "SecurityToken is mandatory for this action.") from None
+            raise IceApiError(
+                400,
+                "InvalidSecurityToken.MismatchWithAccessKey",
+                "Specified SecurityToken mismatch with the AccessKey.",
+            ) from None
+
+    def _check_rate(self, uid: str) -> None:
+        with self._lock:
+            bucket = self._limits.get(uid)
+            if bucket is None or bucket.take():
+                return
+            self.throttled_by_uid[uid] = self.throttled_by_uid.get(uid, 0) + 1
+        extra = {"x-acs-retry-after": str(bucket.retry_after_ms)} if bucket.retry_after_ms else {}
+        raise IceApiError(400, "Throttling.User", "Request was denied due to user flow control.", extra)
 
     def _check_freshness(self, headers: Mapping[str, str]) -> None:
         if self.max_clock_skew is None:
@@ -445,20 +540,21 @@ class FakeIce:
 
     # -- actions ---------------------------------------------------------------------------------------------
 
-    def _job(self, params: Mapping[str, str]) -> dict[str, Any]:
+    def _job(self, params: Mapping[str, str], uid: str) -> dict[str, Any]:
         job_id = params.get("JobId")
         if not job_id:
             raise _missing("JobId")
         job = self._jobs.get(job_id)
-        if job is None:
+        # Another account's job is indistinguishable from none, as ICE scopes every job id to its account.
+        if job is None or self._owners.get(job_id, DEFAULT_UID) != uid:
             raise IceApiError(404, "JobNotFound", "No such job.")
         return job
 
-    def _get_job(self, params: dict[str, str]) -> dict[str, Any]:
+    def _get_job(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         with self._lock:
-            return dict(self._job(params))
+            return dict(self._job(params, uid))
 
-    def _list_files(self, params: dict[str, str]) -> dict[str, Any]:
+    def _list_files(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         start, end = _parse_time(params, "StartTime"), _parse_time(params, "EndTime")
         assert start is not None and end is not None
         if end < start or end - start > timedelta(days=1):
@@ -471,7 +567,7 @@ class FakeIce:
             raise _invalid("SortBy", sort_by)
         lo, hi = int(start.timestamp()), int(end.timestamp())
         with self._lock:
-            job = self._job(params)
+            job = self._job(params, uid)
             stored = self._files[job["JobId"]]
             files = [dict(f) for f in stored if lo <= f["CreateTimestamp"] // 1000 <= hi]
         # A stable sort keeps insertion order within a millisecond (a snapshot's overlay and sequence files).
@@ -481,7 +577,7 @@ class FakeIce:
             result["NextStartTime"] = files[limit]["CreateTime"]
         return result
 
-    def _list_jobs(self, params: dict[str, str]) -> dict[str, Any]:
+    def _list_jobs(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         page_no = _int_param(params, "PageNo", 1, 1, 1_000_000)
         page_size = _int_param(params, "PageSize", 10, 1, 100)
         status = params.get("Status") or None
@@ -497,7 +593,7 @@ class FakeIce:
             )
         keyword = params.get("SearchKeyWord") or ""
         with self._lock:
-            jobs = [dict(j) for j in self._jobs.values()]
+            jobs = [dict(j) for i, j in self._jobs.items() if self._owners.get(i, DEFAULT_UID) == uid]
         jobs = [
             j
             for j in jobs
@@ -519,7 +615,7 @@ class FakeIce:
             "TotalCount": len(jobs),
         }
 
-    def _submit_job(self, params: dict[str, str]) -> dict[str, Any]:
+    def _submit_job(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         for name in ("JobName", "TemplateId", "StreamInput", "SnapshotOutput"):
             if not params.get(name):
                 raise _missing(name)
@@ -538,24 +634,25 @@ class FakeIce:
             stream_url=url,
             callback_url=params.get("CallbackUrl", ""),
             status="started",
+            owner_uid=uid,
         )
         return {"JobId": job_id}
 
-    def _send_command(self, params: dict[str, str]) -> dict[str, Any]:
+    def _send_command(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         command = params.get("Command")
         if not command:
             raise _missing("Command")
         if command not in ("start", "stop", "restart"):
             raise _invalid("Command", command)
         with self._lock:
-            job = self._job(params)
+            job = self._job(params, uid)
             if command == "start" and job["Status"] == "started":
                 raise IceApiError(409, "JobAlreadyStarted", "The job has already been started.")
             job["Status"] = "paused" if command == "stop" else "started"
             job["LastModified"] = _now_str()
         return {}
 
-    def _delete_files(self, params: dict[str, str]) -> dict[str, Any]:
+    def _delete_files(self, params: dict[str, str], uid: str) -> dict[str, Any]:
         raw = params.get("CreateTimestampList")
         if not raw:
             raise _missing("CreateTimestampList")
@@ -566,12 +663,56 @@ class FakeIce:
         if len(stamps) > 200:
             raise _invalid("CreateTimestampList", f"{len(stamps)} items")
         with self._lock:
-            job = self._job(params)
+            job = self._job(params, uid)
             gone = set(stamps)
             self._files[job["JobId"]] = [
                 f for f in self._files[job["JobId"]] if f["CreateTimestamp"] not in gone
             ]
         return {"DeleteFileResultList": [{"CreateTimestamp": s, "Result": "OK"} for s in stamps]}
+
+
+class _TokenBucket:
+    """``qps`` calls per second with a burst of one second's calls; the caller holds the fake's lock."""
+
+    def __init__(self, qps: float, retry_after_ms: int | None) -> None:
+        if qps <= 0:
+            raise ValueError(f"qps must be positive, got {qps!r}")
+        self.rate = qps
+        self.capacity = max(1.0, qps)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.retry_after_ms = retry_after_ms
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class _Secrets(Mapping[str, str]):
+    """The secrets verify_acs3 may use: the fake's long-term keys, then the authority's temporary ones."""
+
+    def __init__(self, fake: FakeIce) -> None:
+        self._fake = fake
+
+    def __getitem__(self, ak: str) -> str:
+        secret = self._fake.access_keys.get(ak)
+        if secret is not None:
+            return secret
+        temp = self._fake.sts.lookup(ak) if self._fake.sts is not None else None
+        if temp is None:
+            raise KeyError(ak)
+        return temp.access_key_secret
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fake.access_keys)
+
+    def __len__(self) -> int:
+        return len(self._fake.access_keys)
 
 
 def _make_handler(fake: FakeIce) -> type[BaseHTTPRequestHandler]:

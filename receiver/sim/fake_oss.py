@@ -11,6 +11,15 @@ Third-party servers answer less than OSS does; switches reproduce them: ``omit_c
 (a multipart-style ETag that is not the MD5), ``break_listing_next`` (a listing oss2 cannot parse) and
 ``corrupt_body_next`` (bytes damaged on the way, headers intact).
 
+Accounts: every key and bucket belongs to an account uid (the constructor's keys and buckets made without an
+owner to ``DEFAULT_UID``); a signed request for another account's bucket gets 403 ``AccessDenied``, as with no
+bucket policy granting it (public-read buckets stay readable by anyone). Temporary keys (``STS.*``) resolve
+through the ``StsAuthority`` given as ``sts``, their token in ``x-oss-security-token`` (header, V1 and V4;
+signed as any ``x-oss-`` header) or in the presigned URL (``security-token`` V1, ``x-oss-security-token`` V4).
+An expired token gets 403 ``SecurityTokenExpired`` ("The security token you provided has expired.", OSS EC
+0002-00000007), a wrong one 403 ``InvalidSecurityToken`` (EC 0002-00000006), a temporary key without a token
+403 ``InvalidAccessKeyId``. Each logged request names its ``uid`` and ``credential`` ("access_key" | "sts").
+
 Not emulated: virtual-hosted addressing, V1 ``ListObjects`` (only V2), multipart, ACL calls, versioning,
 ``x-oss-process`` (answered 400 so image processing stays a local, tested code path).
 
@@ -41,6 +50,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import crcmod
+
+from receiver.sim.fake_sts import DEFAULT_UID, StsAuthority, TokenRefused
 
 __all__ = [
     "FakeOss",
@@ -170,6 +181,7 @@ class _Object:
 @dataclass
 class _Bucket:
     public_read: bool = False
+    owner: str = DEFAULT_UID
     objects: dict[str, _Object] = field(default_factory=dict)
 
 
@@ -293,9 +305,16 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeOss:
     """In-memory OSS. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, access_keys: dict[str, str] | None = None, region: str = "cn-shanghai") -> None:
+    def __init__(
+        self,
+        access_keys: dict[str, str] | None = None,
+        region: str = "cn-shanghai",
+        sts: StsAuthority | None = None,
+    ) -> None:
         self.access_keys = dict(access_keys) if access_keys is not None else {"AKIDEXAMPLE": "SECRETEXAMPLE"}
         self.region = region
+        self.sts = sts
+        self._key_owner: dict[str, str] = dict.fromkeys(self.access_keys, DEFAULT_UID)
         self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -373,9 +392,22 @@ class FakeOss:
 
     # direct state access (no HTTP, no auth)
 
-    def create_bucket(self, name: str, *, public_read: bool = False) -> None:
+    def add_account(self, uid: str, access_keys: Mapping[str, str]) -> None:
+        """Give account ``uid`` these long-term keys (id -> secret), next to the existing ones."""
         with self._lock:
-            self._buckets.setdefault(name, _Bucket()).public_read = public_read
+            self.access_keys.update(access_keys)
+            self._key_owner.update(dict.fromkeys(access_keys, uid))
+
+    def create_bucket(self, name: str, *, public_read: bool = False, owner_uid: str = DEFAULT_UID) -> None:
+        """Create (or re-own) a bucket; ``put`` creates missing buckets for DEFAULT_UID."""
+        with self._lock:
+            b = self._buckets.setdefault(name, _Bucket())
+            b.public_read, b.owner = public_read, owner_uid
+
+    def bucket_owner(self, name: str) -> str | None:
+        with self._lock:
+            b = self._buckets.get(name)
+            return b.owner if b else None
 
     def put(
         self,
@@ -466,6 +498,19 @@ class FakeOss:
             and (key is None or r["key"] == key)
         ]
 
+    def fetched_keys(self, bucket: str | None = None) -> list[str]:
+        """Keys of the object GETs answered with data (200/206), in order: what a client actually fetched."""
+        with self._lock:
+            log = list(self.requests)
+        return [
+            r["key"]
+            for r in log
+            if r["method"] == "GET"
+            and r["key"]
+            and r["status"] in (200, 206)
+            and (bucket is None or r["bucket"] == bucket)
+        ]
+
     # request handling
 
     @staticmethod
@@ -484,9 +529,12 @@ class FakeOss:
         key = unquote(raw_key)
         query = _parse_query(parts.query)
         request_id = uuid.uuid4().hex[:24].upper()
-        auth = "anon"
+        auth, uid, credential = "anon", None, None
         try:
-            auth = self._authenticate(method, headers, bucket, key, query)
+            auth, ak, token = self._authenticate(method, headers, bucket, key, query)
+            if ak is not None:
+                uid, credential = self._identify(ak, token)
+                self._check_owner(method, bucket, key, uid)
             reply = (self._injected(f"{method} {key}") or self._injected(method)
                      or self._route(method, bucket, key, query, headers, body))
         except _Denied as e:
@@ -506,6 +554,8 @@ class FakeOss:
                     "query": dict(query),
                     "status": reply.status,
                     "auth": auth,
+                    "uid": uid,
+                    "credential": credential,
                     "request_id": request_id,
                 }
             )
@@ -543,15 +593,45 @@ class FakeOss:
 
     def _secret(self, ak: str) -> str:
         secret = self.access_keys.get(ak)
+        if secret is None and self.sts is not None:
+            temp = self.sts.lookup(ak)
+            secret = temp.access_key_secret if temp else None
         if secret is None:
             raise _Denied(
                 "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist.", OSSAccessKeyId=ak
             )
         return secret
 
+    def _identify(self, ak: str, token: str | None) -> tuple[str, str]:
+        """The account behind a key whose signature checked out; temporary keys need their live token."""
+        with self._lock:
+            static = ak in self.access_keys
+            owner = self._key_owner.get(ak, DEFAULT_UID)
+        if static:
+            return owner, "access_key"
+        assert self.sts is not None  # _secret resolves temporary keys only through an authority
+        try:
+            return self.sts.check(ak, token), "sts"
+        except TokenRefused as e:
+            if e.kind == "expired":
+                raise _Denied("SecurityTokenExpired", "The security token you provided has expired.") from None
+            if e.reason == "missing":
+                raise _Denied(
+                    "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist.", OSSAccessKeyId=ak
+                ) from None
+            raise _Denied("InvalidSecurityToken", "The security token you provided is invalid.") from None
+
+    def _check_owner(self, method: str, bucket: str, key: str, uid: str) -> None:
+        with self._lock:
+            b = self._buckets.get(bucket) if bucket else None
+            if b is None or b.owner == uid or (b.public_read and key and method in ("GET", "HEAD")):
+                return  # a missing bucket answers NoSuchBucket from _route, as OSS does for any caller
+        raise _Denied("AccessDenied", "You have no right to access this object because of bucket acl.")
+
     def _authenticate(
         self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]]
-    ) -> str:
+    ) -> tuple[str, str | None, str | None]:
+        """(kind, access key id or None for anonymous, security token or None) of a request that verifies."""
         h = _lower(headers)
         q = dict(query)
         authz = h.get("authorization", "")
@@ -559,26 +639,24 @@ class FakeOss:
         url_v4 = "x-oss-signature-version" in q
         if authz and (url_v1 or url_v4):
             raise _Denied("InvalidArgument", "Authorization header and URL signature are both present.")
+        header_token = h.get("x-oss-security-token")
         if authz.startswith("OSS "):
-            self._check_v1_header(method, headers, h, bucket, key, query, authz)
-            return "v1"
+            return "v1", self._check_v1_header(method, headers, h, bucket, key, query, authz), header_token
         if authz.startswith(_V4_ALGO + " "):
-            self._check_v4(method, headers, bucket, key, query, authz=authz)
-            return "v4"
+            return "v4", self._check_v4(method, headers, bucket, key, query, authz=authz), header_token
         if authz:
             raise _Denied("InvalidArgument", "Unsupported Authorization type.")
         if url_v1:
-            self._check_v1_url(method, headers, bucket, key, query, q)
-            return "v1-url"
+            return "v1-url", self._check_v1_url(method, headers, bucket, key, query, q), q.get("security-token")
         if url_v4:
-            self._check_v4(method, headers, bucket, key, query, authz=None)
-            return "v4-url"
+            ak = self._check_v4(method, headers, bucket, key, query, authz=None)
+            return "v4-url", ak, q.get("x-oss-security-token")
         with self._lock:
             b = self._buckets.get(bucket)
             public = b is not None and b.public_read
         if not (public and key and method in ("GET", "HEAD")):
             raise _Denied("AccessDenied", "You have no right to access this object because of bucket acl.")
-        return "anon"
+        return "anon", None, None
 
     def _check_v1_header(
         self,
@@ -589,7 +667,7 @@ class FakeOss:
         key: str,
         query: list[tuple[str, str]],
         authz: str,
-    ) -> None:
+    ) -> str:
         ak, _, signature = authz[4:].strip().rpartition(":")
         secret = self._secret(ak)
         date = h.get("x-oss-date") or h.get("date", "")
@@ -605,6 +683,7 @@ class FakeOss:
             )
         sts = v1_string_to_sign(method, headers, bucket or None, key, query)
         self._compare(ak, signature, v1_signature(secret, sts), sts)
+        return ak
 
     def _check_v1_url(
         self,
@@ -614,7 +693,7 @@ class FakeOss:
         key: str,
         query: list[tuple[str, str]],
         q: Mapping[str, str],
-    ) -> None:
+    ) -> str:
         ak, expires, signature = q.get("OSSAccessKeyId", ""), q.get("Expires", ""), q.get("Signature", "")
         secret = self._secret(ak)
         if not expires.isdigit():
@@ -623,6 +702,7 @@ class FakeOss:
             raise _Denied("AccessDenied", "Request has expired.", Expires=expires)
         sts = v1_string_to_sign(method, headers, bucket or None, key, query, date=expires)
         self._compare(ak, signature, v1_signature(secret, sts), sts)
+        return ak
 
     def _check_v4(
         self,
@@ -633,7 +713,7 @@ class FakeOss:
         query: list[tuple[str, str]],
         *,
         authz: str | None,
-    ) -> None:
+    ) -> str:
         h = _lower(headers)
         if authz is not None:
             fields: dict[str, str] = {}
@@ -678,6 +758,7 @@ class FakeOss:
         canonical = v4_canonical_request(method, bucket or None, key, signed_query, headers, additional)
         sts = v4_string_to_sign(date_time, self.region, canonical)
         self._compare(ak, signature, v4_signature(secret, date_time, self.region, sts), sts)
+        return ak
 
     @staticmethod
     def _compare(ak: str, provided: str, expected: str, sts: str) -> None:
