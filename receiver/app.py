@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
+from receiver.accounts import Accounts, load_accounts
 from receiver.adapters.base import IceGateway, SourceStore, ThumbnailStore
-from receiver.adapters.ice import SdkIceGateway
+from receiver.adapters.credentials import build_credentials
+from receiver.adapters.ice import SdkIceGateway, build_client
 from receiver.adapters.ice_cache import CachedIceGateway
 from receiver.adapters.oss_policy import EndpointPolicy
 from receiver.adapters.oss_source import OssSourceStore
+from receiver.adapters.ratelimit import TokenBucket
 from receiver.adapters.thumbstore import thumbnail_store_from_url
 from receiver.config import Settings
 from receiver.db.engine import make_engine, make_session_factory, reader
 from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
-from receiver.services import EXTENSION, Dispatcher, Services
+from receiver.services import EXTENSION, AccountGateways, Dispatcher, Services
 from receiver.web import api, auth, errors, metrics_view, openapi, viewer
 from receiver.web import health as health_api
 from receiver.worker.dispatch import ThreadDispatcher
@@ -63,16 +67,51 @@ def _warn_without_credentials(settings: Settings) -> None:
                     '"credentials": "missing"')
 
 
+def build_gateways(settings: Settings, accounts: Accounts,
+                   environ: Mapping[str, str] | None = None) -> dict[str, AccountGateways]:
+    """Per account: one credential object, one ICE client on its endpoint behind its token bucket and the job
+    cache, and one OSS source store, all signing with that credential."""
+    credentials = build_credentials(accounts, settings, environ)
+    out: dict[str, AccountGateways] = {}
+    for account in accounts:
+        credential = credentials[account.alias]
+        bucket = TokenBucket(account.ice_qps)
+        if account.from_file or credential.configured:
+            client = build_client(account.ice_endpoint, None, None, region=account.region,
+                                  timeout_ms=settings.ice_timeout_ms, credential=credential)
+        else:  # no credentials at all: the SDK answers InvalidCredentials per call, as it always did
+            client = build_client(account.ice_endpoint, settings.access_key_id, settings.access_key_secret,
+                                  settings.security_token, account.region, settings.ice_timeout_ms)
+        sdk = SdkIceGateway(client, account=account.alias, credential=credential, bucket=bucket)
+        out[account.alias] = AccountGateways(
+            account=account, credential=credential, ice=CachedIceGateway.from_settings(sdk, settings),
+            source=OssSourceStore(settings, credential if credential.configured else None, account.alias),
+            bucket=bucket)
+    return out
+
+
 def build_services(
     settings: Settings,
     *,
     ice: IceGateway | None = None,
     source: SourceStore | None = None,
     thumbs: ThumbnailStore | None = None,
+    accounts: Accounts | None = None,
+    gateways: dict[str, AccountGateways] | None = None,
 ) -> Services:
+    """``gateways`` (tests) replace the per-account ones built from ``accounts`` (default: RECEIVER_ACCOUNTS_FILE,
+    read and checked here: a bad file raises ConfigError before anything is built)."""
+    accounts = accounts if accounts is not None else load_accounts(settings)
+    gateways = gateways if gateways is not None else build_gateways(settings, accounts)
+    primary = accounts.primary.alias
     engine = make_engine(settings.database_url)
     if ice is None:
-        ice = CachedIceGateway.from_settings(SdkIceGateway.from_settings(settings), settings)
+        ice = gateways[primary].ice
+    if source is None:
+        source = gateways[primary].source
+    if thumbs is None:
+        thumbs = thumbnail_store_from_url(settings.thumbnail_store, settings,
+                                          gateways[primary].credential if accounts.source is not None else None)
     read_engine = reader(engine)
     svc = Services(
         settings=settings,
@@ -81,12 +120,15 @@ def build_services(
         read_engine=read_engine,
         readers=make_session_factory(read_engine),
         ice=ice,
-        source=source if source is not None else OssSourceStore(settings),
-        thumbs=thumbs if thumbs is not None else thumbnail_store_from_url(settings.thumbnail_store, settings),
+        source=source,
+        thumbs=thumbs,
         policy=EndpointPolicy.from_settings(settings),
         # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
         intake=GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite
                               else engine),
+        accounts=accounts,
+        gateways=gateways,
+        account=primary,
     )
     svc.dispatcher = make_dispatcher(svc)
     svc.on_close.append(lambda: release_claimer(svc))

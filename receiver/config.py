@@ -152,6 +152,11 @@ class Settings:
                                             "AccessKey secret for ICE and OSS")
     security_token: str | None = setting("ALIBABA_CLOUD_SECURITY_TOKEN", None,
                                          "STS token, with temporary AccessKeys")
+    accounts_file: str | None = setting("RECEIVER_ACCOUNTS_FILE", None, "TOML file of the accounts served "
+                                         "(docs/deployment.md); unset = one account `default` on the default "
+                                         "credential chain")
+    ice_qps: float = setting("RECEIVER_ICE_QPS", 0.0, "ICE API calls per second of the `default` account when no "
+                             "accounts file is given (0 = no limit; the file sets `ice_qps` per account)")
     oss_endpoint_map: dict[str, str] = computed_setting(
         "RECEIVER_OSS_ENDPOINT_MAP", dict, "reach a job's OSS endpoint host at another address (the "
         "`-internal` endpoint inside a VPC, or a local server)", kind="endpoint_map", default_doc="empty")

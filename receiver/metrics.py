@@ -12,6 +12,7 @@ events by status and queue depth, which is what alerting needs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,24 +29,47 @@ STAGES = ("verify", "resolve", "fetch", "thumbnail", "store", "index", "process"
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _calls_lock = threading.Lock()
-_calls: dict[tuple[str, str, str], int] = {}  # (service, operation, outcome) -> count, process-wide
+# (service, operation, outcome, account) -> count, process-wide
+_calls: dict[tuple[str, str, str, str], int] = {}
+# The account whose credentials the adapters are using on this thread (set by the per-account gateways), so
+# oss2 calls deep in a store are counted under it without passing it through every helper.
+current_account: contextvars.ContextVar[str] = contextvars.ContextVar("receiver_account", default="default")
 
 
-def count_call(service: str, operation: str, error: str | None = None) -> None:
+@contextlib.contextmanager
+def account_scope(alias: str) -> Iterator[None]:
+    token = current_account.set(alias)
+    try:
+        yield
+    finally:
+        current_account.reset(token)
+
+
+def count_call(service: str, operation: str, error: str | None = None, account: str | None = None) -> None:
     """One call to ICE or OSS; ``error`` is the receiver's error code when it failed."""
-    key = (service, operation, error or "ok")
+    key = (service, operation, error or "ok", account or current_account.get())
     with _calls_lock:
         _calls[key] = _calls.get(key, 0) + 1
+
+
+def calls_by_account(service: str) -> dict[str, int]:
+    """Calls to ``service`` made by this process, per account (for /v1/accounts)."""
+    out: dict[str, int] = {}
+    with _calls_lock:
+        for (svc, op, _outcome, account), n in _calls.items():
+            if svc == service and not op.endswith(".integrity"):
+                out[account] = out.get(account, 0) + n
+    return out
 
 
 class _CallsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         fam = CounterMetricFamily("receiver_external_calls", "Calls to ICE and OSS by operation and outcome",
-                                  labels=["service", "operation", "outcome"])
+                                  labels=["service", "operation", "outcome", "account"])
         with _calls_lock:
             items = sorted(_calls.items())
-        for (service, op, outcome), n in items:
-            fam.add_metric([service, op, outcome], n)
+        for (service, op, outcome, account), n in items:
+            fam.add_metric([service, op, outcome, account], n)
         yield fam
 
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from receiver.accounts import DEFAULT, Account, Accounts, default_account
 from receiver.adapters.base import EndpointRules, IceGateway, JobInfo, SourceStore, ThumbnailStore
+from receiver.adapters.credentials import AccountCredential
+from receiver.adapters.ratelimit import TokenBucket
 from receiver.config import Settings
 from receiver.db.models import EventOrigin
+from receiver.exceptions import Transient
 from receiver.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,18 @@ class Loop(Protocol):
 
 
 @dataclass
+class AccountGateways:
+    """What one account's work goes through: its credential object, its ICE gateway (cached, on its own token
+    bucket and endpoint) and its OSS source store, all signing with that one credential."""
+
+    account: Account
+    credential: AccountCredential | None
+    ice: IceGateway
+    source: SourceStore
+    bucket: TokenBucket | None = None
+
+
+@dataclass
 class Services:
     settings: Settings
     engine: Engine
@@ -69,6 +85,31 @@ class Services:
     # What the composition root asks to be done when these Services close, after the workers stop and before
     # the engines go (receiver.app: the worker's SQLite claim lock).
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # Every account served (product.md section 7) and its gateways; `ice` and `source` above are `default`'s
+    # (or the primary account's), for code that predates accounts and for single-account receivers.
+    accounts: Accounts | None = None
+    gateways: dict[str, AccountGateways] = field(default_factory=dict)
+    account: str = DEFAULT
+    _views: dict[str, Services] = field(default_factory=dict, repr=False)
+
+    def account_list(self) -> Accounts:
+        return self.accounts if self.accounts is not None else Accounts({DEFAULT: default_account(self.settings)})
+
+    def for_account(self, alias: str) -> Services:
+        """These Services as seen by one account's work: ``ice`` and ``source`` are that account's. Views share
+        everything else (engines, dispatcher, caches) and are never closed themselves."""
+        if alias == self.account or (not self.gateways and alias == DEFAULT):
+            return self
+        view = self._views.get(alias)
+        if view is None:
+            gw = self.gateways.get(alias)
+            if gw is None:
+                # Events keep their account; one missing from the configuration waits (and can be replayed
+                # once it is back) rather than being judged by another account's credentials.
+                raise Transient(f"account {alias!r} is not configured (RECEIVER_ACCOUNTS_FILE)")
+            view = replace(self, ice=gw.ice, source=gw.source, account=alias, _views={})
+            self._views[alias] = view
+        return view
 
     def close(self) -> None:
         maintenance, self.maintenance = self.maintenance, None
@@ -77,7 +118,7 @@ class Services:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         # Pooled OSS connections left open would leak sockets (and warnings) in every test and restart.
-        for store in (self.source, self.thumbs):
+        for store in (self.source, self.thumbs, *(gw.source for gw in self.gateways.values())):
             close = getattr(store, "close", None)
             if close is not None:
                 close()

@@ -28,6 +28,8 @@ from receiver.adapters.base import (
     optional_str,
     parse_ice_time,
 )
+from receiver.adapters.credentials import AccountCredential, CredentialUnavailable
+from receiver.adapters.ratelimit import TokenBucket
 from receiver.config import Settings
 from receiver.exceptions import IceError, JobNotFound, ReceiverError, Transient
 
@@ -42,6 +44,7 @@ def build_client(
     security_token: str | None = None,
     region: str = "cn-shanghai",
     timeout_ms: int = 5000,
+    credential: AccountCredential | None = None,
 ) -> Client:
     """An SDK client; ``endpoint`` is a host[:port] (HTTPS) or a full ``http(s)://host:port`` URL."""
     parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -49,6 +52,11 @@ def build_client(
         raise IceError(f"ICE endpoint must be host[:port] or http(s)://host[:port], got {endpoint!r}")
     # Missing credentials are not an error here: the SDK raises InvalidCredentials per call, which
     # SdkIceGateway turns into an IceError, so an app without ICE keys still starts (e.g. for the read API).
+    if credential is not None and credential.configured:
+        # The account's credential object: the SDK asks it for the current key, secret and token per call.
+        config = open_api_models.Config(credential=credential, region_id=region, endpoint=parts.netloc,
+                                        protocol=parts.scheme, connect_timeout=timeout_ms, read_timeout=timeout_ms)
+        return Client(config)
     config = open_api_models.Config(
         access_key_id=access_key_id or None,
         access_key_secret=secret or None,
@@ -91,8 +99,12 @@ def _translate(exc: TeaException, what: str) -> ReceiverError:
 class SdkIceGateway:
     """IceGateway over ``alibabacloud_ice20201109.client.Client``."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, account: str = "default", credential: AccountCredential | None = None,
+                 bucket: TokenBucket | None = None) -> None:
         self._client = client
+        self.account = account
+        self.credential = credential if credential is not None and credential.configured else None
+        self.bucket = bucket
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SdkIceGateway:
@@ -109,13 +121,25 @@ class SdkIceGateway:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         op = what.split(" ", 1)[0]
+        if self.credential is not None:
+            # A credential problem makes the caller wait (Transient) before anything is sent, and is told
+            # apart from ICE being unreachable, which the SDK would make of it.
+            try:
+                self.credential.check()
+            except CredentialUnavailable as e:
+                metrics.count_call("ice", op, e.code, self.account)
+                raise
+        if self.bucket is not None:
+            self.bucket.acquire()
         try:
             result = fn()
         except TeaException as e:
             err = _translate(e, what)
-            metrics.count_call("ice", op, err.code)
+            if self.bucket is not None and isinstance(err, Transient) and "Throttling" in str(err):
+                self.bucket.throttled_answer()
+            metrics.count_call("ice", op, err.code, self.account)
             raise err from e
-        metrics.count_call("ice", op)
+        metrics.count_call("ice", op, None, self.account)
         return result
 
     def get_job(self, job_id: str) -> JobInfo:

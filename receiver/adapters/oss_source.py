@@ -8,7 +8,9 @@ from typing import Any
 
 import oss2
 
+from receiver import metrics
 from receiver.adapters.base import FetchedObject, ObjectMeta
+from receiver.adapters.credentials import AccountCredential, oss_auth
 from receiver.adapters.oss_common import (
     auth,
     browser_bucket,
@@ -30,9 +32,12 @@ _READ_CHUNK = 256 * 1024
 class OssSourceStore:
     """Reads ICE's snapshot objects from endpoints named in events (allow-listed)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, credential: AccountCredential | None = None,
+                 account: str = "default") -> None:
         self.policy = EndpointPolicy.from_settings(settings)
-        self._auth = auth(settings)
+        # One account's store: its credential object signs every request (and presigned URL) afresh.
+        self._auth = oss_auth(credential) if credential is not None else auth(settings)
+        self.account = account
         self._timeout = settings.oss_timeout_seconds
         self._session = session(settings)
         self._buckets: dict[tuple[str, str], Any] = {}
@@ -73,7 +78,7 @@ class OssSourceStore:
         """Fetch a whole object, never holding more than ``max_bytes`` (+ one 256 KiB read) in memory."""
         b = self._bucket(endpoint, bucket)
         where = f"oss://{bucket}/{key}"
-        with translated(where, "GetObject"), b.get_object(key) as r:
+        with metrics.account_scope(self.account), translated(where, "GetObject"), b.get_object(key) as r:
             declared = r.content_length
             if declared is not None and declared > max_bytes:
                 # Leaving the with-block closes the response without reading the body.
@@ -93,7 +98,8 @@ class OssSourceStore:
             # Over the whole body, not as it streams: one pass in C instead of one call per read. What the
             # answer offers decides the check: CRC-64, else a plain-MD5 ETag, else the length (oss_common).
             check = verify_body(where, data, crc=r.server_crc, etag=r.etag, length=declared, headers=r.headers)
-        count_integrity("GetObject", check)
+        with metrics.account_scope(self.account):
+            count_integrity("GetObject", check)
         return FetchedObject(
             data=data,
             etag=r.etag or "",
@@ -115,7 +121,7 @@ class OssSourceStore:
 
     def head(self, endpoint: str, bucket: str, key: str) -> ObjectMeta:
         b = self._bucket(endpoint, bucket)
-        with translated(f"oss://{bucket}/{key}", "HeadObject"):
+        with metrics.account_scope(self.account), translated(f"oss://{bucket}/{key}", "HeadObject"):
             r = b.head_object(key)
             return ObjectMeta(
                 etag=r.etag or "", size=int(r.content_length or 0), last_modified_ms=ms(r.last_modified)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import oss2
 
 from receiver.adapters.base import ThumbnailStore
+from receiver.adapters.credentials import AccountCredential, oss_auth
 from receiver.adapters.oss_common import (
     auth,
     browser_bucket,
@@ -199,7 +200,8 @@ def _truthy(name: str, value: str) -> bool:
     raise ValueError(f"thumbnail store URL: {name} must be a boolean, got {value!r}")
 
 
-def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
+def thumbnail_store_from_url(url: str, settings: Settings,
+                             credential: AccountCredential | None = None) -> ThumbnailStore:
     """Build the thumbnail store named by RECEIVER_THUMBNAIL_STORE.
 
     - ``file:///abs/path``: that folder. ``file://rel/path`` and ``file:rel/path`` are relative to the
@@ -226,7 +228,13 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
     endpoint = params.get("endpoint", "").strip()
     if not endpoint:
         raise ValueError(f"thumbnail store URL {url!r} needs ?endpoint=host-or-url")
-    if not (settings.access_key_id and settings.access_key_secret):
+    if credential is not None and credential.configured:
+        # The receiver's own bucket, signed with its primary account's credentials (accounts.Accounts.primary):
+        # every request and every presigned URL asks for the current key and token.
+        store_auth = oss_auth(credential)
+    elif settings.access_key_id and settings.access_key_secret:
+        store_auth = auth(settings)
+    else:
         raise ValueError("an oss:// thumbnail store needs ALIBABA_CLOUD_ACCESS_KEY_ID and _SECRET")
     policy = EndpointPolicy.from_settings(settings)
     try:
@@ -242,7 +250,7 @@ def thumbnail_store_from_url(url: str, settings: Settings) -> ThumbnailStore:
     oss_session = session(settings)
     try:
         bucket = oss2.Bucket(
-            auth(settings),
+            store_auth,
             base,
             parts.netloc,
             session=oss_session,

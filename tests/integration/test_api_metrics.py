@@ -45,7 +45,8 @@ def test_metrics_follow_a_callback_through_the_pipeline(client, svc, fake_ice, f
     assert m[("receiver_thumbnail_bytes_total", (("direction", "written"),))] > len(thumb.data)
 
     def delta(service: str, op: str, outcome: str = "ok") -> float:
-        k = ("receiver_external_calls_total", (("operation", op), ("outcome", outcome), ("service", service)))
+        k = ("receiver_external_calls_total",
+             (("account", "default"), ("operation", op), ("outcome", outcome), ("service", service)))
         return m.get(k, 0) - before.get(k, 0)
 
     assert delta("ice", "GetLiveSnapshotJob") == 1

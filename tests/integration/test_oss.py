@@ -566,12 +566,12 @@ def test_oss_store_crc_mismatch_is_transient(fake: FakeOss, settings: Settings) 
     store = thumbnail_store_from_url(f"oss://thumbs?endpoint={ENDPOINT}", settings)
     from receiver import metrics
 
-    failed_puts = metrics._calls.get(("oss", "PutObject", "Transient"), 0)
+    failed_puts = metrics._calls.get(("oss", "PutObject", "Transient", "default"), 0)
     fake.corrupt_crc_next(1)
     with pytest.raises(Transient, match="crc mismatch after upload"):
         store.put("a.jpg", b"thumb" * 100, "image/jpeg")
     # Counted as the failed call it is (receiver_external_calls), not as a success.
-    assert metrics._calls.get(("oss", "PutObject", "Transient"), 0) == failed_puts + 1
+    assert metrics._calls.get(("oss", "PutObject", "Transient", "default"), 0) == failed_puts + 1
     fake.corrupt_crc_next(1)
     with pytest.raises(Transient, match="crc mismatch"):
         store.get("a.jpg")
@@ -846,7 +846,7 @@ def test_thumbnail_store_put_keeps_its_headers(fake: FakeOss, settings: Settings
 def _integrity_count(check: str) -> int:
     from receiver import metrics
 
-    return metrics._calls.get(("oss", "GetObject.integrity", check), 0)
+    return metrics._calls.get(("oss", "GetObject.integrity", check, "default"), 0)
 
 
 def test_integrity_crc64_when_sent(fake: FakeOss, source: OssSourceStore) -> None:
