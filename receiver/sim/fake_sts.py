@@ -251,12 +251,14 @@ def rpc_signature(method: str, params: Mapping[str, str], secret: str) -> str:
 
 
 class FakeStsServer(_Loopback):
-    """STS ``AssumeRole`` (2015-04-01, RPC over GET) for the roles in ``roles`` (role ARN -> uid).
+    """STS ``AssumeRole`` and ``AssumeRoleWithOIDC`` (2015-04-01, RPC over GET) for the roles in ``roles``
+    (role ARN -> uid).
 
-    The caller signs with a key in ``access_keys`` or an authority-issued temporary key plus its
-    ``SecurityToken`` (role chaining). ``ttl_seconds`` caps the lifetime handed out below the requested
-    ``DurationSeconds`` (>= 900 in both the provider and real STS) so tests can see credentials expire.
-    ``external_ids`` (role ARN -> id) makes ``ExternalId`` mandatory for a role.
+    AssumeRole: the caller signs with a key in ``access_keys`` or an authority-issued temporary key plus its
+    ``SecurityToken`` (role chaining). ``external_ids`` (role ARN -> id) makes ``ExternalId`` mandatory for a
+    role. AssumeRoleWithOIDC is unsigned: ``oidc_tokens`` (OIDC provider ARN -> the one token it accepts)
+    stands in for the identity provider's signature. ``ttl_seconds`` caps the lifetime handed out below the
+    requested ``DurationSeconds`` (>= 900 in both providers and real STS) so tests can see credentials expire.
     """
 
     name = "fake-sts"
@@ -268,6 +270,7 @@ class FakeStsServer(_Loopback):
         access_keys: Mapping[str, str],
         ttl_seconds: float | None = None,
         external_ids: Mapping[str, str] | None = None,
+        oidc_tokens: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.authority = authority
@@ -275,6 +278,7 @@ class FakeStsServer(_Loopback):
         self.access_keys = dict(access_keys)
         self.ttl_seconds = ttl_seconds
         self.external_ids = dict(external_ids or {})
+        self.oidc_tokens = dict(oidc_tokens or {})
         self.log: list[dict[str, Any]] = []  # {"role_arn", "access_key_id", "status", "code"}
         self._nonces: set[str] = set()
 
@@ -283,6 +287,7 @@ class FakeStsServer(_Loopback):
         with self._lock:
             self.log.append(
                 {
+                    "action": query.get("Action"),
                     "role_arn": query.get("RoleArn"),
                     "access_key_id": query.get("AccessKeyId"),
                     "status": status,
@@ -297,11 +302,22 @@ class FakeStsServer(_Loopback):
         def error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
             return status, {"RequestId": rid, "HostId": "sts.aliyuncs.com", "Code": code, "Message": message}
 
-        for name in ("Action", "AccessKeyId", "Signature", "SignatureNonce", "Timestamp", "RoleArn"):
+        action = q.get("Action")
+        if action not in ("AssumeRole", "AssumeRoleWithOIDC") or q.get("Version") != "2015-04-01":
+            return error(404, "InvalidAction.NotFound", f"Specified api is not found: {action!r}.")
+        if action == "AssumeRoleWithOIDC":
+            for name in ("RoleArn", "OIDCProviderArn", "OIDCToken", "Timestamp"):
+                if not q.get(name):
+                    return error(400, "MissingParameter", f'The input parameter "{name}" is not supplied.')
+            expected = self.oidc_tokens.get(q["OIDCProviderArn"])
+            if expected is None:
+                return error(404, "EntityNotExist.OIDCProvider", "The specified OIDC provider does not exist.")
+            if not hmac.compare_digest(expected.encode(), q["OIDCToken"].encode()):
+                return error(400, "AuthenticationFail.OIDCToken.Invalid", "The OIDC token is invalid.")
+            return self._grant(q, rid, error)
+        for name in ("AccessKeyId", "Signature", "SignatureNonce", "Timestamp", "RoleArn"):
             if not q.get(name):
                 return error(400, "MissingParameter", f'The input parameter "{name}" is not supplied.')
-        if q["Action"] != "AssumeRole" or q.get("Version") != "2015-04-01":
-            return error(404, "InvalidAction.NotFound", f"Specified api is not found: {q['Action']!r}.")
         ak = q["AccessKeyId"]
         secret = self.access_keys.get(ak)
         if secret is None:
@@ -328,12 +344,17 @@ class FakeStsServer(_Loopback):
             if q["SignatureNonce"] in self._nonces:
                 return error(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
             self._nonces.add(q["SignatureNonce"])
+        if q["RoleArn"] in self.external_ids and q.get("ExternalId") != self.external_ids[q["RoleArn"]]:
+            return error(403, "NoPermission", "You are not authorized to do this action (ExternalId).")
+        return self._grant(q, rid, error)
+
+    def _grant(
+        self, q: dict[str, str], rid: str, error: Callable[[int, str, str], tuple[int, dict[str, Any]]]
+    ) -> tuple[int, dict[str, Any]]:
         role = q["RoleArn"]
         uid = self.roles.get(role)
         if uid is None:
             return error(404, "EntityNotExist.Role", "The specified Role not exists .")
-        if role in self.external_ids and q.get("ExternalId") != self.external_ids[role]:
-            return error(403, "NoPermission", "You are not authorized to do this action (ExternalId).")
         try:
             duration = int(q.get("DurationSeconds") or 3600)
         except ValueError:

@@ -3,7 +3,11 @@ the real ``alibabacloud_credentials`` providers (the ones the service uses)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alibabacloud_credentials.client import Client as CredClient
@@ -147,7 +151,9 @@ def test_assume_role_signed_by_the_source_key_yields_the_role_accounts_credentia
     got = role_client(sts_server).get_credential()
     assert got.type == "ram_role_arn"
     assert authority.check(got.access_key_id, got.security_token) == UID
-    assert sts_server.log == [{"role_arn": ROLE, "access_key_id": SOURCE_AK, "status": 200, "code": None}]
+    assert sts_server.log == [
+        {"action": "AssumeRole", "role_arn": ROLE, "access_key_id": SOURCE_AK, "status": 200, "code": None}
+    ]
     # ttl_seconds caps the requested 3600 s so tests can watch credentials expire.
     assert authority.lookup(got.access_key_id) is not None
 
@@ -177,6 +183,36 @@ def test_assume_role_checks_the_external_id(authority: StsAuthority) -> None:
         assert role_client(server, external_id="ext-1").get_credential().access_key_id.startswith("STS.")
 
 
+OIDC_PROVIDER = f"acs:ram::{UID}:oidc-provider/ack-rrsa"
+
+
+def oidc_client(server: FakeStsServer, token_file: Path) -> CredClient:
+    return CredClient(
+        CredConfig(
+            type="oidc_role_arn",
+            role_arn=ROLE,
+            oidc_provider_arn=OIDC_PROVIDER,
+            oidc_token_file_path=str(token_file),
+            sts_endpoint=server.url,
+        )
+    )
+
+
+def test_assume_role_with_oidc(authority: StsAuthority, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    with FakeStsServer(authority, roles={ROLE: UID}, access_keys={}, oidc_tokens={OIDC_PROVIDER: "jwt-1"}) as server:
+        token_file.write_text("jwt-1")
+        got = oidc_client(server, token_file).get_credential()
+        assert got.type == "oidc_role_arn" and authority.check(got.access_key_id, got.security_token) == UID
+        token_file.write_text("jwt-2")  # the provider re-reads the file on every refresh, as RRSA rotates it
+        with pytest.raises(CredentialException, match="AuthenticationFail.OIDCToken.Invalid"):
+            oidc_client(server, token_file).get_credential()
+    assert [(e["action"], e["status"]) for e in server.log] == [
+        ("AssumeRoleWithOIDC", 200),
+        ("AssumeRoleWithOIDC", 400),
+    ]
+
+
 def test_rpc_signature_agrees_with_the_library() -> None:
     # The provider signs with quote_plus, the fake with the documented %20 form: equal without spaces.
     params = {"Action": "AssumeRole", "RoleArn": ROLE, "Timestamp": "2026-01-01T00:00:00Z", "Version": "2015-04-01"}
@@ -187,3 +223,39 @@ def _library_signature(params: dict[str, str], secret: str) -> str:
     from alibabacloud_credentials.utils import parameter_helper as ph
 
     return str(ph.sign_string(ph.compose_string_to_sign("GET", params), secret + "&"))
+
+
+def test_provider_falls_back_to_its_cached_credential_when_handed_an_expired_one(authority: StsAuthority) -> None:
+    # alibabacloud_credentials 1.0.12 (refreshable.py, STRICT): a fetched credential already past its
+    # Expiration is dropped and the previous one served again; with nothing cached, CredentialException.
+    # A service that must never sign with an expired key has to check expiry itself.
+    with CredentialsUriServer(authority, UID, 60) as server:
+        client = uri_client(server.url)
+        first = client.get_credential().access_key_id
+        server.ttl_seconds = -5
+        assert client.get_credential().access_key_id == first
+        assert server.requests == 2 and authority.issued == {UID: 2}
+        with pytest.raises(CredentialException, match="No cached value"):
+            uri_client(server.url).get_credential()
+
+
+_CHAIN = """
+from alibabacloud_credentials.client import Client
+c = Client()
+a, b = c.get_credential(), c.get_credential()
+print(a.type, a.provider_name, a.access_key_id, b.access_key_id)
+"""
+
+
+def test_default_chain_with_only_the_credentials_uri_variable(authority: StsAuthority, tmp_path: Path) -> None:
+    # auth_util reads ALIBABA_CLOUD_* at import, hence a fresh interpreter. The ECS metadata provider is
+    # still tried first (100.100.100.200 is unreachable here) and the chain falls through to the URI.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")}
+    with CredentialsUriServer(authority, UID, 60) as server:
+        env.update(HOME=str(tmp_path), ALIBABA_CLOUD_CREDENTIALS_URI=server.url)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHAIN], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+    kind, provider, first, second = out.stdout.split()
+    assert (kind, provider) == ("default", "default/credential_uri")
+    assert [first, second] == [c.access_key_id for c in server.handed_out]
