@@ -614,12 +614,16 @@ class FakeOss:
             return self.sts.check(ak, token), "sts"
         except TokenRefused as e:
             if e.kind == "expired":
-                raise _Denied("SecurityTokenExpired", "The security token you provided has expired.") from None
+                raise _Denied(
+                    "SecurityTokenExpired", "The security token you provided has expired.", EC="0002-00000007"
+                ) from None
             if e.reason == "missing":
                 raise _Denied(
                     "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist.", OSSAccessKeyId=ak
                 ) from None
-            raise _Denied("InvalidSecurityToken", "The security token you provided is invalid.") from None
+            raise _Denied(
+                "InvalidSecurityToken", "The security token you provided is invalid.", EC="0002-00000006"
+            ) from None
 
     def _check_owner(self, method: str, bucket: str, key: str, uid: str) -> None:
         with self._lock:

@@ -147,6 +147,7 @@ def test_sts_header_auth_until_expiry(
         b.get_object("snapshot/job-a/1.jpg")
     assert (err.value.status, err.value.code) == (403, "SecurityTokenExpired")
     assert err.value.message == "The security token you provided has expired."
+    assert err.value.ec == "0002-00000007"  # the error-center entry OSS names in <EC>
     with pytest.raises(oss2.exceptions.ServerError) as head_err:
         b.object_exists("snapshot/job-a/1.jpg")  # HEAD: the error travels in x-oss-err
     assert head_err.value.code == "SecurityTokenExpired"
@@ -189,7 +190,7 @@ def test_wrong_and_missing_tokens(fake: FakeOss, session: oss2.Session, authorit
     cred, other = authority.issue(UID_A, 60), authority.issue(UID_A, 60)
     with pytest.raises(oss2.exceptions.ServerError) as wrong:
         bucket(fake, session, "bucket-a", v1(cred, token=other.security_token)).get_object("snapshot/job-a/1.jpg")
-    assert (wrong.value.status, wrong.value.code) == (403, "InvalidSecurityToken")
+    assert (wrong.value.status, wrong.value.code, wrong.value.ec) == (403, "InvalidSecurityToken", "0002-00000006")
     with pytest.raises(oss2.exceptions.ServerError) as missing:
         bucket(fake, session, "bucket-a", oss2.Auth(cred.access_key_id, cred.access_key_secret)).get_object(
             "snapshot/job-a/1.jpg"
