@@ -82,6 +82,8 @@ class Services:
     # The JobInfo each job's row was last written from: the gateway hands back the same object until its
     # cache entry expires, so an identical object means the row is already current (worker.pipeline).
     upserted_jobs: dict[str, JobInfo] = field(default_factory=dict)
+    # job id -> the account it belongs to, once its row says so (worker.pipeline; owners never change).
+    job_accounts: dict[str, str] = field(default_factory=dict)
     # What the composition root asks to be done when these Services close, after the workers stop and before
     # the engines go (receiver.app: the worker's SQLite claim lock).
     on_close: list[Callable[[], None]] = field(default_factory=list)

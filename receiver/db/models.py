@@ -103,8 +103,12 @@ class Job(Base):
     """A live snapshot job: the last GetLiveSnapshotJob answer plus our tracking state."""
 
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_account_job_id", "account", "job_id"),)
 
     job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The account that first reported or tracked the job (product.md section 7): its credentials sign every
+    # ICE and OSS request of the job, and events arriving through another account's token are rejected.
+    account: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
     name: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str | None] = mapped_column(String(32))
     stream_url: Mapped[str | None] = mapped_column(Text)
@@ -159,6 +163,9 @@ class Event(Base):
     oss_endpoint: Mapped[str | None] = mapped_column(String(255))
     create_timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
     is_overlay: Mapped[bool | None]
+    # The account whose callback token (or tracked job) brought the event, and the envelope's UserId if any.
+    account: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
+    user_id: Mapped[str | None] = mapped_column(String(64))
     raw_body: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

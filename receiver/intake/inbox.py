@@ -30,11 +30,12 @@ from receiver.intake.parse import EventItem
 _table = cast(Table, Event.__table__)
 _COLUMNS = ("job_id", "identity", "origin", "key_from_ice", "status", "attempts", "oss_object", "oss_bucket",
             "oss_endpoint",
-            "create_timestamp_ms", "is_overlay", "raw_body", "received_at", "updated_at", "next_attempt_at")
+            "create_timestamp_ms", "is_overlay", "raw_body", "received_at", "updated_at", "next_attempt_at",
+            "account", "user_id")
 # Keys per SELECT of already-recorded events (2 bound parameters each, well under any driver's limit).
 _LOOKUP_CHUNK = 400
-# Rows per SQLite INSERT: at 15 parameters a row, under the 999 variables of SQLite builds before 3.32.
-_SQLITE_CHUNK = 64
+# Rows per SQLite INSERT: at 17 parameters a row, under the 999 variables of SQLite builds before 3.32.
+_SQLITE_CHUNK = 58
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def _params(item: EventItem, origin: EventOrigin, now: Any) -> dict[str, Any]:
         "oss_object": item.oss_object, "oss_bucket": item.oss_bucket, "oss_endpoint": item.oss_endpoint,
         "create_timestamp_ms": item.create_timestamp_ms, "is_overlay": item.is_overlay,
         "raw_body": item.raw[:65536], "received_at": now, "updated_at": now, "next_attempt_at": now,
+        "account": item.account, "user_id": (item.user_id or None) and item.user_id[:64],
     }
 
 

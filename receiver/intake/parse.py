@@ -43,6 +43,8 @@ class EventItem:
     create_timestamp_ms: int | None
     is_overlay: bool | None
     raw: str  # canonical JSON of the item (with its envelope), kept for operators
+    user_id: str | None = None  # the envelope's UserId: the account ICE says sent it
+    account: str = "default"  # whose callback token it came through (set by the view)
 
 
 def _norm(name: str) -> str:
@@ -192,6 +194,7 @@ def _item(merged: dict[str, Any], event_time: Any, raw_obj: Any) -> EventItem | 
         create_timestamp_ms=create_ts,
         is_overlay=_bool(merged.get("isoverlay")),
         raw=_canonical(raw_obj),
+        user_id=_str(merged.get("userid")),
     )
 
 

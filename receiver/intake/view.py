@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -21,7 +22,8 @@ from flask import Blueprint, Response, g, request
 from werkzeug.wrappers import Request
 from werkzeug.wsgi import get_content_length
 
-from receiver.intake.parse import CallbackParseError, parse_callback
+from receiver.accounts import DEFAULT, Account
+from receiver.intake.parse import CallbackParseError, EventItem, parse_callback
 from receiver.services import Services, current_services
 from receiver.strict import StrictError, parse_int
 from receiver.timeutil import MAX_TIME_MS
@@ -97,25 +99,44 @@ def _check_signature(environ: Environ, keys: tuple[str, ...], max_skew: int, pub
         raise ApiError(401, "InvalidSignature", "X-ICE-SIGNATURE does not match")
 
 
-def _check_token(svc: Services, token: str) -> None:
-    expected = svc.settings.callback_token
+def _account_for(svc: Services, token: str) -> Account:
+    """The account whose token is in the path (RECEIVER_CALLBACK_TOKEN is `default`'s); the bare path belongs to
+    the primary account, and only while no account has a token."""
+    accounts = svc.account_list()
+    tokens = [(a, a.callback_token) for a in accounts if a.callback_token]
     if not token:
-        if expected:
+        if tokens:
             raise ApiError(404, "NotFound", "the callback path needs its token")
-        return
-    if not expected:
+        return accounts.primary
+    if not tokens:
         raise ApiError(404, "NotFound", "no callback token is configured")
-    # PATH_INFO carries the raw bytes as latin-1 (PEP 3333); the configured token is compared as UTF-8.
-    if not hmac.compare_digest(token.encode("latin-1", "replace"), expected.encode()):
+    # PATH_INFO carries the raw bytes as latin-1 (PEP 3333); the configured tokens are compared as UTF-8. Every
+    # token is compared, so the time taken does not say which one nearly matched.
+    raw = token.encode("latin-1", "replace")
+    found: Account | None = None
+    for account, expected in tokens:
+        if hmac.compare_digest(raw, expected.encode()) and found is None:
+            found = account
+    if found is None:
         raise ApiError(401, "InvalidToken", "wrong callback token")
+    return found
+
+
+def _for_account(items: list[EventItem], account: Account) -> list[EventItem]:
+    if account.alias == DEFAULT:
+        return items
+    # The account is part of the event's identity: the same file reported through two accounts' tokens is two
+    # events (the one whose account does not own the job is rejected), never a duplicate of the other.
+    return [replace(i, account=account.alias,
+                    identity=hashlib.sha256(f"{account.alias}\0{i.identity}".encode()).hexdigest()) for i in items]
 
 
 def _accept(svc: Services, environ: Environ, token: str) -> tuple[bytes, str]:
     s = svc.settings
-    _check_token(svc, token)
+    account = _account_for(svc, token)
     body = _read_bounded(environ, s.max_callback_bytes)
-    if s.callback_auth_keys:
-        _check_signature(environ, s.callback_auth_keys, s.callback_max_skew, s.public_url)
+    if account.callback_auth_keys:
+        _check_signature(environ, account.callback_auth_keys, s.callback_max_skew, s.public_url)
     try:
         items, skipped = parse_callback(body)
     except CallbackParseError as e:
@@ -125,6 +146,7 @@ def _accept(svc: Services, environ: Environ, token: str) -> tuple[bytes, str]:
         first = skipped[0] if skipped else CallbackParseError("MissingJobId", "no JobId in the callback")
         log.info("callback refused (%s): %r", first.code, body[:512])
         raise ApiError(400, first.code, str(first))
+    items = _for_account(items, account)
     recorded = svc.intake.record(items)
     if recorded.new_ids and svc.dispatcher is not None:
         svc.dispatcher.submit(recorded.new_ids)

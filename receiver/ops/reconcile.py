@@ -8,14 +8,16 @@ created before this instant is in the inbox"; it moves after each window commits
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select, update
 
+from receiver.accounts import DEFAULT
 from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary, SnapshotFile
 from receiver.adapters.ice import iter_files
 from receiver.db.models import Event, EventOrigin, EventStatus, Job, Snapshot, utcnow
@@ -92,13 +94,15 @@ class PatientIce:
         raise AssertionError("unreachable")
 
 
-def file_item(f: SnapshotFile) -> EventItem:
+def file_item(f: SnapshotFile, account: str = DEFAULT) -> EventItem:
     """The event a callback naming this file would produce (same identity), parsed by the callback parser."""
     body = {"Source": "ListLiveSnapshotFiles", "JobId": f.job_id, "OssObject": f.oss_object,
             "OssBucket": f.bucket, "OssEndpoint": f.endpoint, "CreateTime": f.create_time,
             "CreateTimestamp": f.create_timestamp_ms, "IsOverlay": f.is_overlay}
     items, _ = parse_callback(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
-    return items[0]
+    # The identity a callback through this account's token would give (intake.view._for_account).
+    return items[0] if account == DEFAULT else replace(items[0], account=account, identity=hashlib.sha256(
+        f"{account}\0{items[0].identity}".encode()).hexdigest())
 
 
 def _indexed_keys(svc: Services, job: JobInfo, files: list[SnapshotFile]) -> set[str]:
@@ -128,6 +132,7 @@ class Reconciler:
         self.execute = execute
         self.progress = progress  # called with milliseconds of the span covered since the last call
         self.keep_going = keep_going  # asked before each job: False ends the run (shutdown, lease lost)
+        self.sleep = sleep
         self.ice = PatientIce(svc.ice, sleep=sleep)
 
     def span(self, job: Job | None, since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
@@ -144,17 +149,26 @@ class Reconciler:
             start = max(start, now - int(self.svc.settings.retention_days * DAY_MS))
         return start // 1000 * 1000, end
 
+    def account_of(self, job_id: str) -> str:
+        """The job's account, or the receiver's primary one for a job never seen (`reconcile --job`)."""
+        with self.svc.sessions() as s:
+            owner = s.execute(select(Job.account).where(Job.job_id == job_id)).scalar_one_or_none()
+        return owner or self.svc.account
+
     def reconcile_job(self, job_id: str, since_ms: int | None = None, until_ms: int | None = None,
-                      tally: Tally | None = None) -> Tally:
+                      tally: Tally | None = None, account: str | None = None) -> Tally:
         """One job from its cursor (or since_ms) to now (or until_ms), counted into ``tally`` as it goes.
 
         JobNotFound and IceError (or Transient after PatientIce gave up) propagate; windows already
         committed stay committed and the cursor says where the next run resumes.
         """
-        info = self.svc.ice.get_job(job_id)
+        account = account or self.account_of(job_id)
+        asvc = self.svc.for_account(account)
+        info = asvc.ice.get_job(job_id)
         with self.svc.sessions.begin() as s:
-            job = upsert_job(s, info)
+            job = upsert_job(s, info, account=account)
             start, end = self.span(job, since_ms, until_ms)
+        ice = PatientIce(asvc.ice, sleep=self.sleep) if asvc is not self.svc else self.ice
         # An explicit range is a backfill: it must not move the cursor of the periodic sweep.
         keep_cursor = since_ms is None and until_ms is None
         tally = tally if tally is not None else Tally()
@@ -166,7 +180,7 @@ class Reconciler:
             files: list[SnapshotFile] = []
             # List one second past the window (ICE's EndTime has second precision and may be exclusive), then
             # keep only this window's files: the next window lists the boundary second again.
-            for f in iter_files(self.ice, job_id, window, window_end + 1000):
+            for f in iter_files(ice, job_id, window, window_end + 1000):
                 ts = f.create_timestamp_ms
                 if ts is not None and not window <= ts < window_end:
                     continue
@@ -180,13 +194,14 @@ class Reconciler:
             last = window_end > end
             if last and newest_overlay is not None:
                 files.append(newest_overlay)
-            self._window(info, files, tally, window_end if keep_cursor else None)
+            self._window(info, files, tally, window_end if keep_cursor else None, account)
             if self.progress is not None:
                 self.progress(window_end - window)
             window = window_end
         return tally
 
-    def _window(self, info: JobInfo, files: list[SnapshotFile], tally: Tally, cursor: int | None) -> None:
+    def _window(self, info: JobInfo, files: list[SnapshotFile], tally: Tally, cursor: int | None,
+                account: str = DEFAULT) -> None:
         tally.seen += len(files)
         usable = []
         for f in files:
@@ -201,7 +216,7 @@ class Reconciler:
         tally.indexed += len(usable) - len(missing)
         run: list[int] = []
         with self.svc.sessions.begin() as s:
-            rec = record_events(s, [file_item(f) for f in missing], origin=EventOrigin.RECONCILE)
+            rec = record_events(s, [file_item(f, account) for f in missing], origin=EventOrigin.RECONCILE)
             run.extend(rec.new_ids)
             old = sorted(set(rec.event_ids) - set(rec.new_ids))
             for i in range(0, len(old), CHUNK):

@@ -7,21 +7,25 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
+from receiver.accounts import DEFAULT
 from receiver.adapters.base import JobInfo
 from receiver.db.models import Job
-from receiver.exceptions import JobNotFound
+from receiver.exceptions import JobNotFound, Rejected
 from receiver.services import Services
 from receiver.worker.index import upsert_job
 
 log = logging.getLogger(__name__)
 
 
-def track(svc: Services, job_id: str) -> JobInfo:
-    """Verify the job with ICE (JobNotFound propagates) and mark it tracked."""
-    info = svc.ice.get_job(job_id)
+def track(svc: Services, job_id: str, account: str = DEFAULT) -> JobInfo:
+    """Verify the job with ICE as ``account`` (JobNotFound propagates) and mark it tracked; the job then belongs
+    to that account (Rejected when it already belongs to another)."""
+    if account not in svc.account_list():
+        raise Rejected(f"no account {account!r} (accounts: {', '.join(svc.account_list().by_alias)})")
+    info = svc.for_account(account).ice.get_job(job_id)
     with svc.sessions.begin() as s:
-        s.execute(update(Job).where(Job.job_id == job_id).values(untracked=False))
-        upsert_job(s, info, track=True)
+        upsert_job(s, info, track=True, account=account)
+        s.execute(update(Job).where(Job.job_id == job_id).values(untracked=False, tracked=True))
     return info
 
 
@@ -54,24 +58,37 @@ def discover(svc: Services, ignored: set[str] | None = None) -> list[str]:
         log.warning("RECEIVER_DISCOVER_JOBS needs RECEIVER_PUBLIC_URL to recognise this receiver's jobs")
         return []
     ignored = ignored if ignored is not None else set()
+    found: list[str] = []
+    for account in svc.account_list():
+        found.extend(_discover(svc, account.alias, public, ignored))
+    return found
+
+
+def _discover(svc: Services, account: str, public: str, ignored: set[str]) -> list[str]:
+    asvc = svc.for_account(account)
     with svc.sessions() as s:
         known = set(s.execute(select(Job.job_id).where(Job.tracked.is_(True))).scalars())
     found: list[str] = []
     page = 1
     while True:
-        jobs, total = svc.ice.list_jobs(page_no=page, page_size=100, status="started")
+        jobs, total = asvc.ice.list_jobs(page_no=page, page_size=100, status="started")
         for summary in jobs:
             if summary.job_id in known or summary.job_id in ignored:
                 continue
             try:
-                info = svc.ice.get_job(summary.job_id)
+                info = asvc.ice.get_job(summary.job_id)
             except JobNotFound:
                 continue  # deleted between the two calls
             if not points_here(info.callback_url, public):
                 ignored.add(info.job_id)
                 continue
-            with svc.sessions.begin() as s:
-                upsert_job(s, info, track=True)
+            try:
+                with svc.sessions.begin() as s:
+                    upsert_job(s, info, track=True, account=account)
+            except Rejected as e:  # a job id listed by two accounts: the first owner keeps it
+                log.warning("discovery: %s", e)
+                ignored.add(info.job_id)
+                continue
             found.append(info.job_id)
         if not jobs or page * 100 >= total:
             return found

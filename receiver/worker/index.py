@@ -12,9 +12,11 @@ from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
+from receiver.accounts import DEFAULT
 from receiver.adapters.base import JobInfo
 from receiver.db.engine import insert_for
 from receiver.db.models import Job, Snapshot, Thumbnail, utcnow
+from receiver.exceptions import Rejected
 from receiver.media.signals import snapshot_columns
 from receiver.media.thumbnails import make_thumbnails
 from receiver.services import Services
@@ -125,16 +127,21 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     return Prepared(None, snap, tuple(rows))
 
 
-def upsert_job(session: Session, info: JobInfo, *, track: bool = False) -> Job:
+def upsert_job(session: Session, info: JobInfo, *, track: bool = False, account: str = DEFAULT) -> Job:
+    """The job's row brought up to ``info``. A new row belongs to ``account``; an existing row keeps the
+    account that first reported or tracked it, and raises Rejected when that is another account (nothing of the
+    row is changed then)."""
     job = session.get(Job, info.job_id)
     if job is None:
         # Two workers meeting a new job at once both get here on PostgreSQL (SQLite serialises writers):
         # ON CONFLICT DO NOTHING waits for the winner's commit, then we read its row instead of failing.
         insert = insert_for(session.get_bind().dialect.name)
-        session.execute(insert(Job).values(job_id=info.job_id, tracked=False)
+        session.execute(insert(Job).values(job_id=info.job_id, tracked=False, account=account)
                         .on_conflict_do_nothing(index_elements=["job_id"]))
         job = session.get(Job, info.job_id)
         assert job is not None
+    if job.account != account:
+        raise Rejected(f"job belongs to account {job.account!r}, not {account!r}")
     job.name = info.name
     job.status = info.status
     job.stream_url = info.stream_url

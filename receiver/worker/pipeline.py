@@ -14,11 +14,11 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.sql import Executable
 
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, EventStatus, utcnow
+from receiver.db.models import Event, EventSnapshot, EventStatus, Job, utcnow
 from receiver.exceptions import (
     ImageError,
     JobNotFound,
@@ -178,7 +178,38 @@ def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
     return Outcome(EventStatus.DONE, snapshot_ids=snapshot_ids)
 
 
+def _owner(svc: Services, job_id: str) -> str | None:
+    """The account a job belongs to, once it has a row (an owner never changes, so it is remembered)."""
+    owner = svc.job_accounts.get(job_id)
+    if owner is None:
+        with svc.read_engine.connect() as conn:
+            owner = conn.execute(_owner_statement(), {"job_id": job_id}).scalar_one_or_none()
+        if owner is not None:
+            svc.job_accounts[job_id] = owner
+    return owner
+
+
+@cache
+def _owner_statement() -> Executable:
+    return select(Job.account).where(Job.job_id == bindparam("job_id"))
+
+
+def _check_account(svc: Services, ev: Claimed) -> Services:
+    """The event's account's view of the Services, once the event may be that account's at all: checked
+    before any ICE or OSS request, so a foreign event costs nothing but a lookup."""
+    asvc = svc.for_account(ev.account)  # Transient when the account is no longer configured: the event waits
+    if ev.user_id:
+        uid = svc.account_list().by_alias[ev.account].uid if ev.account in svc.account_list() else None
+        if uid is not None and ev.user_id != uid:
+            raise Rejected(f"callback UserId {ev.user_id!r} is not account {ev.account!r} ({uid})")
+    owner = _owner(svc, ev.job_id)
+    if owner is not None and owner != ev.account:
+        raise Rejected(f"job belongs to account {owner!r}, not {ev.account!r}")
+    return asvc
+
+
 def _run(svc: Services, ev: Claimed) -> list[Prepared]:
+    svc = _check_account(svc, ev)
     with svc.metrics.stage("verify"):
         job = svc.ice.get_job(ev.job_id)
     # The gateway hands back the same JobInfo object until its cache entry expires; writing the job row again
@@ -187,8 +218,9 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
     upserted = svc.upserted_jobs
     if upserted.get(job.job_id) is not job:
         with svc.sessions.begin() as s:
-            upsert_job(s, job, track=True)
+            upsert_job(s, job, track=True, account=ev.account)  # Rejected if another account got there first
         upserted[job.job_id] = job
+        svc.job_accounts[job.job_id] = ev.account
     with svc.metrics.stage("resolve"):
         targets: list[Target] = resolve_targets(svc, job, ev)
     if len(targets) == 1:

@@ -32,6 +32,8 @@ class Claimed:
     create_timestamp_ms: int | None
     is_overlay: bool | None
     received_at: dt.datetime
+    account: str = "default"
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
