@@ -279,7 +279,7 @@ class FakeStsServer(_Loopback):
         self.ttl_seconds = ttl_seconds
         self.external_ids = dict(external_ids or {})
         self.oidc_tokens = dict(oidc_tokens or {})
-        self.log: list[dict[str, Any]] = []  # {"role_arn", "access_key_id", "status", "code"}
+        self.log: list[dict[str, Any]] = []  # {"action", "role_arn", "access_key_id", "status", "code"}
         self._nonces: set[str] = set()
 
     def answer(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:

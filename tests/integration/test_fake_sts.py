@@ -183,6 +183,31 @@ def test_assume_role_checks_the_external_id(authority: StsAuthority) -> None:
         assert role_client(server, external_id="ext-1").get_credential().access_key_id.startswith("STS.")
 
 
+def test_assume_role_from_temporary_credentials_until_they_expire(sts_server: FakeStsServer) -> None:
+    clock = Clock()
+    chained = StsAuthority(clock=clock)
+    sts_server.authority = chained
+    source = chained.issue("3000000000000000", 60)
+
+    def client() -> CredClient:
+        return CredClient(
+            CredConfig(
+                type="ram_role_arn",
+                access_key_id=source.access_key_id,
+                access_key_secret=source.access_key_secret,
+                security_token=source.security_token,
+                role_arn=ROLE,
+                sts_endpoint=sts_server.url,
+            )
+        )
+
+    assert chained.lookup(client().get_credential().access_key_id) is not None
+    clock.now = source.expires_at
+    with pytest.raises(CredentialException, match="InvalidSecurityToken.Expired"):
+        client().get_credential()
+    assert chained.issued == {"3000000000000000": 1, UID: 1}
+
+
 OIDC_PROVIDER = f"acs:ram::{UID}:oidc-provider/ack-rrsa"
 
 
