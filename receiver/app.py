@@ -22,6 +22,7 @@ from receiver.db.engine import make_engine, make_session_factory, reader
 from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
 from receiver.services import EXTENSION, AccountGateways, Dispatcher, Services
+from receiver.web import accounts as accounts_api
 from receiver.web import api, auth, errors, metrics_view, openapi, viewer
 from receiver.web import health as health_api
 from receiver.worker.dispatch import ThreadDispatcher
@@ -48,19 +49,26 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health_api.bp)
     app.register_blueprint(viewer.bp)
+    app.register_blueprint(accounts_api.bp)
     auth.init_app(app)
     metrics_view.init_app(app)
     openapi.init_app(app)
     logging.getLogger("receiver").setLevel(settings.log_level.upper())
-    _warn_without_credentials(settings)
+    _warn_without_credentials(svc)
     app.wsgi_app = callbacks.FlaskRoutingBypass(app.wsgi_app, svc)  # type: ignore[method-assign]
     return app
 
 
-def _warn_without_credentials(settings: Settings) -> None:
+def _warn_without_credentials(svc: Services) -> None:
     """Once per process, at start: every process that serves or works builds its app here, exactly once
     (`serve`, `worker`, each gunicorn worker via wsgi.py; a process pool's children build only Services)."""
-    if api.credentials_status(settings) == "missing":
+    for alias, gw in svc.gateways.items():
+        if gw.credential is not None and not gw.credential.configured and gw.account.from_file:
+            log.warning("account %r has no credentials: its events wait until it has", alias)
+    primary = svc.gateways.get(svc.account)
+    if primary is not None and primary.credential is not None and primary.credential.configured:
+        return
+    if api.credentials_status(svc.settings) == "missing":
         log.warning("no Alibaba Cloud credentials (ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
                     "are not both set): callbacks are recorded, but every event will fail verifying its job with "
                     "ICE until they are set (then `receiver replay`); /readyz reports "

@@ -36,7 +36,8 @@ def _latest_id(job_id_col: object) -> Select[Any]:
     )
 
 
-def jobs_with_latest(session: Session, after_job_id: str | None, limit: int) -> list[tuple[Job, Snapshot | None]]:
+def jobs_with_latest(session: Session, after_job_id: str | None, limit: int,
+                     account: str | None = None) -> list[tuple[Job, Snapshot | None]]:
     """A page of jobs (by job_id) each with its newest snapshot, in one statement (+ one for thumbnails)."""
     latest = aliased(Snapshot)
     q = (
@@ -47,6 +48,8 @@ def jobs_with_latest(session: Session, after_job_id: str | None, limit: int) -> 
     )
     if after_job_id is not None:
         q = q.where(Job.job_id > after_job_id)
+    if account is not None:
+        q = q.where(Job.account == account)  # ix_jobs_account_job_id
     return [(job, snap) for job, snap in session.execute(q)]
 
 

@@ -16,6 +16,7 @@ from receiver.db.models import EVENT_STATUSES, Event, Snapshot, Thumbnail
 from receiver.exceptions import ObjectNotFound
 from receiver.services import current_services
 from receiver.timeutil import now_ms
+from receiver.web.accounts import readiness
 from receiver.web.common import IMMUTABLE, SETTLED_MS, job_or_404, not_modified, signing_key
 from receiver.web.errors import ApiError
 from receiver.web.params import (
@@ -79,7 +80,15 @@ def readyz() -> Response:
         raise ApiError(503, "NotReady", "database schema is not at head: run `receiver db upgrade`")
     # Missing credentials stay 200: readiness is the database (product.md 3.2), callbacks are still recorded
     # for `receiver replay` once keys are set, and taking the process out of rotation would not fix it.
-    return jsonify({"status": "ready", "credentials": credentials_status(svc.settings)})
+    if svc.account_list().source is not None:
+        return jsonify({"status": "ready", **readiness(svc)})
+    status = credentials_status(svc.settings)
+    gw = svc.gateways.get(svc.account)
+    if gw is not None and gw.credential is not None and gw.credential.configured:
+        # The default chain found something beyond AccessKeys (a credentials URI, OIDC, a profile), or the
+        # configured credential failed its last refresh.
+        status = "error" if gw.credential.status == "error" else "configured"
+    return jsonify({"status": "ready", "credentials": status})
 
 
 def credentials_status(settings: Settings) -> str:
@@ -91,9 +100,10 @@ def credentials_status(settings: Settings) -> str:
 @bp.get("/v1/jobs")
 def jobs() -> Response:
     limit = limit_param()
+    account = request.args.get("account") or None
     cursor = decode_cursor("jobs", ("job",))
     with current_services().readers() as s:
-        rows = queries.jobs_with_latest(s, cursor[0] if cursor else None, limit + 1)
+        rows = queries.jobs_with_latest(s, cursor[0] if cursor else None, limit + 1, account)
         key = signing_key()
         items = [job_json(job, latest, key) for job, latest in rows[:limit]]
     next_cursor = encode_cursor("jobs", [rows[limit - 1][0].job_id]) if len(rows) > limit else None

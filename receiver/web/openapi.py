@@ -70,9 +70,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Job": {
         "type": "object",
-        "required": ["job_id", "name", "status", "stream_url", "interval_seconds", "tracked", "latest", "health"],
+        "required": ["job_id", "name", "status", "stream_url", "interval_seconds", "tracked", "account", "latest",
+                     "health"],
         "properties": {
             "job_id": {"type": "string"},
+            "account": {"type": "string", "description": "alias of the account the job belongs to"},
             "name": _nullable({"type": "string"}),
             "status": _nullable({"type": "string", "description": "ICE's job status"}),
             "stream_url": _nullable({"type": "string"}),
@@ -142,6 +144,22 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Account": {
+        "type": "object", "additionalProperties": False,
+        "required": ["alias", "uid", "region", "credential_type", "credential_status", "credential_expires_at",
+                     "last_error", "jobs", "ice_calls", "ice_throttled"],
+        "properties": {
+            "alias": {"type": "string"}, "uid": _nullable({"type": "string"}), "region": {"type": "string"},
+            "credential_type": {"enum": ["access_key", "ram_role_arn", "credentials_uri", "oidc_role_arn",
+                                         "default"]},
+            "credential_status": {"enum": ["ok", "refreshing", "error"]},
+            "credential_expires_at": _nullable(_TIME), "last_error": _nullable({"type": "string"}),
+            "jobs": {"type": "integer", "minimum": 0},
+            "ice_calls": {"type": "integer", "minimum": 0, "description": "ICE calls of this process"},
+            "ice_throttled": {"type": "integer", "minimum": 0,
+                              "description": "throttling answers this process got"},
+        },
+    },
 }
 
 
@@ -151,7 +169,7 @@ def page_schema(item: str) -> dict[str, Any]:
                            "next_cursor": _nullable({"type": "string"})}}
 
 
-for _item in ("Job", "Snapshot", "Event"):
+for _item in ("Job", "Snapshot", "Event", "Account"):
     SCHEMAS[f"{_item}Page"] = page_schema(_item)
 
 
@@ -245,7 +263,11 @@ def _paths(settings: Settings) -> dict[str, Any]:
         "/callbacks/live-snapshot": _callback_op(False),
         "/callbacks/live-snapshot/{token}": _callback_op(True),
         "/v1/jobs": _read("Jobs seen or tracked, each with its latest snapshot",
-                          _json(ref("JobPage"), "a page of jobs"), [_LIMIT, _CURSOR], not_found=False),
+                          _json(ref("JobPage"), "a page of jobs"),
+                          [_q("account", {"type": "string"}, "only this account's jobs"), _LIMIT, _CURSOR],
+                          not_found=False),
+        "/v1/accounts": _read("The accounts served, their credentials' state and ICE usage (never a secret)",
+                              _json(ref("AccountPage"), "every account (one page)"), [], not_found=False),
         "/v1/jobs/{job_id}": _read("A job as last read from ICE, with counters",
                                    _json(ref("JobDetail"), "the job"), [_PATH_JOB]),
         "/v1/jobs/{job_id}/snapshots": _read(

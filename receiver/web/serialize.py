@@ -65,6 +65,7 @@ def job_json(job: Job, latest: Snapshot | None, signing_key: str | None = None) 
         "stream_url": job.stream_url,
         "interval_seconds": job.interval_seconds,
         "tracked": job.tracked,
+        "account": job.account,
         "latest": snapshot_json(latest, signing_key) if latest is not None else None,
         "health": job_status(job),  # batched per page: see health_query.py
     }
