@@ -3,6 +3,9 @@ signed by ``alibabacloud_credentials`` clients (static keys, static STS, the cre
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -242,3 +245,38 @@ def test_throttle_with_retry_after_and_lifted(fake: FakeIce) -> None:
     assert fake.requests[-1]["status"] == 400
     fake.throttle(UID_A, None)
     assert get_job(a, "job-a") == "job-a"
+
+
+def _acs3_headers(ak: str, secret: str, signed: dict[str, str]) -> dict[str, str]:
+    body_hash = hashlib.sha256(b"").hexdigest()
+    headers = {**signed, "x-acs-content-sha256": body_hash}
+    names = sorted(headers)
+    canonical = "\n".join(
+        ["GET", "/", "JobId=job-a", "".join(f"{n}:{headers[n]}\n" for n in names), ";".join(names), body_hash]
+    )
+    to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
+    signature = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    auth = f"ACS3-HMAC-SHA256 Credential={ak},SignedHeaders={';'.join(names)},Signature={signature}"
+    return {**headers, "authorization": auth}
+
+
+def test_security_token_outside_the_signature_is_refused(fake: FakeIce, authority: StsAuthority) -> None:
+    cred = authority.issue(UID_A, 60)
+    base = {
+        "host": fake.endpoint,
+        "x-acs-action": "GetLiveSnapshotJob",
+        "x-acs-version": "2020-11-09",
+        "x-acs-date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    signed_with_token = _acs3_headers(
+        cred.access_key_id,
+        cred.access_key_secret,
+        {**base, "x-acs-signature-nonce": "n1", "x-acs-security-token": cred.security_token},
+    )
+    assert fake.handle("GET", "/?JobId=job-a", signed_with_token, b"")[0] == 200
+    unsigned_token = {
+        **_acs3_headers(cred.access_key_id, cred.access_key_secret, {**base, "x-acs-signature-nonce": "n2"}),
+        "x-acs-security-token": cred.security_token,
+    }
+    status, _, body = fake.handle("GET", "/?JobId=job-a", unsigned_token, b"")
+    assert (status, json.loads(body)["Code"]) == (400, "IncompleteSignature")
