@@ -147,23 +147,24 @@ class _Parser:
         self.check_sources(out)
         return Accounts(out, self.path)
 
-    def env(self, alias: str, key: str, table: Mapping[str, Any], required: bool) -> str | None:
+    def env(self, alias: str, key: str, table: Mapping[str, Any], required: bool, prefix: str = "") -> str | None:
         name = table.get(key)
         if name is None:
             if required:
-                raise self.fail(alias, key, "missing")
+                raise self.fail(alias, prefix + key, "missing")
             return None
         if not isinstance(name, str) or not name:
-            raise self.fail(alias, key, "must name an environment variable")
+            raise self.fail(alias, prefix + key, "must name an environment variable")
         value = self.environ.get(name)
         if not value:
-            raise self.fail(alias, key, f"environment variable {name} is not set")
+            raise self.fail(alias, prefix + key, f"environment variable {name} is not set")
         return value
 
-    def string(self, alias: str, key: str, table: Mapping[str, Any], default: str | None = None) -> str | None:
+    def string(self, alias: str, key: str, table: Mapping[str, Any], default: str | None = None,
+               prefix: str = "") -> str | None:
         value = table.get(key, default)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise self.fail(alias, key, "must be a non-empty string")
+            raise self.fail(alias, prefix + key, "must be a non-empty string")
         return value
 
     def account(self, alias: str, table: Mapping[str, Any]) -> Account:
@@ -208,7 +209,7 @@ class _Parser:
             if key not in table:
                 continue
             if key.endswith("_env"):
-                value = self.env(alias, key, table, required=True)
+                value = self.env(alias, key, table, required=True, prefix="credentials.")
                 assert value is not None
                 secrets[key.removesuffix("_env")] = value
             elif key == "duration_seconds":
@@ -217,7 +218,7 @@ class _Parser:
                     raise self.fail(alias, f"credentials.{key}", "must be an integer >= 900")
                 options[key] = v
             else:
-                options[key] = self.string(alias, f"credentials.{key}", table)
+                options[key] = self.string(alias, key, table, prefix="credentials.")
         if kind == "oidc_role_arn" and not os.access(options["oidc_token_file"], os.R_OK):
             raise self.fail(alias, "credentials.oidc_token_file", f"cannot read {options['oidc_token_file']}")
         return CredentialSpec(kind, options, secrets)

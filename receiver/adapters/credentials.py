@@ -69,46 +69,98 @@ class AccountCredential:
     """An account's credentials: the provider of its type, and what the last use of it showed."""
 
     def __init__(self, alias: str, kind: str, provider: ICredentialsProvider | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, secrets: tuple[str, ...] = ()) -> None:
         self.alias, self.kind, self.provider, self.clock = alias, kind, provider, clock
+        self._secrets = tuple(v for v in secrets if v)
         self.status = "ok" if provider is not None else "error"
         self.last_error: str | None = None if provider is not None else "no credentials configured"
         self.expires_at: float | None = None
         self.refreshes = 0  # new credentials obtained (the first one included)
         self._last: Any = None
+        self._refresh_at = 0.0
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     @property
     def configured(self) -> bool:
         return self.provider is not None
 
     def current(self) -> Any:
-        """The provider's current credentials (alibabacloud_credentials ``Credentials``), never expiring ones."""
+        """The current credentials (alibabacloud_credentials ``Credentials``), never expiring ones.
+
+        A temporary credential is kept until ``_refresh_at`` (REFRESH_AHEAD_S before it expires, or 30 % of
+        its lifetime for short ones), then one thread asks the provider for a new one while the others keep
+        using the old one as long as it stays valid. The library alone would refresh on every request once
+        fewer than 15 minutes are left, i.e. always for STS's shortest (900 s) sessions.
+        """
         if self.provider is None:
             raise CredentialUnavailable(f"account {self.alias!r}: no credentials configured")
+        cached, now = self._last, self.clock()
+        if cached is not None and self.expires_at is None:
+            return self._refresh(cached, force=True)  # static keys, or a chain that keeps its own cache
+        if cached is not None and self.expires_at is not None:
+            if now < self._refresh_at:
+                return cached
+            valid = self.expires_at - now >= MIN_VALIDITY_S
+            if not self._refreshing.acquire(blocking=not valid, timeout=-1 if valid else 15.0):
+                if valid:
+                    return cached  # another thread is renewing it; this one is still good
+                raise CredentialUnavailable(f"account {self.alias!r}: waiting for a credential refresh")
+        elif not self._refreshing.acquire(timeout=15.0):
+            raise CredentialUnavailable(f"account {self.alias!r}: waiting for a credential refresh")
+        try:
+            return self._refresh(cached)
+        finally:
+            self._refreshing.release()
+
+    def _refresh(self, cached: Any, force: bool = False) -> Any:
         now = self.clock()
-        if self.expires_at is not None and now >= self.expires_at - REFRESH_AHEAD_S:
+        if not force and cached is not None and cached is not self._last:
+            return self._last  # renewed by another thread while this one waited
+        if self.expires_at is not None:
             self.status = "refreshing"
         try:
-            creds = self.provider.get_credentials()
+            creds = self.provider.get_credentials()  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - any provider failure makes the caller wait, with the reason kept
-            self._failed(f"refreshing credentials failed: {' '.join(str(e).split())[:300]}")
+            message = f"refreshing credentials failed: {' '.join(str(e).split())[:300]}"
+            if cached is not None and self.expires_at is not None and self.expires_at - now >= MIN_VALIDITY_S:
+                with self._lock:
+                    self.last_error = self.redact(message)
+                    self._refresh_at = now + 1.0  # try again soon, meanwhile the old one serves
+                return cached
+            self._failed(message)
             raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}") from None
         expiration = creds.get_expiration() if hasattr(creds, "get_expiration") else None
-        if expiration is not None and expiration - self.clock() < MIN_VALIDITY_S:
+        now = self.clock()
+        if expiration is not None and expiration - now < MIN_VALIDITY_S:
             self._failed(f"the credential provider gave credentials expiring at {expiration} (now {now:.0f})")
             raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}")
         with self._lock:
             if creds is not self._last:
                 self._last = creds
                 self.refreshes += 1
+                if expiration is not None:
+                    life = expiration - now
+                    self._refresh_at = expiration - min(REFRESH_AHEAD_S, max(MIN_VALIDITY_S, life * 0.3))
+            elif expiration is not None:
+                self._refresh_at = now + 1.0
             self.expires_at = float(expiration) if expiration is not None else None
             self.status, self.last_error = "ok", None
         return creds
 
     def _failed(self, message: str) -> None:
         with self._lock:
-            self.status, self.last_error = "error", message
+            self.status, self.last_error = "error", self.redact(message)
+
+    def redact(self, text: str) -> str:
+        """``text`` without any key id, secret or token of this account (error messages may quote them)."""
+        values = list(self._secrets)
+        last = self._last
+        if last is not None:
+            values += [last.get_access_key_id(), last.get_access_key_secret(), last.get_security_token()]
+        for v in sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True):
+            text = text.replace(v, "***")
+        return text
 
     def check(self) -> None:
         """Raise CredentialUnavailable unless a usable credential is at hand (before an ICE call)."""
@@ -211,4 +263,6 @@ def build_credentials(accounts: Accounts, settings: Settings, environ: Mapping[s
         providers[account.alias] = p
         return p
 
-    return {a.alias: AccountCredential(a.alias, a.credentials.type, provider_of(a), clock) for a in accounts}
+    env_secrets = tuple(v for v in (settings.access_key_id, settings.access_key_secret, settings.security_token) if v)
+    return {a.alias: AccountCredential(a.alias, a.credentials.type, provider_of(a), clock,
+                                       tuple(a.credentials.secrets.values()) + env_secrets) for a in accounts}

@@ -52,11 +52,11 @@ class TokenBucket:
             with self._lock:
                 now = self._clock()
                 self._refill(now)
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:  # float residue must not leave a token unusable
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     self.waited_s += waited
                     return waited
-                delay = (1.0 - self._tokens) / self.rate
+                delay = max(0.001, (1.0 - self._tokens) / self.rate)
             if waited + delay > MAX_WAIT_S:
                 delay = max(0.0, MAX_WAIT_S - waited)
                 if delay == 0.0:

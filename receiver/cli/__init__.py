@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from receiver.cli import db, ops, server
+from receiver.cli import accounts, db, ops, server
 from receiver.cli.context import CliState
 from receiver.cli.demo import demo
 
@@ -19,5 +19,5 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(CliState)
 
 
-for command in (*server.COMMANDS, demo, db.db, *ops.COMMANDS):
+for command in (*server.COMMANDS, demo, db.db, *ops.COMMANDS, accounts.accounts):
     main.add_command(command)

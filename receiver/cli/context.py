@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import click
 from flask import Flask
 
+from receiver.accounts import load_accounts
 from receiver.app import create_app
 from receiver.config import ConfigError, Settings
 from receiver.db.migrate import SchemaOutOfDate, ensure_schema
@@ -35,14 +36,21 @@ class CliState:
         if self.given is None:
             try:
                 self.given = Settings.from_env()
+                # The accounts file is checked here, before any command does anything: one line naming the
+                # file, the account and the key (product.md section 7).
+                load_accounts(self.given)
             except ConfigError as e:
+                self.given = None
                 raise click.ClickException(str(e)) from None
         return self.given
 
     def app(self) -> Flask:
         """The app, its schema current (SQLite migrates itself; other databases must have been upgraded)."""
         if self._app is None:
-            app = create_app(self.settings)
+            try:
+                app = create_app(self.settings)
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from None
             try:
                 ensure_schema(services(app).engine)
             except SchemaOutOfDate as e:

@@ -8,9 +8,10 @@ from contextlib import contextmanager
 
 import click
 
+from receiver.accounts import DEFAULT
 from receiver.cli.context import CliState, pass_state
 from receiver.db.models import EventStatus, Job
-from receiver.exceptions import JobNotFound, ReceiverError
+from receiver.exceptions import JobNotFound, ReceiverError, Rejected
 from receiver.ops.backfill import backfill
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.replay import replay as do_replay
@@ -80,14 +81,18 @@ def reconcile(state: CliState, job_ids: tuple[str, ...], since: str | None, unti
 
 @click.command()
 @click.argument("job_id")
+@click.option("--account", default=DEFAULT, show_default=True,
+              help="Alias of the account the job belongs to (RECEIVER_ACCOUNTS_FILE).")
 @pass_state
-def track(state: CliState, job_id: str) -> None:
-    """Add a job to reconciliation (verified with ICE first)."""
+def track(state: CliState, job_id: str, account: str) -> None:
+    """Add a job to reconciliation (verified with ICE first, with the account's credentials)."""
     with state.services() as svc:
         try:
-            info = do_track(svc, job_id)
+            info = do_track(svc, job_id, account)
         except JobNotFound:
-            raise click.ClickException(f"ICE does not know job {job_id!r}") from None
+            raise click.ClickException(f"ICE does not know job {job_id!r} in account {account!r}") from None
+        except Rejected as e:
+            raise click.ClickException(str(e)) from None
         except ReceiverError as e:
             raise click.ClickException(f"could not verify job {job_id!r} with ICE: {e}") from None
         click.echo(f"tracking {info.job_id} ({info.name or 'unnamed'}, {info.status or 'unknown status'})")
