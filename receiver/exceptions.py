@@ -24,6 +24,15 @@ class Transient(ReceiverError):
         self.retry_after = retry_after
 
 
+class CredentialUnavailable(Transient):
+    """No usable credential for an account right now (a refresh failed, or only an expiring one is at hand).
+
+    Nothing was sent. The event waits and retries as for throttling, and the wait does not count as one of
+    its attempts: a credential problem never fails an event (product.md section 7)."""
+
+    code = "CredentialUnavailable"
+
+
 class JobNotFound(ReceiverError):
     """ICE does not know this job id."""
 

@@ -34,19 +34,13 @@ from alibabacloud_credentials_api import ICredentialsProvider
 
 from receiver.accounts import Account, Accounts
 from receiver.config import Settings
-from receiver.exceptions import Transient
+from receiver.exceptions import CredentialUnavailable
 
 # A request signed now must still be valid when the server reads it (and an OSS presigned URL a little later).
 MIN_VALIDITY_S = 1.0
 # The library refreshes temporary credentials this long before they expire (RefreshCachedSupplier.STALE_TIME).
 REFRESH_AHEAD_S = 15 * 60
 _HTTP = HttpOptions(connect_timeout=3000, read_timeout=5000)
-
-
-class CredentialUnavailable(Transient):
-    """No usable credential right now (a refresh failed, or only an expiring one is at hand): wait and retry."""
-
-    code = "CredentialUnavailable"
 
 
 def chain_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -78,6 +72,8 @@ class AccountCredential:
         self.refreshes = 0  # new credentials obtained (the first one included)
         self._last: Any = None
         self._refresh_at = 0.0
+        self._retry_at = 0.0
+        self._failures = 0
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
 
@@ -117,19 +113,26 @@ class AccountCredential:
         now = self.clock()
         if not force and cached is not None and cached is not self._last:
             return self._last  # renewed by another thread while this one waited
+        if now < self._retry_at and self.status == "error":
+            # A refresh failed moments ago: do not ask the provider again for every waiting request.
+            raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}", retry_after=self._retry_at - now)
         if self.expires_at is not None:
             self.status = "refreshing"
         try:
             creds = self.provider.get_credentials()  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - any provider failure makes the caller wait, with the reason kept
             message = f"refreshing credentials failed: {' '.join(str(e).split())[:300]}"
+            self._failures += 1
             if cached is not None and self.expires_at is not None and self.expires_at - now >= MIN_VALIDITY_S:
                 with self._lock:
                     self.last_error = self.redact(message)
                     self._refresh_at = now + 1.0  # try again soon, meanwhile the old one serves
                 return cached
             self._failed(message)
-            raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}") from None
+            self._retry_at = now + min(30.0, 0.5 * 2 ** min(self._failures - 1, 6))
+            raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}",
+                                        retry_after=self._retry_at - now) from None
+        self._failures = 0
         expiration = creds.get_expiration() if hasattr(creds, "get_expiration") else None
         now = self.clock()
         if expiration is not None and expiration - now < MIN_VALIDITY_S:

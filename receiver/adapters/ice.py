@@ -28,10 +28,10 @@ from receiver.adapters.base import (
     optional_str,
     parse_ice_time,
 )
-from receiver.adapters.credentials import AccountCredential, CredentialUnavailable
+from receiver.adapters.credentials import AccountCredential
 from receiver.adapters.ratelimit import TokenBucket
 from receiver.config import Settings
-from receiver.exceptions import IceError, JobNotFound, ReceiverError, Transient
+from receiver.exceptions import CredentialUnavailable, IceError, JobNotFound, ReceiverError, Transient
 
 DAY_SECONDS = 86_400
 T = TypeVar("T")

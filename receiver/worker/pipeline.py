@@ -20,6 +20,7 @@ from sqlalchemy.sql import Executable
 from receiver.db.engine import insert_for
 from receiver.db.models import Event, EventSnapshot, EventStatus, Job, utcnow
 from receiver.exceptions import (
+    CredentialUnavailable,
     ImageError,
     JobNotFound,
     ObjectNotFound,
@@ -62,11 +63,14 @@ def _claim_statement() -> Executable:
 
 
 @cache
-def _finish_statement(retry: bool) -> Executable:
+def _finish_statement(retry: bool, refund: bool = False) -> Executable:
     values: dict[str, Any] = {"status": bindparam("new_status"), "last_error": bindparam("error"), "lease_until": None,
                               "updated_at": bindparam("now")}
     if retry:
         values["next_attempt_at"] = bindparam("next_attempt_at")
+    if refund:
+        # The attempt sent nothing (no usable credential): it does not count towards max_attempts.
+        values["attempts"] = Event.attempts - 1
     return (
         update(Event)
         .where(Event.id == bindparam("event_id"), Event.status == EventStatus.PROCESSING,
@@ -91,10 +95,11 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     return None if row is None else Claimed(*row)
 
 
-def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None) -> bool:
+def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None,
+            refund: bool = False) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
     with svc.engine.begin() as conn:
-        return _set_status(conn, ev, status, error, retry_in)
+        return _set_status(conn, ev, status, error, retry_in, refund)
 
 
 def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[int, ...]:
@@ -109,13 +114,14 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
     return ids
 
 
-def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None) -> bool:
+def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None,
+                refund: bool = False) -> bool:
     now = utcnow()
     params: dict[str, object] = {"event_id": ev.id, "claimed_attempts": ev.attempts, "new_status": status,
                                  "error": error, "now": now}
     if retry_in is not None:
         params["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
-    if conn.execute(_finish_statement(retry_in is not None), params).rowcount != 1:
+    if conn.execute(_finish_statement(retry_in is not None, refund), params).rowcount != 1:
         log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
         return False
     return True
@@ -163,6 +169,12 @@ def _process_claimed(svc: Services, ev: Claimed) -> Outcome:
         log.info("event %s failed: %s", ev.id, e)
         _finish(svc, ev, EventStatus.FAILED, _describe(e))
         return Outcome(EventStatus.FAILED)
+    except CredentialUnavailable as e:
+        # Waits like throttling, however long the credential takes to come back; never fails the event.
+        log.info("event %s: %s (waiting for credentials)", ev.id, e)
+        delay = backoff_seconds(svc, 2, e.retry_after)
+        _finish(svc, ev, EventStatus.PENDING, _describe(e), retry_in=delay, refund=True)
+        return Outcome(EventStatus.PENDING, retry_in=delay)
     except Exception as e:
         transient = isinstance(e, Transient)
         if not transient and not isinstance(e, ReceiverError):

@@ -64,6 +64,11 @@ def test_failed_refresh_keeps_a_valid_credential_then_waits_never_expired() -> N
     assert c.status == "error" and "id-1" not in (c.last_error or "")  # the key id is redacted
     assert c.get_type() == "credentials_uri"
     p.failing = False
+    calls = p.calls
+    with pytest.raises(CredentialUnavailable):
+        c.current()  # a failed refresh is not retried at once for every waiting request
+    assert p.calls == calls
+    clock.now += 1.0
     assert c.current().get_access_key_id() != first.get_access_key_id() and c.status == "ok"
     assert c.last_error is None
 
