@@ -12,6 +12,7 @@ Temporary credentials are refreshed by the library's providers ahead of expiry; 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -41,6 +42,11 @@ MIN_VALIDITY_S = 1.0
 # The library refreshes temporary credentials this long before they expire (RefreshCachedSupplier.STALE_TIME).
 REFRESH_AHEAD_S = 15 * 60
 _HTTP = HttpOptions(connect_timeout=3000, read_timeout=5000)
+
+# The library logs through its own handler on a logger named "credentials": a warning for every renewal of a
+# credential with less than 15 minutes left, and a traceback for every failed refresh. AccountCredential reports
+# both itself (status, last_error, the event's own log line), so only what it cannot say comes through.
+logging.getLogger("credentials").setLevel(logging.CRITICAL)
 
 
 def chain_configured(environ: Mapping[str, str] | None = None) -> bool:

@@ -134,8 +134,13 @@ def create_server(app: Flask, host: str, port: int, settings: Settings) -> Any:
 
 
 def run_server(app: Flask, host: str, port: int) -> None:
-    settings = services(app).settings
-    if not settings.callback_token and not settings.callback_auth_keys:
+    svc = services(app)
+    settings = svc.settings
+    open_accounts = [a.alias for a in svc.account_list() if not a.callback_token and not a.callback_auth_keys]
+    if open_accounts and svc.account_list().source is not None:
+        log.warning("accounts %s have neither a callback token nor auth keys: anyone can post callbacks for them "
+                    "(they are verified with ICE, but they cost ICE API calls)", ", ".join(open_accounts))
+    elif open_accounts:
         log.warning("no RECEIVER_CALLBACK_TOKEN or RECEIVER_CALLBACK_AUTH_KEYS: anyone can post callbacks "
                     "(they are verified with ICE, but they cost ICE API calls)")
     server = create_server(app, host, port, settings)

@@ -18,6 +18,10 @@ DEMO_AK, DEMO_SK = "demoAccessKeyId", "demoAccessKeySecret"
 DEMO_ENDPOINT = "oss-cn-shanghai.aliyuncs.com"
 DEMO_BUCKET = "demo-snapshots"
 DEMO_JOBS = ("demo-lobby-cam", "demo-stage-cam")
+# Two simulated accounts: the lobby cam in the fakes' default account (an AccessKey), the stage cam in a second
+# one whose only credentials are short-lived STS tokens from a credentials URI (receiver.sim.fake_sts).
+DEMO_UID_A, DEMO_UID_B = "1000000000000000", "1833220977560001"
+DEMO_ACCOUNTS = {"demo-lobby-cam": DEMO_UID_A, "demo-stage-cam": DEMO_UID_B}
 
 
 # The stage cam cycles through every health condition (26 ticks, about two minutes at 5 s): live, frozen
@@ -42,8 +46,12 @@ def scene(job_id: str, n: int) -> tuple[str, int]:
 class Simulator:
     """Plays ICE: every interval, writes a frame per job to OSS, lists it, and posts the callback."""
 
-    def __init__(self, ice: FakeIce, oss: FakeOss, callback_url: str, interval: float) -> None:
+    def __init__(self, ice: FakeIce, oss: FakeOss, callback_url: str, interval: float,
+                 routes: dict[str, tuple[str, str]] | None = None, bucket_of: dict[str, str] | None = None) -> None:
         self.ice, self.oss, self.callback_url, self.interval = ice, oss, callback_url, interval
+        # job id -> (its account's callback URL, the account's uid), as ICE would call each account's receiver.
+        self.routes = routes or {}
+        self.bucket_of = bucket_of or {}
         self._stop = threading.Event()
         self.sent = 0
         self.labels: dict[tuple[str, int], str] = {}
@@ -58,17 +66,19 @@ class Simulator:
         data = make_frame(seed=hash(job_id) % 1000 + first, kind="black" if phase == "black" else "photo",
                           text=self.labels.setdefault((job_id, first), label))
         key = f"snapshot/{job_id}/{ms}.jpg"
-        self.oss.put(DEMO_BUCKET, key, data)
-        self.oss.put(DEMO_BUCKET, f"snapshot/{job_id}.jpg", data)
+        bucket = self.bucket_of.get(job_id, DEMO_BUCKET)
+        self.oss.put(bucket, key, data)
+        self.oss.put(bucket, f"snapshot/{job_id}.jpg", data)
         self.ice.add_file(job_id, key, ms)
+        url, uid = self.routes.get(job_id, (self.callback_url, DEMO_UID_A))
         body = {
             "EventType": "LiveSnapshotComplete",
-            "UserId": 1234567890,
+            "UserId": uid,
             "EventTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "MessageBody": {"JobId": job_id, "OssBucket": DEMO_BUCKET, "OssEndpoint": DEMO_ENDPOINT,
+            "MessageBody": {"JobId": job_id, "OssBucket": bucket, "OssEndpoint": DEMO_ENDPOINT,
                             "OssObject": key, "CreateTimestamp": ms, "IsOverlay": False},
         }
-        req = urllib.request.Request(self.callback_url, data=json.dumps(body).encode(), method="POST",
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=3) as resp:
