@@ -145,14 +145,18 @@ class AccountCredential:
             self._failed(f"the credential provider gave credentials expiring at {expiration} (now {now:.0f})")
             raise CredentialUnavailable(f"account {self.alias!r}: {self.last_error}")
         with self._lock:
-            if creds is not self._last:
+            # Static providers hand out a new object with the same values every time: that is no renewal.
+            fresh = self._last is None or (creds is not self._last and _values(creds) != _values(self._last))
+            if fresh:
                 self._last = creds
                 self.refreshes += 1
                 if expiration is not None:
                     life = expiration - now
                     self._refresh_at = expiration - min(REFRESH_AHEAD_S, max(MIN_VALIDITY_S, life * 0.3))
-            elif expiration is not None:
-                self._refresh_at = now + 1.0
+            else:
+                self._last = creds
+                if expiration is not None:
+                    self._refresh_at = now + 1.0
             self.expires_at = float(expiration) if expiration is not None else None
             self.status, self.last_error = "ok", None
         return creds
@@ -199,6 +203,10 @@ class AccountCredential:
         """What /v1/accounts shows: never a key, secret or token."""
         return {"credential_type": self.kind, "credential_status": self.status,
                 "credential_expires_at": self.expires_at, "last_error": self.last_error}
+
+
+def _values(creds: Any) -> tuple[Any, ...]:
+    return (creds.get_access_key_id(), creds.get_access_key_secret(), creds.get_security_token())
 
 
 class OssCredentials(oss2.CredentialsProvider):
