@@ -118,8 +118,9 @@ def build_services(
     if source is None:
         source = gateways[primary].source
     if thumbs is None:
-        thumbs = thumbnail_store_from_url(settings.thumbnail_store, settings,
-                                          gateways[primary].credential if accounts.source is not None else None)
+        # The receiver's own bucket is signed by the primary account's credential object (a default chain
+        # that found a credentials URI included), so renewed tokens reach its presigned URLs too.
+        thumbs = thumbnail_store_from_url(settings.thumbnail_store, settings, gateways[primary].credential)
     read_engine = reader(engine)
     svc = Services(
         settings=settings,

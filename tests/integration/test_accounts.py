@@ -339,3 +339,28 @@ def test_track_with_account(settings: Settings, ice: FakeIce) -> None:
     assert result.exit_code != 0 and "no account 'nobody'" in result.output
     result = cli.invoke("track", JOB_A)  # default `default`: not among this file's accounts
     assert result.exit_code != 0 and "no account 'default'" in result.output
+
+
+def test_presigned_urls_carry_the_temporary_token(svc: Services, oss: FakeOss, settings: Settings) -> None:
+    import urllib.request
+
+    from receiver.adapters.thumbstore import thumbnail_store_from_url
+
+    frame = make_frame(seed=7, width=160, height=90)
+    key = put(oss, JOB_B, BUCKET_B, T0, frame)
+    credential = svc.gateways["live-b"].credential
+    url = svc.gateways["live-b"].source.presign(OSS_ENDPOINT, BUCKET_B, key, 60)  # type: ignore[attr-defined]
+    assert "security-token=" in url
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.read() == frame
+    # The thumbnail store signs with a credential object too: its browser URLs carry the token.
+    oss.create_bucket("thumbs-b", owner_uid=UID_B)
+    store = thumbnail_store_from_url(f"oss://thumbs-b/t?endpoint={OSS_ENDPOINT}&redirect=1", settings, credential)
+    try:
+        store.put("ab/x-160.jpg", b"thumb", "image/jpeg")
+        url = store.presign("ab/x-160.jpg", 60)  # type: ignore[attr-defined]
+        assert url is not None and "security-token=" in url
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.read() == b"thumb"
+    finally:
+        store.close()  # type: ignore[attr-defined]
