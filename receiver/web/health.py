@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 from werkzeug.wrappers import Response as BaseResponse
 
-from receiver.db.models import Snapshot, Thumbnail
+from receiver.db.models import Job, Snapshot, Thumbnail
 from receiver.exceptions import ObjectNotFound, StoreError, Transient
 from receiver.media import storyboard as sb
 from receiver.media.health import Thresholds, assess
@@ -179,9 +179,18 @@ def original(snapshot_id: str) -> BaseResponse:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
     wants_json = request.accept_mimetypes.best == "application/json"
     try:
-        return _original(svc, snap, wants_json)
+        # The snapshot's job's account reads (and presigns) its object: another account's keys get 403.
+        return _original(svc.for_account(_job_account(svc, snap.job_id)), snap, wants_json)
     except (Transient, StoreError) as e:
         raise ApiError(502, "UpstreamError", f"OSS did not answer usably: {e}") from e
+
+
+def _job_account(svc: Services, job_id: str) -> str:
+    owner = svc.job_accounts.get(job_id)
+    if owner is None:
+        with svc.readers() as s:
+            owner = s.execute(select(Job.account).where(Job.job_id == job_id)).scalar_one_or_none()
+    return owner or svc.account
 
 
 def _original(svc: Services, snap: Snapshot, wants_json: bool) -> BaseResponse:

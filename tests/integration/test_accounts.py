@@ -241,8 +241,16 @@ def test_foreign_job_and_foreign_user_id_are_rejected_with_nothing_fetched(
     assert "UserId" in (spoofed.last_error or "")
     fetched = [r for r in oss.requests[before:] if r["method"] in ("GET", "HEAD")]
     assert fetched == []
-    # The job still belongs to B.
+    before = len(oss.requests)
+    # The job still belongs to B, and B's credentials presign its originals (A's would get 403).
     assert client.get(f"/v1/jobs/{JOB_B}").get_json()["account"] == "live-b"
+    snap = client.get(f"/v1/jobs/{JOB_B}/snapshots/latest").get_json()
+    original = client.get(f"/v1/snapshots/{snap['id']}/original")
+    assert original.status_code == 302 and "security-token=" in original.headers["Location"]
+    import urllib.request
+
+    with urllib.request.urlopen(original.headers["Location"], timeout=5) as r:
+        assert r.read() == frame
     # A wrong token is 401; the bare path 404 (every account has a token).
     assert client.post("/callbacks/live-snapshot/nope", data=body(JOB_A, BUCKET_A, key_a, T0)).status_code == 401
     assert client.post("/callbacks/live-snapshot", data=body(JOB_A, BUCKET_A, key_a, T0)).status_code == 404
