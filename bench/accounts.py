@@ -89,7 +89,7 @@ def side_by_side(ice: FakeIce, oss: FakeOss, sts: StsAuthority, seconds: float, 
     out = {
         "seconds": round(elapsed, 1), "events per account": sent,
         "renewals live-a (access_key)": svc.gateways["live-a"].credential.refreshes,  # type: ignore[union-attr]
-        "renewals live-b (credentials_uri, ttl %gs)" % ttl: svc.gateways["live-b"].credential.refreshes,  # type: ignore[union-attr]
+        f"renewals live-b (credentials_uri, ttl {ttl:g}s)": svc.gateways["live-b"].credential.refreshes,  # type: ignore[union-attr]
         "credentials URI requests": len(uri.handed_out),
         "ICE calls live-a": calls.get(DEFAULT_UID, 0), "ICE calls live-b": calls.get(UID_B, 0),
         "accepted expired": sts.accepted_expired, "refused expired": sum(sts.refused_expired.values()),
