@@ -15,10 +15,12 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
+from receiver.db import outbox
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, EventStatus, utcnow
+from receiver.db.models import Event, EventSnapshot, EventStatus, MessageType, utcnow
 from receiver.exceptions import (
     ImageError,
     JobNotFound,
@@ -29,6 +31,7 @@ from receiver.exceptions import (
     Transient,
 )
 from receiver.services import Services
+from receiver.web.serialize import event_json
 from receiver.worker.heartbeat import heartbeat, mark_claimer
 from receiver.worker.index import prepare, upsert_job, write_index
 from receiver.worker.resolve import resolve_targets
@@ -118,7 +121,17 @@ def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str |
     if conn.execute(_finish_statement(retry_in is not None), params).rowcount != 1:
         log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
         return False
+    if status in (EventStatus.FAILED, EventStatus.REJECTED):
+        _announce_failure(conn, ev.id)
     return True
+
+
+def _announce_failure(conn: Connection, event_id: int) -> None:
+    # Rare path: the ORM on the same connection (same transaction) gives the event item of 3.2 as the API has it.
+    with Session(bind=conn) as s:
+        event = s.get(Event, event_id)
+        assert event is not None
+        outbox.record(conn, MessageType.EVENT_FAILED, event_json(event), job_id=event.job_id, account=None)
 
 
 def backoff_seconds(svc: Services, attempts: int, retry_after: float | None) -> float:
