@@ -227,6 +227,11 @@ class Settings:
                                        "(0-255) may be black")
     health_black_spread: float = setting("RECEIVER_HEALTH_BLACK_SPREAD", 10.0, "a dark frame whose luma spread is "
                                          "below this is black")
+    health_confirm: int = setting("RECEIVER_HEALTH_CONFIRM", 2, "evaluations (one per job interval) a new health "
+                                  "status must hold before `stream.health_changed` is sent", minimum=1)
+    stream_clients: int = setting("RECEIVER_STREAM_CLIENTS", 0, "open `GET /v1/stream` connections a web process "
+                                  "serves before it answers 503; each holds a web thread (0 = half of "
+                                  "RECEIVER_WEB_THREADS)", minimum=0)
     original_mode: str = setting("RECEIVER_ORIGINAL_MODE", "redirect", "`GET /v1/snapshots/<id>/original` "
                                  "answers a redirect to OSS, or the bytes", choices=("redirect", "stream"))
 

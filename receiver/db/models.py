@@ -330,5 +330,6 @@ class HealthState(Base):
     status: Mapped[str | None] = mapped_column(String(16))  # announced (or first seen); null = never evaluated
     since: Mapped[dt.datetime | None]
     candidate: Mapped[str | None] = mapped_column(String(16))
+    candidate_since: Mapped[dt.datetime | None]  # the first evaluation that saw the candidate: the announced since
     streak: Mapped[int] = mapped_column(Integer, default=0)
     evaluated_at: Mapped[dt.datetime | None]

@@ -3,14 +3,16 @@
 This is the one place that decides it; `serve`, `worker`, `demo` and gunicorn's workers all call
 ``start_loops`` with their role:
 
-| role   | event workers                                     | maintenance (reconcile, prune) |
-|--------|---------------------------------------------------|--------------------------------|
-| serve  | when RECEIVER_WORKERS > 0                         | yes                            |
-| demo   | yes                                               | yes                            |
-| worker | threads/processes; Celery starts its own sweeper  | yes                            |
-| web    | gunicorn: the dispatcher (publisher with Celery)  | no: workers run it             |
+| role   | event workers                                     | maintenance (reconcile, prune), health alerts |
+|--------|---------------------------------------------------|-----------------------------------------------|
+| serve  | when RECEIVER_WORKERS > 0                         | yes                                           |
+| demo   | yes                                               | yes                                           |
+| worker | threads/processes; Celery starts its own sweeper  | yes                                           |
+| web    | gunicorn: the dispatcher (publisher with Celery)  | no: workers run them                          |
 
-Maintenance runs in one process per deployment at a time, whatever the roles: each loop holds a lease.
+Maintenance and health alerts run in one process per deployment at a time, whatever the roles: each loop
+holds a lease. Webhook deliveries run in every process that works (serve without Celery, demo, worker; not
+web), each with its own bounded threads; claims in the deliveries table share the work.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import threading
 import time
 from enum import StrEnum
 
+from receiver.ops.health_alerts import start_health_alerts
 from receiver.ops.leases import hold, holder_name, release
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.retention import prune
 from receiver.ops.tracking import discover
 from receiver.services import Services
+from receiver.worker.deliveries import start_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,14 @@ def start_loops(svc: Services, role: Role) -> None:
             # RECEIVER_WORKERS=0: web only; events wait in the inbox for `receiver worker` processes. Threads
             # do not survive a fork, so gunicorn calls this in each worker after it.
             dispatcher.start()
+    if role is Role.DEMO or (role in (Role.SERVE, Role.WORKER) and s.queue == "thread"):
+        # Webhook deliveries: their own threads in every process that works (with Celery, `receiver worker`
+        # starts them once its pool has forked: worker/celery.py). Web processes never send.
+        start_deliveries(svc)
     if role is not Role.WEB:
         # Web processes only record and dispatch; in a scale-out deployment the workers run maintenance.
         start_maintenance(svc)
+        start_health_alerts(svc)
 
 
 class Maintenance:

@@ -72,6 +72,7 @@ def upgrade() -> None:
         sa.Column('status', sa.String(length=16), nullable=True),
         sa.Column('since', sa.DateTime(timezone=True), nullable=True),
         sa.Column('candidate', sa.String(length=16), nullable=True),
+        sa.Column('candidate_since', sa.DateTime(timezone=True), nullable=True),
         sa.Column('streak', sa.Integer(), nullable=False),
         sa.Column('evaluated_at', sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint('job_id'),
