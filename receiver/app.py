@@ -18,7 +18,7 @@ from receiver.db.engine import make_engine, make_session_factory, reader
 from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
 from receiver.services import EXTENSION, Dispatcher, Services
-from receiver.web import api, auth, errors, metrics_view, openapi, viewer
+from receiver.web import api, auth, errors, metrics_view, openapi, subscriptions, viewer
 from receiver.web import health as health_api
 from receiver.worker.dispatch import ThreadDispatcher
 from receiver.worker.heartbeat import release_claimer
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health_api.bp)
+    app.register_blueprint(subscriptions.bp)
     app.register_blueprint(viewer.bp)
     auth.init_app(app)
     metrics_view.init_app(app)
