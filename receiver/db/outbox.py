@@ -15,6 +15,9 @@ from sqlalchemy.sql import Executable
 from receiver.db.models import Message, MessageType, utcnow
 from receiver.timeutil import dt_to_iso
 
+# Set on a connection that wrote a message: a live feed in this process (web/live.py) wakes when it commits.
+WROTE = "receiver.outbox.wrote"
+
 
 def new_message_id() -> str:
     """``msg_`` + 32 hex characters (128 random bits): unique without coordination between processes."""
@@ -40,4 +43,5 @@ def record(conn: Connection, type_: MessageType, data: dict[str, Any], *, job_id
     conn.execute(_insert_statement(), {"message_id": mid, "type": type_, "job_id": job_id, "account": account,
                                        "body": message_body(type_, data, now), "created_at": now,
                                        "fanned_out": False})
+    conn.info[WROTE] = True
     return mid

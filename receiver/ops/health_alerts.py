@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Connection, select, update
 
@@ -144,7 +144,7 @@ def _alert(row: HealthState | None) -> Alert | None:
     return Alert(row.status, row.since, row.candidate, row.candidate_since, row.streak)
 
 
-def _store(conn: Connection, job_id: str, row: HealthState | None, values: dict[str, object]) -> bool:
+def _store(conn: Connection, job_id: str, row: HealthState | None, values: Mapping[str, object]) -> bool:
     """Write the new state if the row is still what this evaluation read (compare-and-set)."""
     if row is None:
         inserted = conn.execute(insert_for(conn.dialect.name)(HealthState).values(job_id=job_id, **values)
