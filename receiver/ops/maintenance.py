@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from receiver.ops.health_alerts import start_health_alerts
 from receiver.ops.leases import hold, holder_name, release
+from receiver.ops.push_retention import prune_push
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.retention import prune
 from receiver.ops.tracking import discover
@@ -76,6 +77,7 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="receiver-reconciler", daemon=True)
         self._ignored: set[str] = set()  # discovered jobs whose CallbackUrl is not ours (it cannot change)
         self._next_prune = time.monotonic()
+        self._next_push_prune = time.monotonic()
 
     def start(self) -> Maintenance:
         self._thread.start()
@@ -132,13 +134,24 @@ class Maintenance:
                         log.info("retention: %s", result.summary())
             except Exception:
                 log.exception("retention pass failed; will try again")
+        if s.message_retention_days > 0 and time.monotonic() >= self._next_push_prune:
+            try:
+                if self._holds("prune-messages", self.PRUNE_EVERY):
+                    self._next_push_prune = time.monotonic() + self.PRUNE_EVERY
+                    messages, deliveries = prune_push(self.svc, s.message_retention_days * 86400)
+                    ran.append("prune-messages")
+                    if messages or deliveries:
+                        log.info("retention: %d push messages and %d finished webhook deliveries", messages,
+                                 deliveries)
+            except Exception:
+                log.exception("message retention pass failed; will try again")
         return ran
 
 
 def start_maintenance(svc: Services) -> Maintenance | None:
-    """Start the reconcile/retention thread (None when both are off); Services.close() stops it."""
+    """Start the reconcile/retention thread (None when all are off); Services.close() stops it."""
     s = svc.settings
-    if s.reconcile_seconds <= 0 and s.retention_days <= 0:
+    if s.reconcile_seconds <= 0 and s.retention_days <= 0 and s.message_retention_days <= 0:
         return None
     maintenance = svc.maintenance = Maintenance(svc).start()
     return maintenance

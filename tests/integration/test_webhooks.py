@@ -3,14 +3,17 @@ loopback that verifies every request with the standardwebhooks package."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 
 from receiver.adapters.webhooks import WebhookSender
 from receiver.db.models import Delivery, Message, Subscription, utcnow
+from receiver.ops.maintenance import Maintenance
+from receiver.ops.push_retention import prune_push
 from receiver.services import Services
 from receiver.sim.frames import bad_inputs, make_frame
 from receiver.worker.deliveries import DeliveryEngine
@@ -241,3 +244,22 @@ def test_the_delivery_engine_threads_deliver_without_help(client, svc, fake_ice,
         engine.stop()
     assert hooks.at("/eng")[0].verified
     assert json.loads(hooks.at("/eng")[0].body)["type"] == "snapshot.created"
+
+
+def test_old_messages_and_finished_deliveries_are_pruned_pending_ones_kept(client, svc, fake_ice, fake_oss, hooks):
+    hooks.answers["/p"] = [204, 500]
+    subscribe(client, hooks, "/p")
+    snapshot(client, svc, fake_oss, fake_ice, T0)
+    snapshot(client, svc, fake_oss, fake_ice, T0 + 5000, seed=2)
+    pump = pumper(svc)
+    assert hooks.wait(lambda: len(hooks.at("/p")) >= 2, pump=pump)  # one delivered, one pending a retry
+    old = utcnow() - dt.timedelta(days=8)
+    with svc.sessions.begin() as s:
+        s.execute(update(Message).values(created_at=old))
+        s.execute(update(Delivery).values(created_at=old))
+    assert prune_push(svc, 7 * 86400) == (1, 1)  # the delivered one and its message; the pending one stays
+    with svc.readers() as s:
+        assert s.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+        assert s.execute(select(Delivery.status)).scalars().all() == ["pending"]
+    svc.settings = svc.settings.with_(reconcile_seconds=0.0, retention_days=0.0)
+    assert Maintenance(svc).run_once() == ["prune-messages"]
