@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import click
+from flask import Flask
 
 from receiver.app import create_app
 from receiver.cli.context import setup_logging
@@ -19,6 +20,27 @@ from receiver.services import services
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.simulator import DEMO_AK, DEMO_BUCKET, DEMO_ENDPOINT, DEMO_JOBS, DEMO_SK, Simulator
+from receiver.sim.subscriber import DemoSubscriber
+
+DEMO_SUBSCRIPTION = "receiver demo: logs each delivery it verified"
+
+
+def subscribe_demo(app: Flask) -> DemoSubscriber:
+    """A subscriber on loopback, subscribed (through the API, as a user would) to every message type."""
+    hooks = DemoSubscriber().start()
+    client = app.test_client()
+    # A previous demo's listener is gone with its process (and its port): drop its subscription.
+    for old in client.get("/v1/subscriptions?limit=1000").get_json()["items"]:
+        if old["description"] == DEMO_SUBSCRIPTION:
+            client.delete(f"/v1/subscriptions/{old['id']}")
+    answer = client.post("/v1/subscriptions", json={
+        "url": hooks.url, "events": ["snapshot.created", "stream.health_changed", "event.failed"],
+        "description": DEMO_SUBSCRIPTION})
+    if answer.status_code != 201:
+        raise click.ClickException(f"could not subscribe the demo's webhook listener: {answer.get_data(as_text=True)}")
+    hooks.secret = answer.get_json()["secret"]
+    print(f"demo: webhook subscriber at {hooks.url} (subscription {answer.get_json()['id']})", flush=True)
+    return hooks
 
 
 def run_demo(host: str, port: int, interval: float) -> None:
@@ -40,10 +62,12 @@ def run_demo(host: str, port: int, interval: float) -> None:
         callback_token=token,
         workers=2,
         job_cache_seconds=60,
+        webhook_allow_private=True,  # the demo's subscriber listens on loopback
     )
     app = create_app(settings)
     svc = services(app)
     ensure_schema(svc.engine)
+    hooks = subscribe_demo(app)
     start_loops(svc, Role.DEMO)
     sim = Simulator(ice, oss, f"http://{host}:{port}/callbacks/live-snapshot/{token}", interval)
     threading.Timer(1.0, sim.start).start()
@@ -54,6 +78,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
     finally:
         sim.stop()
         svc.close()
+        hooks.stop()
         ice.stop()
         oss.stop()
 
