@@ -381,6 +381,38 @@ def _subscription_paths() -> dict[str, Any]:
     }
 
 
+_ONE_TYPE = "(" + "|".join(re.escape(t.value) for t in MessageType) + ")"
+_TYPES_LIST = f"^{_ONE_TYPE}(,{_ONE_TYPE})*$"
+
+
+def _stream_paths() -> dict[str, Any]:
+    """GET /v1/stream (Server-Sent Events, product.md 8) and the signed URL a browser opens it with."""
+    filters = [_q("job_id", {"type": "string", "maxLength": 128}, "only this job's messages"),
+               _q("types", {"type": "string", "pattern": _TYPES_LIST}, "comma-separated message types: "
+                  + ", ".join(t.value for t in MessageType))]
+    sse = {"description": "text/event-stream: `id: <sequence>`, `event: <type>`, `data: <the webhook body>` per "
+                          "message; a `: keepalive` comment every 15 s",
+           "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    stream = _read("Live updates (Server-Sent Events); Last-Event-ID resumes within the last hour", sse, [
+        *filters, _q("last_event_id", {"type": "string", "pattern": "^[0-9]+$"},
+                     "resume after this id (as the Last-Event-ID header does)"),
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "resume after this id: what was written since, within the last hour, comes first"},
+        _q("exp", {"type": "string"}, "signed URL expiry"), _q("sig", {"type": "string"}, "signed URL signature"),
+    ], not_found=False, extra={"503": _err("this web process serves RECEIVER_STREAM_CLIENTS streams already")})
+    stream["get"]["security"] = [{"bearerAuth": []}, {"signedExp": [], "signedSig": []}, {}]
+    url = {"type": "object", "required": ["url", "expires_in"], "properties": {
+        "url": {"type": "string", "description": "relative URL of the stream with these filters; signed when API "
+                                                 "keys are on"},
+        "expires_in": {"oneOf": [{"type": "integer"}, {"type": "null"}],
+                       "description": "seconds the signature lets a client connect (an open stream outlives it)"}}}
+    return {
+        "/v1/stream": stream,
+        "/v1/stream/url": _read("A short-lived signed URL of the stream, for EventSource (which cannot send headers)",
+                                _json(url, "the URL"), filters, not_found=False),
+    }
+
+
 def _served(app: Flask) -> set[str]:
     return {re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()}
 
@@ -393,7 +425,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "info": {"title": "receiver", "version": "1",
                  "description": "Callback receiver and read API for Alibaba Cloud ICE live snapshot jobs. "
                                 "Errors are always {\"error\": {\"code\", \"message\"}}."},
-        "paths": {p: op for p, op in _paths(settings).items() if p in served},
+        "paths": {p: op for p, op in {**_paths(settings), **_stream_paths()}.items() if p in served},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

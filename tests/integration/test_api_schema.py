@@ -63,7 +63,9 @@ def fake_oss_module() -> Iterator[Any]:
 
 def _operations(app: Any) -> list[Any]:
     loaded = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    return [result.ok() for result in loaded.get_all_operations()]
+    # GET /v1/stream answers an endless body (Server-Sent Events), which a fuzzer reading whole responses
+    # cannot take: tests/integration/test_stream.py covers it, bad parameters included.
+    return [op for op in (result.ok() for result in loaded.get_all_operations()) if op.path != "/v1/stream"]
 
 
 SEMANTIC = {"cursor", "since", "until", "time", "poll"}
