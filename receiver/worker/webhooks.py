@@ -17,11 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, false, insert, or_, select, update
-from sqlalchemy.sql import Executable
+from sqlalchemy import Row, false, insert, or_, select, update
 
 from receiver.adapters.webhooks import Attempt, WebhookSender
 from receiver.db.models import Delivery, DeliveryStatus, Message, Subscription, SubscriptionStatus, utcnow
@@ -83,20 +81,11 @@ def due_deliveries(svc: Services, limit: int, exclude: set[int] | frozenset[int]
     return rows[:limit]
 
 
-@cache
-def _claim_statement() -> Executable:
-    return (update(Delivery)
-            .where(Delivery.id == bindparam("delivery_id"), Delivery.status == DeliveryStatus.PENDING,
-                   Delivery.next_attempt_at <= bindparam("due"),
-                   or_(Delivery.lease_until.is_(None), Delivery.lease_until < bindparam("now")))
-            .values(attempts=Delivery.attempts + 1, lease_until=bindparam("lease"))
-            .returning(Delivery.attempts))
-
-
 @dataclass(frozen=True)
 class Claimed:
     id: int
     attempts: int
+    subscription_id: str
     url: str
     secret: str
     subscription_status: str
@@ -104,23 +93,32 @@ class Claimed:
     body: str
 
 
-def _claim(svc: Services, delivery_id: int) -> Claimed | None:
+def claim(svc: Services, delivery_ids: list[int]) -> list[Claimed]:
+    """Claim those of ``delivery_ids`` that are due and unclaimed, in one transaction (one UPDATE): the write
+    lock is taken once per batch, not once per delivery (on SQLite, callbacks wait for it)."""
+    if not delivery_ids:
+        return []
     now = utcnow()
-    params = {"delivery_id": delivery_id, "due": now + CLOCK_TOLERANCE, "now": now,
-              "lease": now + dt.timedelta(seconds=LEASE_SECONDS)}
     with svc.engine.begin() as conn:
-        attempts = conn.execute(_claim_statement(), params).scalar_one_or_none()
-        if attempts is None:
-            return None
-        row = conn.execute(
-            select(Subscription.url, Subscription.secret, Subscription.status, Message.message_id, Message.body)
+        claimed = dict(conn.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.PENDING,
+                   Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
+                   or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+            .values(attempts=Delivery.attempts + 1, lease_until=now + dt.timedelta(seconds=LEASE_SECONDS))
+            .returning(Delivery.id, Delivery.attempts)).all())
+        if not claimed:
+            return []
+        rows = conn.execute(
+            select(Delivery.id, Subscription.id, Subscription.url, Subscription.secret, Subscription.status,
+                   Message.message_id, Message.body)
             .select_from(Delivery)
             .join(Subscription, Subscription.id == Delivery.subscription_id)
             .join(Message, Message.id == Delivery.message_id)
-            .where(Delivery.id == delivery_id)).one_or_none()
-    if row is None:
-        return None  # its subscription was deleted meanwhile (the cascade takes the delivery too)
-    return Claimed(delivery_id, attempts, row.url, row.secret, str(row.status), row.message_id, row.body)
+            .where(Delivery.id.in_(list(claimed)))).all()
+    # A delivery whose subscription was deleted meanwhile is gone with it (the cascade), so it has no row here.
+    return [Claimed(i, claimed[i], sub, url, secret, str(status), mid, body)
+            for i, sub, url, secret, status, mid, body in sorted(rows)]
 
 
 def next_delay(schedule: tuple[float, ...], attempts: int) -> float | None:
@@ -128,48 +126,69 @@ def next_delay(schedule: tuple[float, ...], attempts: int) -> float | None:
     return schedule[attempts - 1] if attempts <= len(schedule) else None
 
 
-def _record(svc: Services, c: Claimed, attempt: Attempt) -> str:
-    now = utcnow()
-    values: dict[str, Any] = {"last_status_code": attempt.status_code, "last_error": attempt.error,
-                              "lease_until": None}
-    if attempt.ok:
-        values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
+DISABLED = Attempt(False, None, "subscription disabled")
+
+
+def attempt(sender: WebhookSender, c: Claimed) -> Attempt:
+    """One try of a claimed delivery (no database); a disabled subscription's delivery is not sent at all."""
+    if c.subscription_status != SubscriptionStatus.ENABLED:
+        return DISABLED
+    result = sender.send(c.url, c.secret, c.message_id, c.body.encode())
+    if result.ok:
+        log.debug("delivery %s (%s) delivered: %s", c.id, c.message_id, result.status_code)
     else:
-        delay = next_delay(svc.settings.webhook_retry_schedule, c.attempts)
-        if delay is None:
-            values["status"] = DeliveryStatus.FAILED
-        else:
-            values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+        log.info("delivery %s (%s) attempt %d failed: %s", c.id, c.message_id, c.attempts, result.error)
+    return result
+
+
+def record(svc: Services, results: list[tuple[Claimed, Attempt]]) -> list[str]:
+    """Write the outcomes of attempts, in one transaction; each only while its claim holds (after a lost
+    lease the delivery is someone else's attempt now). Returns each delivery's status (``lost`` if not ours)."""
+    now = utcnow()
+    out: list[str] = []
     with svc.engine.begin() as conn:
-        # Only while we hold the claim: after a lost lease the delivery is someone else's attempt now.
-        held = conn.execute(update(Delivery).where(Delivery.id == c.id, Delivery.attempts == c.attempts,
-                                                   Delivery.status == DeliveryStatus.PENDING)
-                            .values(values)).rowcount == 1
-        _record_subscription(conn, svc, c, attempt.ok, now)
-    status = values.get("status", DeliveryStatus.PENDING)
-    return str(status) if held else "lost"
+        for c, a in results:
+            values: dict[str, Any] = {"last_status_code": a.status_code, "last_error": a.error, "lease_until": None}
+            if a.ok:
+                values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
+            else:
+                delay = None if a is DISABLED else next_delay(svc.settings.webhook_retry_schedule, c.attempts)
+                if delay is None:
+                    values["status"] = DeliveryStatus.FAILED
+                else:
+                    values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
+            held = conn.execute(update(Delivery).where(Delivery.id == c.id, Delivery.attempts == c.attempts,
+                                                       Delivery.status == DeliveryStatus.PENDING)
+                                .values(values)).rowcount == 1
+            out.append(str(values.get("status", DeliveryStatus.PENDING)) if held else "lost")
+        by_sub: dict[str, bool] = {}
+        for c, a in results:
+            if a is not DISABLED:
+                by_sub[c.subscription_id] = by_sub.get(c.subscription_id, False) or a.ok
+        for sub_id, any_ok in by_sub.items():
+            _record_subscription(conn, svc, sub_id, any_ok, now)
+    return out
 
 
-def _record_subscription(conn: Any, svc: Services, c: Claimed, ok: bool, now: dt.datetime) -> None:
+def _record_subscription(conn: Any, svc: Services, sub_id: str, ok: bool, now: dt.datetime) -> None:
     sub = Subscription.__table__.c
-    key = select(Delivery.subscription_id).where(Delivery.id == c.id).scalar_subquery()
     if ok:
-        conn.execute(update(Subscription).where(Subscription.id == key, sub.failing_since.is_not(None))
+        conn.execute(update(Subscription).where(Subscription.id == sub_id, sub.failing_since.is_not(None))
                      .values(failing_since=None))
         return
-    conn.execute(update(Subscription).where(Subscription.id == key, sub.failing_since.is_(None))
+    conn.execute(update(Subscription).where(Subscription.id == sub_id, sub.failing_since.is_(None))
                  .values(failing_since=now))
     # Every attempt has failed since failing_since (a success clears it): long enough, and it is disabled.
     cutoff = now - dt.timedelta(seconds=svc.settings.webhook_disable_after)
     disabled = conn.execute(
-        update(Subscription).where(Subscription.id == key, Subscription.status == SubscriptionStatus.ENABLED,
+        update(Subscription).where(Subscription.id == sub_id, Subscription.status == SubscriptionStatus.ENABLED,
                                    sub.failing_since <= cutoff)
         .values(status=SubscriptionStatus.DISABLED, disabled_at=now)).rowcount
     if disabled:
-        log.warning("webhook subscription of delivery %s disabled: every attempt failed for %g s",
-                    c.id, svc.settings.webhook_disable_after)
+        log.warning("webhook subscription %s disabled: every attempt failed for %g s", sub_id,
+                    svc.settings.webhook_disable_after)
         # What is still pending for it would only fail too; replay (which enables it again) sends it later.
-        conn.execute(update(Delivery).where(Delivery.subscription_id == key,
+        conn.execute(update(Delivery).where(Delivery.subscription_id == sub_id,
                                             Delivery.status == DeliveryStatus.PENDING)
                      .values(status=DeliveryStatus.FAILED, last_error="subscription disabled", lease_until=None))
 
@@ -177,18 +196,7 @@ def _record_subscription(conn: Any, svc: Services, c: Claimed, ok: bool, now: dt
 def deliver(svc: Services, sender: WebhookSender, delivery_id: int) -> str:
     """One attempt of one delivery, if it is due and unclaimed; returns the delivery's status after it
     (``skipped`` when there was nothing to do, ``lost`` when its claim was taken over meanwhile)."""
-    c = _claim(svc, delivery_id)
-    if c is None:
+    claimed = claim(svc, [delivery_id])
+    if not claimed:
         return "skipped"
-    if c.subscription_status != SubscriptionStatus.ENABLED:
-        with svc.engine.begin() as conn:
-            conn.execute(update(Delivery).where(and_(Delivery.id == c.id, Delivery.attempts == c.attempts))
-                         .values(status=DeliveryStatus.FAILED, last_error="subscription disabled",
-                                 lease_until=None))
-        return str(DeliveryStatus.FAILED)
-    attempt = sender.send(c.url, c.secret, c.message_id, c.body.encode())
-    if attempt.ok:
-        log.debug("delivery %s (%s) delivered: %s", c.id, c.message_id, attempt.status_code)
-    else:
-        log.info("delivery %s (%s) attempt %d failed: %s", c.id, c.message_id, c.attempts, attempt.error)
-    return _record(svc, c, attempt)
+    return record(svc, [(claimed[0], attempt(sender, claimed[0]))])[0]
