@@ -1,6 +1,6 @@
 """Webhooks: deliveries per second to a local subscriber, and callback intake while 10 subscriptions are active.
 
-Run on demand:  .venv/bin/python bench/webhooks.py [--messages 2000] [--seconds 4] [--rounds 3]
+Run on demand:  .venv/bin/python bench/webhooks.py [--messages 2000] [--seconds 4] [--rounds 3] [--backlog 5000]
 
 1. Delivery rate. N messages are written to the outbox of a fresh SQLite database, one subscription points at
    a subscriber on loopback (its own process: a ThreadingHTTPServer answering 204), and a DeliveryEngine with
@@ -165,7 +165,8 @@ def main() -> None:
             rate = delivery_rate(url, a.messages // subs, threads, subs)
             print(f"  {threads} delivery thread(s), {subs} subscription(s): {rate:7.0f} deliveries/s  "
                   f"({rate / threads:6.0f} per thread)")
-        intake_with_webhooks(url, a.subscriptions, a.seconds, a.rounds, a.backlog)
+        for subs in (0, a.subscriptions):  # without subscriptions first: the same service's figure for reference
+            intake_with_webhooks(url, subs, a.seconds, a.rounds, a.backlog)
     finally:
         sub.terminate()
         sub.wait(timeout=10)

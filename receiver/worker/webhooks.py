@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, false, insert, or_, select, update
+from sqlalchemy import Row, bindparam, false, insert, or_, select, update
+from sqlalchemy.sql import Executable
 
 from receiver.adapters.webhooks import Attempt, WebhookSender
 from receiver.db.models import Delivery, DeliveryStatus, Message, Subscription, SubscriptionStatus, utcnow
@@ -141,26 +143,35 @@ def attempt(sender: WebhookSender, c: Claimed) -> Attempt:
     return result
 
 
+@cache
+def _record_statement() -> Executable:
+    # Built once with bound parameters (as pipeline._claim_statement): constructing it per delivery cost
+    # more than running it, in the process that also answers callbacks.
+    return (update(Delivery)
+            .where(Delivery.id == bindparam("delivery_id"), Delivery.attempts == bindparam("claimed_attempts"),
+                   Delivery.status == DeliveryStatus.PENDING)
+            .values(status=bindparam("new_status"), last_status_code=bindparam("code"), last_error=bindparam("error"),
+                    lease_until=None, next_attempt_at=bindparam("next_at"), delivered_at=bindparam("delivered")))
+
+
 def record(svc: Services, results: list[tuple[Claimed, Attempt]]) -> list[str]:
     """Write the outcomes of attempts, in one transaction; each only while its claim holds (after a lost
     lease the delivery is someone else's attempt now). Returns each delivery's status (``lost`` if not ours)."""
     now = utcnow()
     out: list[str] = []
+    stmt = _record_statement()
     with svc.engine.begin() as conn:
         for c, a in results:
-            values: dict[str, Any] = {"last_status_code": a.status_code, "last_error": a.error, "lease_until": None}
-            if a.ok:
-                values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
-            else:
+            status, next_at = DeliveryStatus.DELIVERED, now
+            if not a.ok:
                 delay = None if a is DISABLED else next_delay(svc.settings.webhook_retry_schedule, c.attempts)
-                if delay is None:
-                    values["status"] = DeliveryStatus.FAILED
-                else:
-                    values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
-            held = conn.execute(update(Delivery).where(Delivery.id == c.id, Delivery.attempts == c.attempts,
-                                                       Delivery.status == DeliveryStatus.PENDING)
-                                .values(values)).rowcount == 1
-            out.append(str(values.get("status", DeliveryStatus.PENDING)) if held else "lost")
+                status = DeliveryStatus.FAILED if delay is None else DeliveryStatus.PENDING
+                next_at = now + dt.timedelta(seconds=delay or 0)
+            params = {"delivery_id": c.id, "claimed_attempts": c.attempts, "new_status": status,
+                      "code": a.status_code, "error": a.error, "next_at": next_at,
+                      "delivered": now if a.ok else None}
+            held = conn.execute(stmt, params).rowcount == 1
+            out.append(str(status) if held else "lost")
         by_sub: dict[str, bool] = {}
         for c, a in results:
             if a is not DISABLED:
