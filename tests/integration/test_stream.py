@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,7 +182,8 @@ def test_an_idle_stream_gets_a_keepalive_comment(stack, monkeypatch):
         c.close()
 
 
-def test_streams_beyond_the_bound_get_503(settings, fake_ice):
+def test_streams_beyond_the_bound_get_503(settings, fake_ice, monkeypatch):
+    monkeypatch.setattr(stream_view, "KEEPALIVE_SECONDS", 0.2)
     app, server = make_stack(settings.with_(stream_clients=1), fake_ice)
     first = SseClient(server.port, "/v1/stream")
     try:
@@ -190,7 +192,14 @@ def test_streams_beyond_the_bound_get_503(settings, fake_ice):
         assert second.headers["Retry-After"] == "30"
         second.close()
         first.close()
-        # A closed stream frees its place (noticed at its next write, here the keepalive).
+        # A closed stream frees its place once a write finds the client gone (here the next keepalive).
+        deadline = time.monotonic() + 5
+        while (third := SseClient(server.port, "/v1/stream")).status == 503:
+            third.close()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert third.status == 200
+        third.close()
     finally:
         services(app).close()
         server.close()
@@ -226,3 +235,21 @@ def test_without_api_keys_the_stream_url_is_plain(stack):
     app, _ = stack
     assert app.test_client().get("/v1/stream/url?types=event.failed").get_json() == {
         "url": "/v1/stream?types=event.failed", "expires_in": None}
+
+
+def test_a_confirmed_health_change_reaches_the_stream(stack, fake_oss, fake_ice):
+    from receiver.ops.health_alerts import HealthAlerts
+
+    app, server = stack
+    c = SseClient(server.port, f"/v1/stream?types=stream.health_changed&job_id={JOB}")
+    try:
+        t0 = ingest(app, fake_oss, fake_ice)
+        alerts = HealthAlerts(services(app))
+        for after in (1_000, 11_000, 16_000):  # ok (recorded), then a silence seen twice: gap
+            alerts.run_once(dt.datetime.fromtimestamp((t0 + after) / 1000, dt.UTC))
+        [ev] = c.events(2, 2)
+        assert ev["event"] == "stream.health_changed"
+        assert {k: ev["data"]["data"][k] for k in ("job_id", "previous", "status")} == {
+            "job_id": JOB, "previous": "ok", "status": "gap"}
+    finally:
+        c.close()
