@@ -263,3 +263,20 @@ def test_old_messages_and_finished_deliveries_are_pruned_pending_ones_kept(clien
         assert s.execute(select(Delivery.status)).scalars().all() == ["pending"]
     svc.settings = svc.settings.with_(reconcile_seconds=0.0, retention_days=0.0)
     assert Maintenance(svc).run_once() == ["prune-messages"]
+
+
+def test_a_slow_subscriber_holds_at_most_half_the_threads_and_never_delays_the_others(
+        client, svc, fake_ice, fake_oss, hooks):
+    hooks.delay["/slow"] = 2.5
+    subscribe(client, hooks, "/slow")
+    subscribe(client, hooks, "/fast")
+    for i in range(4):
+        snapshot(client, svc, fake_oss, fake_ice, T0 + i * 5000, seed=i + 1)
+    engine = DeliveryEngine(svc, 4, poll_seconds=0.05).start()
+    try:
+        assert hooks.wait(lambda: len(hooks.at("/fast")) == 4)
+        # Every fast delivery was answered while the slow subscriber still held its first attempts.
+        assert len(hooks.at("/slow")) == 0
+        assert hooks.wait(lambda: len(hooks.at("/slow")) == 4)
+    finally:
+        engine.stop()
