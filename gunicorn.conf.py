@@ -13,6 +13,9 @@ bind = [os.environ.get("RECEIVER_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000'
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("RECEIVER_WEB_THREADS", "8"))
+# The app sizes what holds a thread for long (GET /v1/stream: RECEIVER_STREAM_CLIENTS, by default half the
+# threads) from the same variable: make it say what gunicorn runs.
+os.environ["RECEIVER_WEB_THREADS"] = str(threads)
 # ICE gives up on a callback after 3 s; a request still running after 30 s is stuck, not slow.
 timeout = 30
 # SIGTERM: stop accepting, let in-flight requests finish for up to this long, then exit (worker_exit below

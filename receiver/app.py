@@ -23,8 +23,9 @@ from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
 from receiver.services import EXTENSION, AccountGateways, Dispatcher, Services
 from receiver.web import accounts as accounts_api
-from receiver.web import api, auth, errors, metrics_view, openapi, viewer
+from receiver.web import api, auth, errors, metrics_view, openapi, subscriptions, viewer
 from receiver.web import health as health_api
+from receiver.web import stream as live_stream
 from receiver.worker.dispatch import ThreadDispatcher
 from receiver.worker.heartbeat import release_claimer
 from receiver.worker.processes import ProcessDispatcher
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health_api.bp)
+    app.register_blueprint(live_stream.bp)
+    app.register_blueprint(subscriptions.bp)
     app.register_blueprint(viewer.bp)
     app.register_blueprint(accounts_api.bp)
     auth.init_app(app)

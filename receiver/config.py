@@ -50,6 +50,29 @@ def _bool(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(name: str, value: str) -> float:
+    """Seconds, from ``432000`` (a bare number is seconds) or ``90s``, ``45m``, ``12h``, ``5d``, ``2w``."""
+    v = value.strip().lower()
+    unit = v[-1:] if v[-1:].isalpha() else ""
+    try:
+        n = float(v[: len(v) - len(unit)])
+    except ValueError:
+        n = -1.0
+    if unit not in _DURATION_UNITS or not n > 0 or n == float("inf"):
+        raise ConfigError(f"{name} must be a positive duration like 432000, 12h or 5d, got {value!r}")
+    return n * _DURATION_UNITS[unit]
+
+
+def _float_csv(name: str, value: str) -> tuple[float, ...]:
+    out = tuple(_float(name, v) for v in _csv(value))
+    if not out or any(not 0 <= x < float("inf") for x in out):
+        raise ConfigError(f"{name} must be a comma-separated list of seconds >= 0, got {value!r}")
+    return out
+
+
 def _endpoint_map(name: str, value: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in _csv(value):
@@ -73,6 +96,8 @@ _KINDS: dict[str, tuple[Callable[[Var, str], Any], str]] = {
     "lower_csv": (lambda var, v: tuple(p.lower() for p in _csv(v)), "comma-separated list"),
     "int_csv": (lambda var, v: tuple(_int(var.name, w) for w in _csv(v)), "comma-separated integers"),
     "endpoint_map": (lambda var, v: _endpoint_map(var.name, v), "comma-separated host=url"),
+    "float_csv": (lambda var, v: _float_csv(var.name, v), "comma-separated seconds"),
+    "duration": (lambda var, v: _duration(var.name, v), "duration (seconds, or with s/m/h/d/w)"),
 }
 
 
@@ -232,6 +257,26 @@ class Settings:
                                        "(0-255) may be black")
     health_black_spread: float = setting("RECEIVER_HEALTH_BLACK_SPREAD", 10.0, "a dark frame whose luma spread is "
                                          "below this is black")
+    health_confirm: int = setting("RECEIVER_HEALTH_CONFIRM", 2, "evaluations (one per job interval) a new health "
+                                  "status must hold before `stream.health_changed` is sent", minimum=1)
+    stream_clients: int = setting("RECEIVER_STREAM_CLIENTS", 0, "open `GET /v1/stream` connections a web process "
+                                  "serves before it answers 503; each holds a web thread (0 = half of "
+                                  "RECEIVER_WEB_THREADS)", minimum=0)
+    webhook_retry_schedule: tuple[float, ...] = setting(
+        "RECEIVER_WEBHOOK_RETRY_SCHEDULE", (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        "seconds before each retry of a webhook delivery that did not get a 2xx; after the last, the delivery is "
+        "`failed` (replayable)", kind="float_csv", default_doc="`5,300,1800,7200,18000,36000,36000`")
+    webhook_disable_after: float = setting(
+        "RECEIVER_WEBHOOK_DISABLE_AFTER", 432000.0, "a subscription whose every delivery attempt has failed for "
+        "this long is `disabled`", kind="duration", default_doc="`5d`")
+    webhook_allow_private: bool = setting(
+        "RECEIVER_WEBHOOK_ALLOW_PRIVATE", False, "let webhook URLs use `http` and reach loopback, private, "
+        "link-local and metadata addresses (tests, the demo, a subscriber inside your own network)")
+    webhook_workers: int = setting("RECEIVER_WEBHOOK_WORKERS", 8, "webhook delivery threads per process (apart "
+                                   "from the event workers, so a slow subscriber never delays events)", minimum=1)
+    message_retention_days: float = setting("RECEIVER_MESSAGE_RETENTION_DAYS", 7.0, "push messages, and "
+                                            "deliveries no longer pending, are deleted after this many days "
+                                            "(0 = keep); replay reaches back this far")
     original_mode: str = setting("RECEIVER_ORIGINAL_MODE", "redirect", "`GET /v1/snapshots/<id>/original` "
                                  "answers a redirect to OSS, or the bytes", choices=("redirect", "stream"))
 

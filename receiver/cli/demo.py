@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import click
+from flask import Flask
 
 from receiver.accounts import load_accounts
 from receiver.app import create_app
@@ -31,6 +32,7 @@ from receiver.sim.simulator import (
     DEMO_UID_B,
     Simulator,
 )
+from receiver.sim.subscriber import DemoSubscriber
 
 DEMO_ACCOUNTS_FILE = """# written by `receiver demo`: two simulated accounts
 [accounts.default]
@@ -52,6 +54,27 @@ uri = "{uri}"
 # The second account's temporary credentials live this long (renewed at 70 % of it): short, so the demo shows
 # credential_expires_at moving in /v1/accounts.
 DEMO_STS_TTL = 120
+
+
+DEMO_SUBSCRIPTION = "receiver demo: logs each delivery it verified"
+
+
+def subscribe_demo(app: Flask) -> DemoSubscriber:
+    """A subscriber on loopback, subscribed (through the API, as a user would) to every message type."""
+    hooks = DemoSubscriber().start()
+    client = app.test_client()
+    # A previous demo's listener is gone with its process (and its port): drop its subscription.
+    for old in client.get("/v1/subscriptions?limit=1000").get_json()["items"]:
+        if old["description"] == DEMO_SUBSCRIPTION:
+            client.delete(f"/v1/subscriptions/{old['id']}")
+    answer = client.post("/v1/subscriptions", json={
+        "url": hooks.url, "events": ["snapshot.created", "stream.health_changed", "event.failed"],
+        "description": DEMO_SUBSCRIPTION})
+    if answer.status_code != 201:
+        raise click.ClickException(f"could not subscribe the demo's webhook listener: {answer.get_data(as_text=True)}")
+    hooks.secret = answer.get_json()["secret"]
+    print(f"demo: webhook subscriber at {hooks.url} (subscription {answer.get_json()['id']})", flush=True)
+    return hooks
 
 
 def run_demo(host: str, port: int, interval: float) -> None:
@@ -83,6 +106,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
         accounts_file=str(accounts_file),
         workers=2,
         job_cache_seconds=60,
+        webhook_allow_private=True,  # the demo's subscriber listens on loopback
     )
     # The secrets stay out of the file and out of this process's environment: handed to the parser directly.
     accounts = load_accounts(settings, {"DEMO_DEFAULT_TOKEN": tokens[DEMO_UID_A], "DEMO_B_TOKEN": tokens[DEMO_UID_B],
@@ -90,6 +114,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
     app = create_app(settings, accounts=accounts)
     svc = services(app)
     ensure_schema(svc.engine)
+    hooks = subscribe_demo(app)
     start_loops(svc, Role.DEMO)
     sim = Simulator(ice, oss, routes[DEMO_JOBS[0]][0], interval, routes=routes, bucket_of=buckets)
     threading.Timer(1.0, sim.start).start()
@@ -102,6 +127,7 @@ def run_demo(host: str, port: int, interval: float) -> None:
     finally:
         sim.stop()
         svc.close()
+        hooks.stop()
         ice.stop()
         oss.stop()
         uri.stop()

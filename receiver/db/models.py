@@ -76,6 +76,25 @@ class EventOrigin(StrEnum):
     REPLAY = "replay"
 
 
+class MessageType(StrEnum):
+    """What a push message announces (product.md 8); stored as its value."""
+
+    SNAPSHOT_CREATED = "snapshot.created"
+    HEALTH_CHANGED = "stream.health_changed"
+    EVENT_FAILED = "event.failed"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at (first try or a retry)
+    DELIVERED = "delivered"
+    FAILED = "failed"  # the retry schedule ran out; replayable
+
+
+class SubscriptionStatus(StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"  # every delivery failed for RECEIVER_WEBHOOK_DISABLE_AFTER
+
+
 EVENT_STATUSES = tuple(s.value for s in EventStatus)
 EVENT_ORIGINS = tuple(o.value for o in EventOrigin)
 FINAL_STATUSES = (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
@@ -85,11 +104,11 @@ class StoredEnum(TypeDecorator[StrEnum]):
     """A StrEnum in a plain VARCHAR: the stored strings are the enum's values (no database enum type, so adding a
     member needs no migration), and rows read back as members."""
 
-    impl = String(16)
+    impl = String
     cache_ok = True
 
-    def __init__(self, enum: type[StrEnum]) -> None:
-        super().__init__()
+    def __init__(self, enum: type[StrEnum], length: int = 16) -> None:
+        super().__init__(length)
         self.enum = enum
 
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
@@ -241,3 +260,83 @@ class EventSnapshot(Base):
     snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
 
     event: Mapped[Event] = relationship(back_populates="snapshot_links")
+
+
+class Message(Base):
+    """The outbox: one row per push message, written in the same transaction as what it announces, so a
+    crash can neither lose nor invent one. ``id`` is the live stream's sequence (SSE ``id:``); ``message_id``
+    is the webhook-id that never changes, across retries and replays."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The fan-out into deliveries finds unprocessed messages without scanning the table.
+        Index("ix_messages_fanout", "fanned_out", "id"),
+        Index("ix_messages_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[MessageType] = mapped_column(StoredEnum(MessageType, 32))
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    account: Mapped[str | None] = mapped_column(String(32))
+    # The exact webhook body ({"type", "timestamp", "data"}): signatures and retries are over these bytes.
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+class Subscription(Base):
+    """A webhook subscriber: where to POST which messages, and the secret that signs them."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    job_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    accounts: Mapped[list[str] | None] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(80))
+    status: Mapped[SubscriptionStatus] = mapped_column(StoredEnum(SubscriptionStatus),
+                                                       default=SubscriptionStatus.ENABLED)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Since when every delivery has failed (null after any success): drives RECEIVER_WEBHOOK_DISABLE_AFTER.
+    failing_since: Mapped[dt.datetime | None]
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class Delivery(Base):
+    """One message to one subscription: at least once, retried on the schedule, then failed (replayable)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_deliveries_subscription_id", "subscription_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    status: Mapped[DeliveryStatus] = mapped_column(StoredEnum(DeliveryStatus), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[dt.datetime | None]
+    delivered_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class HealthState(Base):
+    """Per job, the health status last announced and the candidate that must hold RECEIVER_HEALTH_CONFIRM
+    evaluations before stream.health_changed goes out (hysteresis against keyframe jitter)."""
+
+    __tablename__ = "health_states"
+
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str | None] = mapped_column(String(16))  # announced (or first seen); null = never evaluated
+    since: Mapped[dt.datetime | None]
+    candidate: Mapped[str | None] = mapped_column(String(16))
+    candidate_since: Mapped[dt.datetime | None]  # the first evaluation that saw the candidate: the announced since
+    streak: Mapped[int] = mapped_column(Integer, default=0)
+    evaluated_at: Mapped[dt.datetime | None]

@@ -3,14 +3,16 @@
 This is the one place that decides it; `serve`, `worker`, `demo` and gunicorn's workers all call
 ``start_loops`` with their role:
 
-| role   | event workers                                     | maintenance (reconcile, prune) |
-|--------|---------------------------------------------------|--------------------------------|
-| serve  | when RECEIVER_WORKERS > 0                         | yes                            |
-| demo   | yes                                               | yes                            |
-| worker | threads/processes; Celery starts its own sweeper  | yes                            |
-| web    | gunicorn: the dispatcher (publisher with Celery)  | no: workers run it             |
+| role   | event workers                                     | maintenance (reconcile, prune), health alerts |
+|--------|---------------------------------------------------|-----------------------------------------------|
+| serve  | when RECEIVER_WORKERS > 0                         | yes                                           |
+| demo   | yes                                               | yes                                           |
+| worker | threads/processes; Celery starts its own sweeper  | yes                                           |
+| web    | gunicorn: the dispatcher (publisher with Celery)  | no: workers run them                          |
 
-Maintenance runs in one process per deployment at a time, whatever the roles: each loop holds a lease.
+Maintenance and health alerts run in one process per deployment at a time, whatever the roles: each loop
+holds a lease. Webhook deliveries run in every process that works (serve without Celery, demo, worker; not
+web), each with its own bounded threads; claims in the deliveries table share the work.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import threading
 import time
 from enum import StrEnum
 
+from receiver.ops.health_alerts import start_health_alerts
 from receiver.ops.leases import hold, holder_name, release
+from receiver.ops.push_retention import prune_push
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.retention import prune
 from receiver.ops.tracking import discover
 from receiver.services import Services
+from receiver.worker.deliveries import start_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,14 @@ def start_loops(svc: Services, role: Role) -> None:
             # RECEIVER_WORKERS=0: web only; events wait in the inbox for `receiver worker` processes. Threads
             # do not survive a fork, so gunicorn calls this in each worker after it.
             dispatcher.start()
+    if role is Role.DEMO or (role in (Role.SERVE, Role.WORKER) and s.queue == "thread"):
+        # Webhook deliveries: their own threads in every process that works (with Celery, `receiver worker`
+        # starts them once its pool has forked: worker/celery.py). Web processes never send.
+        start_deliveries(svc)
     if role is not Role.WEB:
         # Web processes only record and dispatch; in a scale-out deployment the workers run maintenance.
         start_maintenance(svc)
+        start_health_alerts(svc)
 
 
 class Maintenance:
@@ -67,6 +77,7 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="receiver-reconciler", daemon=True)
         self._ignored: set[str] = set()  # discovered jobs whose CallbackUrl is not ours (it cannot change)
         self._next_prune = time.monotonic()
+        self._next_push_prune = time.monotonic()
 
     def start(self) -> Maintenance:
         self._thread.start()
@@ -123,13 +134,24 @@ class Maintenance:
                         log.info("retention: %s", result.summary())
             except Exception:
                 log.exception("retention pass failed; will try again")
+        if s.message_retention_days > 0 and time.monotonic() >= self._next_push_prune:
+            try:
+                if self._holds("prune-messages", self.PRUNE_EVERY):
+                    self._next_push_prune = time.monotonic() + self.PRUNE_EVERY
+                    messages, deliveries = prune_push(self.svc, s.message_retention_days * 86400)
+                    ran.append("prune-messages")
+                    if messages or deliveries:
+                        log.info("retention: %d push messages and %d finished webhook deliveries", messages,
+                                 deliveries)
+            except Exception:
+                log.exception("message retention pass failed; will try again")
         return ran
 
 
 def start_maintenance(svc: Services) -> Maintenance | None:
-    """Start the reconcile/retention thread (None when both are off); Services.close() stops it."""
+    """Start the reconcile/retention thread (None when all are off); Services.close() stops it."""
     s = svc.settings
-    if s.reconcile_seconds <= 0 and s.retention_days <= 0:
+    if s.reconcile_seconds <= 0 and s.retention_days <= 0 and s.message_retention_days <= 0:
         return None
     maintenance = svc.maintenance = Maintenance(svc).start()
     return maintenance

@@ -86,7 +86,7 @@ def _preflight() -> Response | None:
     # Answered whatever the origin; without Access-Control-Allow-Origin (added below) the browser refuses.
     resp = Response(status=204)
     if _allowed_origin(_settings(), request.headers.get("Origin")):
-        resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+        resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, DELETE, OPTIONS"
         resp.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
         resp.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
     return resp

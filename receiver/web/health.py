@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 from werkzeug.wrappers import Response as BaseResponse
 
 from receiver.db.models import Job, Snapshot, Thumbnail
@@ -26,7 +26,7 @@ from receiver.web.urlsign import signed_url
 
 bp = Blueprint("health_api", __name__)
 
-DEFAULT_WINDOW_MS = 3600 * 1000
+DEFAULT_WINDOW_MS = 3600 * 1000  # also the window of the health in stream.health_changed
 MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
 ORIGINAL_TTL = 300  # seconds a presigned original URL stays valid
 MAX_SHEET = 10_000  # far above any plan (storyboard.py keeps at most 1000 tiles)
@@ -56,23 +56,28 @@ def _cache_control(settled: bool, max_age: int) -> str:
 @bp.get("/v1/jobs/<job_id>/health")
 def job_health(job_id: str) -> Response:
     since, until = _window()
-    now = now_ms()
-    with current_services().readers() as s:
+    svc = current_services()
+    with svc.readers() as s:
         job = job_or_404(s, job_id)
-        frames = hq.window_frames(s, job_id, since, until)
-        interval = hq.interval_ms(job, frames)
-        h = assess(frames, interval_ms=interval, since_ms=since, until_ms=until, now_ms=now,
-                   thresholds=Thresholds.from_settings(current_services().settings),
-                   previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id),
-                   next_ms=hq.next_ms(s, job_id, until))
-    body: dict[str, Any] = {
+        return jsonify(health_answer(s, job, since, until, now_ms(), Thresholds.from_settings(svc.settings)))
+
+
+def health_answer(s: Session, job: Job, since: int, until: int, now: int, thresholds: Thresholds) -> dict[str, Any]:
+    """The health answer of product.md 3.2 for ``job`` over [since, until); also what stream.health_changed
+    carries (ops/health_alerts.py), so the message and the API cannot disagree on the shape."""
+    job_id = job.job_id
+    frames = hq.window_frames(s, job_id, since, until)
+    interval = hq.interval_ms(job, frames)
+    h = assess(frames, interval_ms=interval, since_ms=since, until_ms=until, now_ms=now, thresholds=thresholds,
+               previous_ms=hq.previous_ms(s, job_id, since), first_ever_ms=hq.first_ms(s, job_id),
+               next_ms=hq.next_ms(s, job_id, until))
+    return {
         "job_id": job_id, "since": ms_to_iso(since), "until": ms_to_iso(until),
         "interval_seconds": interval / 1000 if interval % 1000 else interval // 1000,
         "expected": h.expected, "seen": h.seen, "status": h.status,
         "gaps": [r.to_json() for r in h.gaps], "frozen": [r.to_json() for r in h.frozen],
         "black": [r.to_json() for r in h.black],
     }
-    return jsonify(body)
 
 
 def _plan(job_id: str, since: int, until: int) -> sb.Plan:

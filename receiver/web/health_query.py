@@ -90,11 +90,19 @@ def newest_frames(s: Session, job_ids: Sequence[str], k: int) -> dict[str, list[
     return out
 
 
-def statuses(s: Session, jobs: Sequence[Job], t: Thresholds, now: int | None = None) -> dict[str, str]:
+def frames_needed(t: Thresholds) -> int:
+    """How many newest frames decide the status at now: enough to see a frozen run end at the newest one and
+    any gap within the stale horizon."""
+    return max(t.frozen_min_frames, math.ceil(t.stale_factor) + 2) + 1
+
+
+def statuses(s: Session, jobs: Sequence[Job], t: Thresholds, now: int | None = None,
+             newest: dict[str, list[Frame]] | None = None) -> dict[str, str]:
+    """Each job's status at ``now`` (the ``health`` of a job item; also what health alerts evaluate).
+    ``newest`` is ``newest_frames(…, frames_needed(t))`` when the caller already has it."""
     now = now if now is not None else now_ms()
-    # Enough frames to see a frozen run end at the newest one and any gap within the stale horizon.
-    k = max(t.frozen_min_frames, math.ceil(t.stale_factor) + 2) + 1
-    newest = newest_frames(s, [j.job_id for j in jobs], k)
+    if newest is None:
+        newest = newest_frames(s, [j.job_id for j in jobs], frames_needed(t))
     return {j.job_id: current_status(newest[j.job_id], interval_ms(j, newest[j.job_id][::-1]), now, t)
             for j in jobs}
 

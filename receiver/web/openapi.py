@@ -13,12 +13,13 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 from receiver.config import Settings
-from receiver.db.models import EVENT_ORIGINS, EVENT_STATUSES
+from receiver.db.models import EVENT_ORIGINS, EVENT_STATUSES, MessageType
 from receiver.media.health import STATUSES as HEALTH_STATUSES
 from receiver.services import services
 from receiver.web.params import MAX_LIMIT
 
 _REF = "#/components/schemas/"
+MESSAGE_TYPES = tuple(t.value for t in MessageType)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -160,6 +161,57 @@ SCHEMAS: dict[str, Any] = {
                               "description": "throttling answers this process got"},
         },
     },
+    "NewSubscription": {
+        "type": "object", "required": ["url", "events"], "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "maxLength": 2048,
+                    "description": "https (http too with RECEIVER_WEBHOOK_ALLOW_PRIVATE=1); refused (400 "
+                                   "UrlNotAllowed) when it resolves to a loopback, private, link-local or "
+                                   "metadata address"},
+            "events": {"type": "array", "minItems": 1, "items": {"enum": list(MESSAGE_TYPES)}},
+            "job_ids": _nullable({"type": "array", "maxItems": 1000,
+                                  "items": {"type": "string", "minLength": 1, "maxLength": 128}}),
+            "accounts": _nullable({"type": "array", "maxItems": 1000,
+                                   "items": {"type": "string", "minLength": 1, "maxLength": 32}}),
+            "description": _nullable({"type": "string", "maxLength": 1000}),
+        },
+    },
+    "Subscription": {
+        "type": "object",
+        "required": ["id", "url", "events", "job_ids", "accounts", "description", "status", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^sub_[0-9a-f]{24}$"}, "url": {"type": "string"},
+            "events": {"type": "array", "items": {"enum": list(MESSAGE_TYPES)}},
+            "job_ids": _nullable({"type": "array", "items": {"type": "string"}}),
+            "accounts": _nullable({"type": "array", "items": {"type": "string"}}),
+            "description": _nullable({"type": "string"}),
+            "status": {"enum": ["enabled", "disabled"]}, "created_at": _TIME,
+        },
+    },
+    "CreatedSubscription": {"allOf": [{"$ref": "#/components/schemas/Subscription"}, {
+        "type": "object", "required": ["secret"],
+        "properties": {"secret": {"type": "string", "pattern": "^whsec_", "description": "shown only here"}},
+    }]},
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "message_id", "type", "status", "attempts", "last_status_code", "last_error",
+                     "next_attempt_at", "delivered_at"],
+        "properties": {
+            "id": _ID, "message_id": {"type": "string", "pattern": "^msg_"}, "type": {"enum": list(MESSAGE_TYPES)},
+            "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer", "minimum": 0},
+            "last_status_code": _nullable({"type": "integer"}), "last_error": _nullable({"type": "string"}),
+            "next_attempt_at": _nullable(_TIME), "delivered_at": _nullable(_TIME),
+        },
+    },
+    "Replay": {
+        "type": "object", "required": ["since"], "additionalProperties": False,
+        "properties": {"since": {"type": ["string", "integer"], "description": "ISO-8601 or Unix milliseconds"}},
+    },
+    "ReplayAnswer": {
+        "type": "object", "required": ["subscription_id", "since", "deliveries", "pending"],
+        "properties": {"subscription_id": {"type": "string"}, "since": _TIME,
+                       "deliveries": {"type": "integer", "minimum": 0}, "pending": {"type": "integer", "minimum": 0}},
+    },
 }
 
 
@@ -169,7 +221,7 @@ def page_schema(item: str) -> dict[str, Any]:
                            "next_cursor": _nullable({"type": "string"})}}
 
 
-for _item in ("Job", "Snapshot", "Event", "Account"):
+for _item in ("Job", "Snapshot", "Event", "Account", "Subscription", "Delivery"):
     SCHEMAS[f"{_item}Page"] = page_schema(_item)
 
 
@@ -292,6 +344,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
         "/v1/events": _read("Callback events, newest first (operators)", _json(ref("EventPage"), "a page of events"),
                             [_q("status", {"enum": list(EVENT_STATUSES)}, "filter"),
                              _q("job_id", {"type": "string"}, "filter"), _LIMIT, _CURSOR], not_found=False),
+        **_subscription_paths(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(ref("Status"), "alive")}}},
         "/readyz": {"get": {"summary": "Readiness: database reachable, migrations at head", "responses": {
             "200": _json(ref("Status"), "ready"), "503": _err("not ready")}}},
@@ -312,6 +365,76 @@ def _paths(settings: Settings) -> dict[str, Any]:
     }
 
 
+_AUTH = {"401": _err("RECEIVER_API_KEYS is set and no valid Bearer key was sent")}
+_PATH_SUB = {"name": "sub_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _write(method: str, summary: str, ok: dict[str, Any], params: list[dict[str, Any]], status: str,
+           body: str | None, errors: dict[str, Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": params, "security": [{"bearerAuth": []}, {}],
+                          "responses": {status: ok, **_AUTH, **errors}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
+    return {method: op}
+
+
+def _subscription_paths() -> dict[str, Any]:
+    """product.md 8: webhook subscriptions."""
+    bad = {"400": _err("bad body: not JSON, unknown field, bad value, or a URL that is not allowed"),
+           "413": _err("body over 64 KiB")}
+    missing = {"404": _err("no such subscription")}
+    one = _read("One subscription (without its secret)", _json(ref("Subscription"), "it"), [_PATH_SUB])
+    one.update(_write("delete", "Delete a subscription; its pending deliveries are never sent",
+                      {"description": "deleted"}, [_PATH_SUB], "204", None, missing))
+    listing = _read("Webhook subscriptions, newest first", _json(ref("SubscriptionPage"), "a page"),
+                    [_LIMIT, _CURSOR], not_found=False)
+    listing.update(_write("post", "Subscribe a URL to push messages", _json(ref("CreatedSubscription"),
+                          "created; the secret is shown only in this answer"), [], "201", "NewSubscription", bad))
+    return {
+        "/v1/subscriptions": listing,
+        "/v1/subscriptions/{sub_id}": one,
+        "/v1/subscriptions/{sub_id}/deliveries": _read(
+            "A subscription's deliveries, newest first", _json(ref("DeliveryPage"), "a page"),
+            [_PATH_SUB, _q("status", {"enum": ["pending", "delivered", "failed"]}, "filter"), _LIMIT, _CURSOR]),
+        "/v1/subscriptions/{sub_id}/replay": _write(
+            "post", "Send again every matching message since a time (new deliveries, same message ids); "
+            "enables a disabled subscription", _json(ref("ReplayAnswer"), "queued"), [_PATH_SUB], "202", "Replay",
+            {**bad, **missing}),
+    }
+
+
+_ONE_TYPE = "(" + "|".join(re.escape(t.value) for t in MessageType) + ")"
+_TYPES_LIST = f"^{_ONE_TYPE}(,{_ONE_TYPE})*$"
+
+
+def _stream_paths() -> dict[str, Any]:
+    """GET /v1/stream (Server-Sent Events, product.md 8) and the signed URL a browser opens it with."""
+    filters = [_q("job_id", {"type": "string", "maxLength": 128}, "only this job's messages"),
+               _q("types", {"type": "string", "pattern": _TYPES_LIST}, "comma-separated message types: "
+                  + ", ".join(t.value for t in MessageType))]
+    sse = {"description": "text/event-stream: `id: <sequence>`, `event: <type>`, `data: <the webhook body>` per "
+                          "message; a `: keepalive` comment every 15 s",
+           "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    stream = _read("Live updates (Server-Sent Events); Last-Event-ID resumes within the last hour", sse, [
+        *filters, _q("last_event_id", {"type": "string", "pattern": "^[0-9]+$"},
+                     "resume after this id (as the Last-Event-ID header does)"),
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "resume after this id: what was written since, within the last hour, comes first"},
+        _q("exp", {"type": "string"}, "signed URL expiry"), _q("sig", {"type": "string"}, "signed URL signature"),
+    ], not_found=False, extra={"503": _err("this web process serves RECEIVER_STREAM_CLIENTS streams already")})
+    stream["get"]["security"] = [{"bearerAuth": []}, {"signedExp": [], "signedSig": []}, {}]
+    url = {"type": "object", "required": ["url", "expires_in"], "properties": {
+        "url": {"type": "string", "description": "relative URL of the stream with these filters; signed when API "
+                                                 "keys are on"},
+        "expires_in": {"oneOf": [{"type": "integer"}, {"type": "null"}],
+                       "description": "seconds the signature lets a client connect (an open stream outlives it)"}}}
+    return {
+        "/v1/stream": stream,
+        "/v1/stream/url": _read("A short-lived signed URL of the stream, for EventSource (which cannot send headers)",
+                                _json(url, "the URL"), filters, not_found=False),
+    }
+
+
 def _served(app: Flask) -> set[str]:
     return {re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()}
 
@@ -324,7 +447,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "info": {"title": "receiver", "version": "1",
                  "description": "Callback receiver and read API for Alibaba Cloud ICE live snapshot jobs. "
                                 "Errors are always {\"error\": {\"code\", \"message\"}}."},
-        "paths": {p: op for p, op in _paths(settings).items() if p in served},
+        "paths": {p: op for p, op in {**_paths(settings), **_stream_paths()}.items() if p in served},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

@@ -103,6 +103,8 @@ CURSOR_KINDS: dict[str, Callable[[object], bool]] = {
     "time": lambda v: type(v) is int and MIN_TIME_MS <= v <= MAX_TIME_MS,
     # What a job id can be (intake's limit; printable excludes NUL, controls and lone surrogates).
     "job": lambda v: isinstance(v, str) and 1 <= len(v) <= 128 and v.isprintable(),
+    "sub": lambda v: isinstance(v, str) and v.startswith("sub_") and len(v) <= 40 and v[4:].isascii()
+    and v[4:].isalnum(),
 }
 
 

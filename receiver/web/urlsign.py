@@ -26,6 +26,13 @@ def sign_path(path: str, signing_key: str, now: float | None = None) -> str:
     return f"exp={exp}&sig={_sig(signing_key, path, exp)}"
 
 
+def sign_path_for(path: str, signing_key: str, ttl: int, now: float | None = None) -> str:
+    """``exp=…&sig=…`` for ``path``, valid for ``ttl`` seconds exactly (a short-lived URL, e.g. the live stream's,
+    which a browser uses once to connect and then asks for again)."""
+    exp = int(now if now is not None else time.time()) + ttl
+    return f"exp={exp}&sig={_sig(signing_key, path, exp)}"
+
+
 def signed_url(path: str, query: str, signing_key: str | None, now: float | None = None) -> str:
     """``path?query``, plus the signature when a key is given."""
     url = f"{path}?{query}" if query else path

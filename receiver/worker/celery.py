@@ -27,6 +27,7 @@ from receiver.config import Settings
 from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services, current_services, services
+from receiver.worker.deliveries import start_deliveries
 from receiver.worker.dispatch import SWEEP_BATCH
 from receiver.worker.pipeline import process_event
 
@@ -112,6 +113,9 @@ def run_worker(app: Flask, pool: str, concurrency: int, loglevel: str = "INFO") 
     def ready(**_: Any) -> None:
         # Started once the pool has forked, so the children never inherit these threads.
         dispatcher.start_sweeper()
+        # Webhooks go out from this process's own bounded threads, never a pool slot: a slow subscriber
+        # (10 s an attempt) must not hold up events (worker/deliveries.py).
+        start_deliveries(svc)
 
     def shutdown(**_: Any) -> None:
         dispatcher.stop()

@@ -14,12 +14,14 @@ from sqlalchemy.sql import Executable
 
 from receiver.accounts import DEFAULT
 from receiver.adapters.base import JobInfo
+from receiver.db import outbox
 from receiver.db.engine import insert_for
-from receiver.db.models import Job, Snapshot, Thumbnail, utcnow
+from receiver.db.models import Job, MessageType, Snapshot, Thumbnail, utcnow
 from receiver.exceptions import Rejected
 from receiver.media.signals import snapshot_columns
 from receiver.media.thumbnails import make_thumbnails
 from receiver.services import Services
+from receiver.web.serialize import snapshot_json
 from receiver.worker.resolve import captured_at
 from receiver.worker.types import Prepared, Target
 
@@ -55,7 +57,7 @@ def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | Non
         return _existing_on(conn, job_id, bucket, key, etag)
 
 
-def write_index(conn: Connection, p: Prepared) -> int:
+def write_index(conn: Connection, p: Prepared, account: str = DEFAULT) -> int:
     """Write a prepared object's rows on ``conn`` (the caller's transaction); returns the snapshot id."""
     if p.existing is not None:
         return p.existing
@@ -71,7 +73,16 @@ def write_index(conn: Connection, p: Prepared) -> int:
         return found
     if p.thumbnails:  # an empty list would run it once, without parameters
         conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+    # Only a row this transaction inserted is announced, in this transaction: a crash loses both or neither.
+    announce_snapshot(conn, sid, p, account)
     return sid
+
+
+def announce_snapshot(conn: Connection, sid: int, p: Prepared, account: str) -> None:
+    assert p.snapshot is not None
+    snap = Snapshot(id=sid, **p.snapshot)
+    snap.thumbnails = [Thumbnail(snapshot_id=sid, **r) for r in p.thumbnails]
+    outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap), job_id=snap.job_id, account=account)
 
 
 def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:

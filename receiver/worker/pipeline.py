@@ -15,10 +15,12 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
+from receiver.db import outbox
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, EventStatus, Job, utcnow
+from receiver.db.models import Event, EventSnapshot, EventStatus, Job, MessageType, utcnow
 from receiver.exceptions import (
     CredentialUnavailable,
     ImageError,
@@ -30,6 +32,7 @@ from receiver.exceptions import (
     Transient,
 )
 from receiver.services import Services
+from receiver.web.serialize import event_json
 from receiver.worker.heartbeat import heartbeat, mark_claimer
 from receiver.worker.index import prepare, upsert_job, write_index
 from receiver.worker.resolve import resolve_targets
@@ -105,7 +108,7 @@ def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, 
 def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[int, ...]:
     """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
     with svc.metrics.stage("index"), svc.engine.begin() as conn:
-        ids = tuple(dict.fromkeys(write_index(conn, p) for p in prepared))
+        ids = tuple(dict.fromkeys(write_index(conn, p, ev.account) for p in prepared))
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
         # (An empty list of links would run the INSERT once, without parameters.)
@@ -124,7 +127,17 @@ def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str |
     if conn.execute(_finish_statement(retry_in is not None, refund), params).rowcount != 1:
         log.warning("event %s: lost its claim before finishing; leaving it to the new owner", ev.id)
         return False
+    if status in (EventStatus.FAILED, EventStatus.REJECTED):
+        _announce_failure(conn, ev.id)
     return True
+
+
+def _announce_failure(conn: Connection, event_id: int) -> None:
+    # Rare path: the ORM on the same connection (same transaction) gives the event item of 3.2 as the API has it.
+    with Session(bind=conn) as s:
+        event = s.get(Event, event_id)
+        assert event is not None
+        outbox.record(conn, MessageType.EVENT_FAILED, event_json(event), job_id=event.job_id, account=event.account)
 
 
 def backoff_seconds(svc: Services, attempts: int, retry_after: float | None) -> float:
@@ -254,7 +267,7 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
             if done:
                 with svc.engine.begin() as conn:
                     for p in done:
-                        write_index(conn, p)
+                        write_index(conn, p, ev.account)
             raise
     if not done and errors:
         raise errors[0]

@@ -85,8 +85,8 @@ def stack(settings: Settings, fake_ice: Any, fake_oss: Any) -> Iterator[tuple[Fl
     ingest(app, fake_oss, fake_ice, JOB2, [now - 20_000, now - 15_000, now - 10_000])
     server = Server(app)
     yield app, server, sorted(times)
+    services(app).close()  # ends the pages' live streams first, so waitress's threads are free to stop
     server.close()
-    services(app).close()
 
 
 def console_errors(page: Any) -> list[str]:
@@ -206,3 +206,59 @@ def test_viewer_asks_for_an_api_key_once(settings, fake_ice, fake_oss, browser):
     finally:
         server.close()
         services(app).close()
+
+
+def requests_to(page: Any, prefix: str) -> list[str]:
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if r.url.split("?")[0].endswith(prefix) else None)
+    return seen
+
+
+def test_a_new_snapshot_appears_live_within_3_s_without_reload_or_polling(stack, browser, fake_oss, fake_ice):
+    app, server, _ = stack
+    svc = services(app)
+    ctx = browser.new_context(viewport={"width": 1100, "height": 700}, timezone_id="UTC")
+    grid, job = ctx.new_page(), ctx.new_page()
+    errors = console_errors(grid) + console_errors(job)
+    grid.goto(server.url + "/?poll=0.5")
+    job.goto(f"{server.url}/jobs/{JOB2}?poll=0.5")
+    for page in (grid, job):
+        page.wait_for_function("document.body.dataset.live === 'open'")
+    job.wait_for_function("document.querySelectorAll('#strip .shot').length === 3")
+    polls = requests_to(grid, "/v1/jobs") + requests_to(job, f"/v1/jobs/{JOB2}/snapshots")
+
+    ingest(app, fake_oss, fake_ice, JOB2, [now_ms()])
+    new_id = latest_id(svc, JOB2)
+    grid.wait_for_function(
+        f"document.querySelector('li.card[data-job-id=\"{JOB2}\"] img').dataset.snapshotId === '{new_id}'",
+        timeout=3000)
+    job.wait_for_function(f"document.querySelector('#strip .shot').dataset.id === '{new_id}'", timeout=3000)
+    grid.wait_for_function(img_loaded(f'li.card[data-job-id="{JOB2}"] img'))
+    assert job.locator("#strip .shot").count() == 4
+    assert polls == []  # with the stream open, neither page polled (poll=0.5 would have, several times)
+    ctx.close()
+    assert errors == []
+
+
+def test_a_page_without_a_stream_falls_back_to_polling(settings, fake_ice, fake_oss, browser):
+    app = build_app(settings.with_(stream_clients=1))
+    ingest(app, fake_oss, fake_ice, JOB, [now_ms() - 5000])
+    server = Server(app)
+    try:
+        ctx = browser.new_context(viewport={"width": 900, "height": 600})
+        live_page, fallback = ctx.new_page(), ctx.new_page()
+        live_page.goto(server.url + "/?poll=0.5")
+        live_page.wait_for_function("document.body.dataset.live === 'open'")
+        fallback.goto(server.url + "/?poll=0.5")  # its stream is refused (503): one per process here
+        fallback.wait_for_function("document.body.dataset.live === 'down'")
+        polls = requests_to(fallback, "/v1/jobs")
+        ingest(app, fake_oss, fake_ice, JOB, [now_ms()])
+        new_id = latest_id(services(app), JOB)
+        for page in (live_page, fallback):
+            page.wait_for_function(f"document.querySelector('#grid img').dataset.snapshotId === '{new_id}'",
+                                   timeout=5000)
+        assert polls  # the fallback polled
+        ctx.close()
+    finally:
+        services(app).close()
+        server.close()

@@ -27,7 +27,7 @@ def test_one_holder_at_a_time_and_takeover_after_expiry(svc):
 
 def test_maintenance_runs_in_one_process_and_moves_when_that_one_stops(svc, fake_ice):
     track(svc, JOB)
-    svc.settings = svc.settings.with_(reconcile_seconds=60.0, retention_days=30.0)
+    svc.settings = svc.settings.with_(message_retention_days=0.0, reconcile_seconds=60.0, retention_days=30.0)
     first, second = Maintenance(svc), Maintenance(svc)
     assert first.run_once() == ["reconcile", "prune"]
     listed = fake_ice.calls("ListLiveSnapshotFiles")
@@ -45,7 +45,7 @@ def test_maintenance_runs_in_one_process_and_moves_when_that_one_stops(svc, fake
 
 
 def test_a_clean_stop_hands_over_at_once(svc, fake_ice):
-    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    svc.settings = svc.settings.with_(message_retention_days=0.0, reconcile_seconds=60.0)
     first, second = Maintenance(svc), Maintenance(svc)
     assert first.run_once() == ["reconcile"]
     assert second.run_once() == []
@@ -56,7 +56,7 @@ def test_a_clean_stop_hands_over_at_once(svc, fake_ice):
 
 
 def test_closing_the_services_stops_the_loop_and_releases(svc, fake_ice):
-    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    svc.settings = svc.settings.with_(message_retention_days=0.0, reconcile_seconds=60.0)
     running = start_maintenance(svc)
     assert running is not None and svc.maintenance is running
     deadline = time.monotonic() + 10
@@ -81,7 +81,7 @@ def test_a_pass_renews_its_lease_per_job_and_ends_when_it_is_lost(svc, fake_ice,
     fake_ice.add_job("job-0002")
     track(svc, JOB)
     track(svc, "job-0002")
-    svc.settings = svc.settings.with_(reconcile_seconds=60.0)
+    svc.settings = svc.settings.with_(message_retention_days=0.0, reconcile_seconds=60.0)
     done: list[str] = []
     real = Reconciler.reconcile_job
 
@@ -97,7 +97,7 @@ def test_a_pass_renews_its_lease_per_job_and_ends_when_it_is_lost(svc, fake_ice,
 
 
 def test_a_stopping_loop_takes_no_lease(svc):
-    svc.settings = svc.settings.with_(reconcile_seconds=60.0, retention_days=30.0)
+    svc.settings = svc.settings.with_(message_retention_days=0.0, reconcile_seconds=60.0, retention_days=30.0)
     m = Maintenance(svc)
     m._stop.set()
     assert m.run_once() == [] and holder_of(svc, "reconcile") is None and holder_of(svc, "prune") is None

@@ -63,6 +63,7 @@ def test_each_kind_fits_its_field_type() -> None:
         "str": (str, str | None), "path": (Path,), "choice": (str,), "int": (int,), "float": (float,),
         "bool": (bool,), "csv": (tuple[str, ...],), "lower_csv": (tuple[str, ...],),
         "int_csv": (tuple[int, ...],), "endpoint_map": (dict[str, str],),
+        "float_csv": (tuple[float, ...],), "duration": (float,),
     }
     hints = typing.get_type_hints(Settings)
     for field_name, v in VARS.items():
@@ -193,3 +194,18 @@ def test_with_replaces_and_revalidates() -> None:
     assert s.max_attempts == 3 and Settings().max_attempts == 8
     with pytest.raises(ConfigError, match="RECEIVER_BROKER_URL"):
         s.with_(queue="celery")
+
+
+def test_webhook_settings_parse_schedules_and_durations() -> None:
+    s = Settings.from_env({"RECEIVER_WEBHOOK_RETRY_SCHEDULE": "0.2, 0.2,0.5", "RECEIVER_WEBHOOK_DISABLE_AFTER": "12h",
+                           "RECEIVER_WEBHOOK_ALLOW_PRIVATE": "1"})
+    assert s.webhook_retry_schedule == (0.2, 0.2, 0.5) and s.webhook_disable_after == 43200.0
+    assert s.webhook_allow_private is True
+    assert Settings.from_env({"RECEIVER_WEBHOOK_DISABLE_AFTER": "3600"}).webhook_disable_after == 3600.0
+    assert Settings().webhook_disable_after == 5 * 86400
+    for bad in ("5y", "-1", "0", "nan", "inf", "d", "1e999"):
+        with pytest.raises(ConfigError, match="RECEIVER_WEBHOOK_DISABLE_AFTER"):
+            Settings.from_env({"RECEIVER_WEBHOOK_DISABLE_AFTER": bad})
+    for bad in ("5,x", "-1", "inf", ","):
+        with pytest.raises(ConfigError, match="RECEIVER_WEBHOOK_RETRY_SCHEDULE"):
+            Settings.from_env({"RECEIVER_WEBHOOK_RETRY_SCHEDULE": bad})

@@ -69,6 +69,55 @@ const Receiver = (() => {
 
   function say(text) { $("#status-line").textContent = text; }
 
+  // --- live updates (GET /v1/stream); polling is the fallback while the stream is down ------------------
+  // The URL comes from /v1/stream/url (signed, short-lived, when API keys gate /v1: EventSource cannot send
+  // headers). While the stream is open, the page does not poll. When it fails for good (the browser gave
+  // up: an expired signature on reconnect, 503, a proxy that buffers), polling resumes and a new stream is
+  // tried a little later, resuming after the last message seen.
+  const RETRY_LIVE_MS = 15000;
+  function live(query, handlers) {
+    const state = {open: false, lastId: null};
+    async function connect() {
+      if (!window.EventSource) return;
+      let url;
+      try {
+        url = (await api("/v1/stream/url" + query)).url;
+      } catch (e) {
+        setTimeout(connect, RETRY_LIVE_MS);
+        return;
+      }
+      if (state.lastId !== null) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + state.lastId;
+      const es = new EventSource(url);
+      es.onopen = () => { state.open = true; document.body.dataset.live = "open"; say("Live"); };
+      for (const [type, fn] of Object.entries(handlers)) {
+        es.addEventListener(type, (ev) => {
+          state.lastId = ev.lastEventId || state.lastId;
+          let body;
+          try { body = JSON.parse(ev.data); } catch (e) { return; }
+          Promise.resolve(fn(body.data)).catch((e) => say("Could not show an update: " + e.message));
+        });
+      }
+      es.onerror = () => {
+        if (es.readyState === EventSource.CLOSED) {
+          state.open = false;
+          document.body.dataset.live = "down";
+          say("Live updates interrupted; refreshing every few seconds");
+          setTimeout(connect, RETRY_LIVE_MS);
+        } else {
+          state.open = false; // reconnecting by itself (with Last-Event-ID); poll meanwhile
+          document.body.dataset.live = "reconnecting";
+        }
+      };
+    }
+    connect();
+    return state;
+  }
+
+  async function signedSnapshot(snap) {
+    // Message bodies carry plain thumbnail URLs; with API keys the API hands out signed ones.
+    return cfg.keys_required ? api("/v1/snapshots/" + encodeURIComponent(snap.id)) : snap;
+  }
+
   // --- formatting ------------------------------------------------------------------------------------
   const B83 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
   function placeholderColor(snap) {
@@ -124,20 +173,28 @@ const Receiver = (() => {
       const name = job.name || job.job_id;
       li.querySelector(".name").textContent = name;
       li.querySelector(".jid").textContent = name === job.job_id ? "" : job.job_id;
+      li.dataset.name = name;
       badge(li.querySelector(".badge"), job.health);
+      li.classList.toggle("empty", !job.latest);
+      if (job.latest) showLatest(li, job.latest);
+    }
+
+    function showLatest(li, latest) {
       const img = li.querySelector("img");
-      const latest = job.latest;
-      li.classList.toggle("empty", !latest);
-      if (!latest) return;
+      const shownMs = Number(img.dataset.ms || 0);
+      if (latest.captured_at_ms < shownMs) return; // a late arrival: the card shows the newest
+      li.classList.remove("empty");
       if (img.dataset.snapshotId !== latest.id) {
         const t = thumbFor(latest, 320);
         img.style.backgroundColor = placeholderColor(latest);
         img.src = t.url;
         img.dataset.snapshotId = latest.id;
-        img.alt = `Latest snapshot of ${name}, taken ${fmtTime(latest.captured_at_ms)}`;
+        img.dataset.ms = String(latest.captured_at_ms);
+        img.alt = `Latest snapshot of ${li.dataset.name}, taken ${fmtTime(latest.captured_at_ms)}`;
       }
       const time = li.querySelector("time");
       time.dateTime = latest.captured_at;
+      time.dataset.ms = String(latest.captured_at_ms);
       time.textContent = fmtAgo(latest.captured_at_ms);
     }
 
@@ -158,12 +215,33 @@ const Receiver = (() => {
       say(`Updated ${fmtClock(Date.now())}`);
     }
 
-    loop(refresh);
+    const stream = live("?types=snapshot.created,stream.health_changed", {
+      "snapshot.created": async (snap) => {
+        const li = cards.get(snap.job_id);
+        if (!li) return refresh(); // a job seen for the first time: its card comes from the list
+        showLatest(li, await signedSnapshot(snap));
+        say(`Updated ${fmtClock(Date.now())} (live)`);
+      },
+      "stream.health_changed": (change) => {
+        const li = cards.get(change.job_id);
+        if (li) badge(li.querySelector(".badge"), change.status);
+      },
+    });
+    // "5 s ago" ages without asking the server.
+    setInterval(() => {
+      for (const t of ul.querySelectorAll("time[data-ms]")) t.textContent = fmtAgo(Number(t.dataset.ms));
+    }, 5000);
+    loop(refresh, stream);
   }
 
-  function loop(fn) {
+  function loop(fn, stream) {
+    let first = true;
     const tick = async () => {
-      try { await fn(); } catch (e) { say("Could not refresh: " + e.message); }
+      // The first run loads the page; after it, a live stream makes polling unnecessary.
+      if (first || !stream || !stream.open) {
+        try { await fn(); } catch (e) { say("Could not refresh: " + e.message); }
+      }
+      first = false;
       setTimeout(tick, document.hidden ? cfg.poll_ms * 4 : cfg.poll_ms);
     };
     tick();
@@ -301,16 +379,27 @@ const Receiver = (() => {
     async function loadNewer() {
       if (newestMs === null) return;
       const page = await api(`${base}/snapshots?order=asc&limit=${cfg.page_size}&since=${newestMs + 1}`);
-      for (const s of page.items) {
-        const first = strip.querySelector(".shot");
-        const item = shotItem(s);
-        if (newestMs !== null && s.captured_at_ms - newestMs > cfg.gap_factor * intervalMs) {
-          strip.prepend(gapMarker(s.captured_at_ms, newestMs));
-        }
-        strip.insertBefore(item, strip.firstChild);
-        if (!first) oldestShown = s.captured_at_ms;
-        newestMs = s.captured_at_ms;
+      page.items.forEach(prependNewer);
+    }
+
+    function prependNewer(s) {
+      if (newestMs !== null && s.captured_at_ms <= newestMs) return; // shown already, or older than the top
+      if (strip.querySelector(`.shot[data-id="${s.id}"]`)) return;
+      const first = strip.querySelector(".shot");
+      if (newestMs !== null && s.captured_at_ms - newestMs > cfg.gap_factor * intervalMs) {
+        strip.prepend(gapMarker(s.captured_at_ms, newestMs));
       }
+      strip.insertBefore(shotItem(s), strip.firstChild);
+      if (!first) oldestShown = s.captured_at_ms;
+      newestMs = s.captured_at_ms;
+      if ($("#strip-end").textContent.startsWith("No snapshots")) $("#strip-end").textContent = "";
+    }
+
+    // The timeline follows new snapshots and health changes, redrawn at most every few seconds.
+    let healthTimer = null;
+    function healthSoon() {
+      if (healthTimer) return;
+      healthTimer = setTimeout(() => { healthTimer = null; loadHealth().catch((e) => say(e.message)); }, 3000);
     }
 
     async function showNearest(ms) {
@@ -365,12 +454,24 @@ const Receiver = (() => {
       new IntersectionObserver((entries) => {
         if (entries.some((e) => e.isIntersecting)) loadOlder().catch((e) => say(e.message));
       }, {rootMargin: "200px"}).observe($("#strip-end"));
+      const stream = live("?job_id=" + encodeURIComponent(jobId), {
+        "snapshot.created": async (snap) => {
+          prependNewer(await signedSnapshot(snap));
+          markRuns();
+          healthSoon();
+          say(`Updated ${fmtClock(Date.now())} (live)`);
+        },
+        "stream.health_changed": (change) => {
+          badge($("#job-health"), change.status);
+          healthSoon();
+        },
+      });
       let first = true;
       loop(async () => {
         if (first) { first = false; return; }
         await loadNewer();
         await loadHealth();
-      });
+      }, stream);
     })();
   }
 
