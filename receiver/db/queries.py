@@ -50,6 +50,11 @@ def jobs_with_latest(session: Session, after_job_id: str | None, limit: int) -> 
     return [(job, snap) for job, snap in session.execute(q)]
 
 
+def snapshot_by_id(session: Session, snapshot_id: int) -> Snapshot | None:
+    """By id alone (the mapper's identity is (id, captured_at_ms), the partition key being part of it)."""
+    return session.execute(select(Snapshot).where(Snapshot.id == snapshot_id)).scalar_one_or_none()
+
+
 def latest_snapshot(session: Session, job_id: str) -> Snapshot | None:
     return session.execute(
         select(Snapshot).where(Snapshot.id == _latest_id(job_id).scalar_subquery())

@@ -14,11 +14,11 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy import BigInteger, Connection, bindparam, or_, select, update
 from sqlalchemy.sql import Executable
 
 from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, EventStatus, utcnow
+from receiver.db.models import Event, EventSnapshot, EventStatus, Snapshot, utcnow
 from receiver.exceptions import (
     ImageError,
     JobNotFound,
@@ -77,8 +77,12 @@ def _finish_statement(retry: bool) -> Executable:
 
 @cache
 def _link_statement(dialect: str) -> Executable:
-    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
-    return insert_for(dialect)(EventSnapshot).on_conflict_do_nothing()
+    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link. The
+    # link carries the snapshot's captured_at_ms (the partition key of event_snapshots), read from its row.
+    source = select(bindparam("event_id", type_=BigInteger), Snapshot.id, Snapshot.captured_at_ms).where(
+        Snapshot.id == bindparam("snapshot_id"))
+    return insert_for(dialect)(EventSnapshot).from_select(
+        ["event_id", "snapshot_id", "captured_at_ms"], source).on_conflict_do_nothing()
 
 
 def _claim(svc: Services, event_id: int) -> Claimed | None:
