@@ -6,15 +6,17 @@ import logging
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import Engine
 
 from receiver.adapters.base import IceGateway, SourceStore, ThumbnailStore
 from receiver.adapters.ice import SdkIceGateway
-from receiver.adapters.ice_cache import CachedIceGateway
+from receiver.adapters.ice_cache import CachedIceGateway, SharedJobCache
 from receiver.adapters.oss_policy import EndpointPolicy
 from receiver.adapters.oss_source import OssSourceStore
 from receiver.adapters.thumbstore import thumbnail_store_from_url
 from receiver.config import Settings
 from receiver.db.engine import make_engine, make_session_factory, reader
+from receiver.db.job_cache import DbJobCache
 from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
 from receiver.services import EXTENSION, Dispatcher, Services
@@ -71,9 +73,11 @@ def build_services(
     thumbs: ThumbnailStore | None = None,
 ) -> Services:
     engine = make_engine(settings.database_url)
-    if ice is None:
-        ice = CachedIceGateway.from_settings(SdkIceGateway.from_settings(settings), settings)
     read_engine = reader(engine)
+    shared: SharedJobCache | None = None
+    if ice is None:
+        shared = shared_job_cache(settings, engine, read_engine)
+        ice = CachedIceGateway.from_settings(SdkIceGateway.from_settings(settings), settings, shared=shared)
     svc = Services(
         settings=settings,
         engine=engine,
@@ -90,7 +94,21 @@ def build_services(
     )
     svc.dispatcher = make_dispatcher(svc)
     svc.on_close.append(lambda: release_claimer(svc))
+    close_shared = getattr(shared, "close", None)
+    if close_shared is not None:
+        svc.on_close.append(close_shared)
     return svc
+
+
+def shared_job_cache(settings: Settings, engine: Engine, read_engine: Engine) -> SharedJobCache:
+    """Where every process of the deployment shares GetLiveSnapshotJob answers: the Redis broker when there is
+    one (nothing to migrate, no database write per refresh), else the database all processes already share."""
+    url = settings.broker_url or ""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from receiver.adapters.job_cache_redis import RedisJobCache  # redis comes with the celery extra
+
+        return RedisJobCache(url)
+    return DbJobCache(engine, read_engine)
 
 
 def make_dispatcher(svc: Services) -> Dispatcher:
