@@ -1,5 +1,6 @@
-"""`receiver prune` and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails, old events and old
-cached storyboard sheets.
+"""`receiver prune`, RECEIVER_RETENTION and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails, old
+events and old cached storyboard sheets; thin by the tiers of RECEIVER_RETENTION (receiver/tiers.py, with the
+database side in ops/thinning.py).
 
 Work goes in batches of BATCH rows, one short transaction each, so the callback path (which needs the
 SQLite write lock for its inserts) waits at most one batch.
