@@ -214,7 +214,9 @@ class Snapshot(Base):
     placeholder: Mapped[dict[str, Any] | None]
 
     thumbnails: Mapped[list[Thumbnail]] = relationship(
-        back_populates="snapshot", cascade="all, delete-orphan", lazy="selectin", order_by="Thumbnail.width.desc()",
+        # The read API loads them for a whole page at once (db/queries.py attach_thumbnails); elsewhere a
+        # lazy load names (snapshot_id, captured_at_ms), so PostgreSQL reads one day's partition.
+        back_populates="snapshot", cascade="all, delete-orphan", lazy="select", order_by="Thumbnail.width.desc()",
         primaryjoin="and_(Snapshot.id == foreign(Thumbnail.snapshot_id), "
                     "Snapshot.captured_at_ms == foreign(Thumbnail.captured_at_ms))",
     )
