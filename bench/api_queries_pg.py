@@ -142,8 +142,52 @@ def drop_vs_delete(url: str, day: int) -> tuple[int, float, float]:
     return int(rows), deleted, dropped
 
 
+def reuse(args: argparse.Namespace) -> int:
+    """--pg-reuse PORT: measure the two databases a filled, still running server holds again (the fill takes
+    most of the run); the baseline is the smaller one."""
+    import psycopg
+
+    base_url = f"postgresql+psycopg://postgres@127.0.0.1:{args.pg_reuse}"
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{args.pg_reuse}/postgres") as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't%' "
+                                            "ORDER BY oid").fetchall()]
+    found = []
+    for name in names:
+        engine = make_engine(f"{base_url}/{name}")
+        with engine.connect() as c:
+            n, lo, hi = c.execute(text("SELECT count(*), min(captured_at_ms), max(captured_at_ms) "
+                                       "FROM snapshots")).one()
+        engine.dispose()
+        if n:
+            found.append((int(n), name, day_of(lo), (day_of(hi) - day_of(lo)) // DAY_MS + 1))
+    (n0, base_db, first0, days0), (n1, big_db, first1, days1) = sorted(found)[:2]
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-api-pg-") as tmp:
+        for label, db, first, days, n in (("baseline", base_db, first0, days0, n0), ("big", big_db, first1, days1, n1)):
+            print(f"{label}: {db}, {n:,} snapshots over {days} days", flush=True)
+            results[label] = measure(f"{base_url}/{db}", days, first, args.iterations, Path(tmp))
+            results[label]["rows"] = n
+    report(results, args.iterations, "reused server", *drop_vs_delete(f"{base_url}/{big_db}", first1))
+    return 0
+
+
+def report(results: dict[str, dict[str, float]], iterations: int, server: str, day_rows: int, deleted: float,
+           dropped: float) -> None:
+    base, big = results["baseline"], results["big"]
+    print(f"\nPostgreSQL ({server}), medians of {iterations} requests (jobs list: {max(20, iterations // 10)})")
+    print(f"{'request':<34}{'1M ms':>9}{'big ms':>9}{'big/1M':>8}")
+    for name in base:
+        if name != "rows":
+            print(f"{name:<34}{base[name]:>9.3f}{big[name]:>9.3f}{big[name] / base[name]:>8.2f}")
+    print(f"rows: {base['rows']:,.0f} vs {big['rows']:,.0f}")
+    print(f"one day ({day_rows:,} snapshots + thumbnails + links): row-by-row DELETE {deleted:.2f} s, "
+          f"DETACH + DROP partitions {dropped * 1000:.1f} ms ({deleted / dropped:,.0f}x)")
+
+
 def run_postgres(args: argparse.Namespace) -> int:
     logging.disable(logging.WARNING)
+    if args.pg_reuse:
+        return reuse(args)
     bindir = pg_bindir()
     if bindir is None:
         print("PostgreSQL binaries not found", file=sys.stderr)
@@ -165,14 +209,5 @@ def run_postgres(args: argparse.Namespace) -> int:
             day_rows, deleted, dropped = drop_vs_delete(url, first)
     finally:
         pg.stop()
-    base, big = results["baseline"], results["big"]
-    print(f"\nPostgreSQL {bindir.parent.name}, medians of {args.iterations} requests (jobs list: "
-          f"{max(20, args.iterations // 10)})")
-    print(f"{'request':<34}{'1M ms':>9}{'big ms':>9}{'big/1M':>8}")
-    for name in base:
-        if name != "rows":
-            print(f"{name:<34}{base[name]:>9.3f}{big[name]:>9.3f}{big[name] / base[name]:>8.2f}")
-    print(f"rows: {base['rows']:,.0f} vs {big['rows']:,.0f}")
-    print(f"one day ({day_rows:,} snapshots + thumbnails + links): row-by-row DELETE {deleted:.2f} s, "
-          f"DETACH + DROP partitions {dropped * 1000:.1f} ms ({deleted / dropped:,.0f}x)")
+    report(results, args.iterations, bindir.parent.name, day_rows, deleted, dropped)
     return 0
