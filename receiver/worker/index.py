@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from receiver.adapters.base import JobInfo
-from receiver.db.engine import insert_for
+from receiver.db.engine import insert_for, single_statement
 from receiver.db.models import Job, Snapshot, Thumbnail, utcnow
 from receiver.media.keys import thumbnail_key
 from receiver.media.signals import snapshot_columns
@@ -55,7 +55,7 @@ def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str
 
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
-    with svc.read_engine.connect() as conn:
+    with single_statement(svc.read_engine).connect() as conn:
         return _existing_on(conn, job_id, bucket, key, etag)
 
 

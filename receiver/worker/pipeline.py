@@ -15,9 +15,10 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import BigInteger, Connection, bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
-from receiver.db.engine import insert_for
+from receiver.db.engine import insert_for, single_statement
 from receiver.db.models import Event, EventSnapshot, EventStatus, Snapshot, utcnow
 from receiver.exceptions import (
     ImageError,
@@ -90,14 +91,25 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     now = utcnow()
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
     params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
-    with svc.engine.begin() as conn:
-        row = conn.execute(_claim_statement(), params).one_or_none()
+    try:
+        row = _run_claim(svc, params)
+    except DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+        # The connection died since its last use (the server restarted within PING_AFTER_IDLE_S, db/engine.py):
+        # SQLAlchemy has invalidated the pool; the claim changed nothing, so it runs again on a new connection.
+        row = _run_claim(svc, params)
     return None if row is None else Claimed(*row)
+
+
+def _run_claim(svc: Services, params: dict[str, Any]) -> Any:
+    with single_statement(svc.engine).begin() as conn:
+        return conn.execute(_claim_statement(), params).one_or_none()
 
 
 def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
-    with svc.engine.begin() as conn:
+    with single_statement(svc.engine).begin() as conn:
         return _set_status(conn, ev, status, error, retry_in)
 
 

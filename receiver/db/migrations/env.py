@@ -7,6 +7,7 @@ import re
 from alembic import context
 from sqlalchemy import create_engine
 
+from receiver.db import job_cache  # noqa: F401 - its table belongs to the metadata compared with the database
 from receiver.db.models import Base
 
 config = context.config
