@@ -149,7 +149,7 @@ def reuse(args: argparse.Namespace) -> int:
 
     base_url = f"postgresql+psycopg://postgres@127.0.0.1:{args.pg_reuse}"
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:{args.pg_reuse}/postgres") as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't%' "
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^t[0-9]+_[0-9]+$' "
                                             "ORDER BY oid").fetchall()]
     found = []
     for name in names:
