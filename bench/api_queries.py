@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--pg-days", type=int, default=60)
     ap.add_argument("--pg-dir", type=Path, default=None, help="where the PostgreSQL data directory goes")
     ap.add_argument("--pg-reuse", type=int, default=None, help="port of a server an earlier run filled: measure")
+    ap.add_argument("--rounds", type=int, default=3, help="--pg-reuse: rounds alternating the two databases")
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--iterations", type=int, default=300)
