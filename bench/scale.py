@@ -331,13 +331,14 @@ def main() -> None:
             per = statistics.median(rates) / w
             cpu = statistics.median(r["cpu_ms"] for r in snaps[w])
             msgs = statistics.median(r["messages"] for r in snaps[w])
+            rounds = ", ".join(f"{x / w * k_ms / 1000:.2f}" for x in rates)
             print(f"  {w} worker process(es): {statistics.median(rates):7.1f} snapshots/s = {per:6.1f} per process "
-                  f"= {per * k_ms / 1000:.2f}x kernel  (rounds: {', '.join(f'{x / w * k_ms / 1000:.2f}' for x in rates)}"
-                  f"; worker CPU {cpu:.2f} ms/snapshot; {msgs:.2f} broker messages/snapshot)")
+                  f"= {per * k_ms / 1000:.2f}x kernel  (rounds: {rounds}; worker CPU {cpu:.2f} ms/snapshot; "
+                  f"{msgs:.2f} broker messages/snapshot)")
     if cbs:
         ratios = [c / h for c, h in zip(cbs, healthz, strict=False)]
-        print(f"callbacks on gunicorn (2 workers x 8 threads) + PostgreSQL, 16 keep-alive connections, {a.seconds:.0f} s "
-              "rounds:")
+        print("callbacks on gunicorn (2 workers x 8 threads) + PostgreSQL, 16 keep-alive connections, "
+              f"{a.seconds:.0f} s rounds:")
         print(f"  GET /healthz {statistics.median(healthz):7.0f}/s; callbacks {statistics.median(cbs):7.0f}/s = "
               f"{statistics.median(ratios):.2f}x healthz (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     if cache is not None:
