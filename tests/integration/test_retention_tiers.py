@@ -129,3 +129,42 @@ def test_retention_counts_the_same_on_a_second_look(client, svc: Services, fake_
     second = apply_retention(svc, parse_retention(TIERS), dry_run=True, now=now)
     assert first.thinned == second.thinned and first.snapshots == second.snapshots
     assert total == len(history(now))
+
+
+def test_both_stores_delete_a_day_by_its_prefixes_and_nothing_else(settings, fake_oss, tmp_path):
+    from receiver.adapters.thumbstore import FileThumbnailStore, thumbnail_store_from_url
+    from receiver.media.keys import day_prefixes, thumbnail_key
+
+    fake_oss.create_bucket("thumbs")
+    oss_store = thumbnail_store_from_url(f"oss://thumbs/t/?endpoint={OSS_ENDPOINT}", settings)
+    file_store = FileThumbnailStore(tmp_path / "day-thumbs")
+    day = moment() // DAY_MS * DAY_MS
+    doomed = [thumbnail_key(f"{i:02x}" + "0" * 30, day + i * 1000, 320, "jpg") for i in (0, 7, 255)]
+    kept_keys = [thumbnail_key("ab" + "1" * 30, day + DAY_MS, 320, "jpg"),  # the next day
+                 thumbnail_key("ab" + "2" * 30, day - 1, 160, "jpg"),  # the day before
+                 "ab/" + "3" * 32 + "-320.jpg", "storyboards/ab/sheet.jpg"]  # older layout, sheets
+    try:
+        for store in (oss_store, file_store):
+            for key in doomed + kept_keys:
+                store.put(key, b"x", "image/jpeg")
+            counted = sum(store.delete_prefix(p, dry_run=True) for p in day_prefixes(day))
+            assert counted == 3 and all(store.exists(k) for k in doomed)
+            assert sum(store.delete_prefix(p) for p in day_prefixes(day)) == 3
+            assert [k for k in doomed + kept_keys if store.exists(k)] == kept_keys
+        assert sorted(fake_oss.keys("thumbs")) == sorted(f"t/{k}" for k in kept_keys)
+    finally:
+        oss_store.close()
+
+
+def test_the_maintenance_loop_applies_retention_when_set(client, svc: Services, fake_ice, fake_oss, frame):
+    from receiver.ops.maintenance import Maintenance
+
+    now = now_ms()
+    for age in (0, 10 * DAY_MS):
+        key = put_snapshot(fake_oss, fake_ice, now - age, frame)
+        client.post("/callbacks/live-snapshot", data=callback_body(key, now - age))
+    drain(svc)
+    object.__setattr__(svc.settings, "retention", "2d:all")  # as RECEIVER_RETENTION=2d:all would set it
+    object.__setattr__(svc.settings, "reconcile_seconds", 0.0)
+    assert Maintenance(svc).run_once() == ["prune"]
+    assert [ms for _, _, ms in rows(svc)] == [now]
