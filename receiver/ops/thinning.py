@@ -108,17 +108,16 @@ def drop_day(svc: Services, day_ms: int, batch: int) -> tuple[int, int]:
     with svc.engine.connect() as conn:
         legacy = partitions.has_legacy_keys(conn, day_ms)
     if legacy:
+        # One streamed pass over the day's rows (a server-side cursor): the partition has no index on the key,
+        # and paging by key would scan it once per page. An interrupted pass starts over (deleting a missing
+        # file or object succeeds).
         name = partitions.partition_name("thumbnails", day_ms)
-        last = ""
-        while True:
-            with svc.engine.connect() as conn:
-                keys = list(conn.execute(text(f"SELECT DISTINCT storage_key FROM {name} WHERE storage_key > :k "
-                                              "ORDER BY storage_key LIMIT :n"), {"k": last, "n": batch}).scalars())
-            if not keys:
-                break
-            svc.thumbs.delete(keys)
-            files += len(keys)
-            last = keys[-1]
+        with svc.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(text(f"SELECT storage_key FROM {name}"))
+            for chunk in result.partitions(max(batch, 1000)):
+                keys = sorted({r[0] for r in chunk})
+                svc.thumbs.delete(keys)
+                files += len(keys)
     # New-layout files of that day, also on a legacy day (snapshots indexed after the upgrade).
     for prefix in day_prefixes(day_ms):
         files += svc.thumbs.delete_prefix(prefix)
