@@ -149,7 +149,7 @@ class CachedIceGateway:
     def _lookup(self, job_id: str) -> JobInfo:
         """A local miss: the shared tier's entry, or ICE's answer (asked by one process of the deployment)."""
         shared = self.shared
-        if shared is None or (self._ttl <= 0 and self._negative_ttl <= 0):
+        if shared is None or self._ttl <= 0:  # RECEIVER_JOB_CACHE_SECONDS=0: every event asks ICE itself
             return self._ask(job_id)
         give_up = time.monotonic() + SHARED_LOCK_S
         while True:
