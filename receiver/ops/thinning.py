@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, text
 from sqlalchemy.orm import aliased
 
 from receiver.db import partitions
@@ -53,7 +53,7 @@ def delete_rows(svc: Services, rows: Sequence[Row]) -> int:
     return len(gone)
 
 
-def _surplus(job_id: str, w: Window, after: tuple[int, int] | None):  # type: ignore[no-untyped-def]
+def _surplus(job_id: str, w: Window, after: tuple[int, int] | None) -> Select[int, str, int]:
     s, f = aliased(Snapshot), aliased(Snapshot)
     bucket = s.captured_at_ms - s.captured_at_ms % w.resolution_ms
     earlier = exists().where(
