@@ -13,6 +13,17 @@ measures median latency through the Flask app (test client: routing, auth hooks,
     .venv/bin/python bench/api_queries.py                  # 10M rows (a few minutes of fill)
     .venv/bin/python bench/api_queries.py --rows 1000000   # quicker
     .venv/bin/python bench/api_queries.py --db /tmp/big.db --reuse   # measure an existing fill again
+
+With --postgres: a throwaway PostgreSQL server (tests/support/pg_redis.py; its data directory under
+--pg-dir, default the system temp folder) and the partitioned schema of migration 0007. Two databases, the
+same 200 jobs at the same rate (one snapshot per job every 51.8 s, two thumbnail rows each): the baseline
+with 3 days (1 M snapshots) and the big one with --pg-days days (default 60: 20 M snapshots), each day its
+own partition, filled server-side (INSERT ... SELECT generate_series). The same requests are timed on both
+and reported as big / baseline. Then, on the big database, one day goes two ways in the same run: a
+row-by-row DELETE of its snapshots, thumbnails and links (in a transaction rolled back afterwards), and
+DETACH + DROP of its partitions (ops/retention.py's way).
+
+    .venv/bin/python bench/api_queries.py --postgres --pg-dir /var/tmp
 """
 
 from __future__ import annotations
@@ -90,12 +101,21 @@ def median_ms(fn: Callable[[int], None], n: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--postgres", action="store_true", help="PostgreSQL partitions: 1 M vs --pg-days of rows")
+    ap.add_argument("--pg-days", type=int, default=60)
+    ap.add_argument("--pg-dir", type=Path, default=None, help="where the PostgreSQL data directory goes")
+    ap.add_argument("--pg-reuse", type=int, default=None, help="port of a server an earlier run filled: measure")
+    ap.add_argument("--rounds", type=int, default=3, help="--pg-reuse: rounds alternating the two databases")
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--db", type=Path, help="database file (default: a temporary one, deleted afterwards)")
     ap.add_argument("--reuse", action="store_true", help="measure an existing --db without refilling it")
     args = ap.parse_args()
+    if args.postgres:
+        from api_queries_pg import run_postgres  # the PostgreSQL half, beside this file
+
+        return run_postgres(args)
     if args.rows // args.jobs < 300:
         ap.error("need at least 300 rows per job for a deep history page")
     logging.disable(logging.WARNING)

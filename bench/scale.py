@@ -1,105 +1,355 @@
-"""Scale-out throughput on this machine: real PostgreSQL + Redis, gunicorn and Celery worker subprocesses.
+"""The scale-out shape on this machine: real PostgreSQL + Redis, gunicorn and Celery worker subprocesses.
 
-    .venv/bin/python bench/scale.py [--snapshots 400] [--callbacks 3000]
+    .venv/bin/python bench/scale.py [--snapshots 300] [--workers 1,2] [--rounds 2] [--seconds 3]
+                                    [--cache-seconds 2] [--cache-run 12] [--profile FOLDER]
 
-Prints (1) callbacks/s accepted by gunicorn with 1 and 2 web workers on PostgreSQL (record + publish, no
-processing running), and (2) snapshots/s end to end (callback in -> thumbnail in OSS -> indexed) with 1 and
-2 Celery worker processes (solo pool each). Ratios are against the first configuration of each pair,
-measured in the same run. Needs the postgresql and redis-server packages (.ci/run installs them).
-Fake ICE and fake OSS run in this process; frames are 320x180 so the pipeline, not Pillow, is measured.
+Reports, in one run, each figure against a baseline measured in the same run:
+
+1. snapshots/s end to end per Celery worker process (callback in -> 1080p JPEG fetched from OSS -> 320 + 160 px
+   thumbnails written to the OSS thumbnail store -> indexed on PostgreSQL), `receiver worker --pool solo`,
+   1 and 2 processes, as a ratio of the bare kernel: bench/pipeline.py's `kernel_ms` (make_thumbnails with the
+   service's default widths on the same frames, one thread, no I/O), timed in this process between the runs.
+2. callbacks/s accepted by gunicorn (gunicorn.conf.py: 2 workers x 8 threads) on PostgreSQL with Celery
+   publishing (record + publish, no worker running), as a ratio of `GET /healthz` on the same server, closed
+   loop, 16 keep-alive client connections, interleaved rounds (healthz, callbacks, healthz, ...).
+3. GetLiveSnapshotJob calls per job per cache period with 4 worker processes (RECEIVER_JOB_CACHE_SECONDS
+   = --cache-seconds), counted from the fake ICE's request log while events of 8 jobs keep arriving for
+   --cache-run seconds. 1.0 means one call per job per period for the whole deployment.
+
+Start-up is outside every timed window: servers and workers start, then warm-up events are processed (every
+worker process has run at least one), then the clock starts. --profile FOLDER records the one-worker run's
+worker process with py-spy (idle included) and prints where its time went. Fake ICE and fake OSS run in this
+process. Needs the postgresql and redis-server packages (.ci/run installs them) and `pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from bench.pipeline import DISTINCT, cpu_seconds, kernel_ms  # noqa: E402
 from receiver.sim.fake_ice import FakeIce  # noqa: E402
 from receiver.sim.fake_oss import FakeOss  # noqa: E402
 from receiver.sim.frames import make_frame  # noqa: E402
-from tests.support.cluster import AK, BUCKET, SK, Cluster, seed  # noqa: E402
+from tests.support.cluster import AK, BUCKET, SK, Cluster, callback  # noqa: E402
 from tests.support.pg_redis import PgServer, RedisServer, pg_bindir  # noqa: E402
 
-
-def run_cluster(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, web_workers: int) -> Cluster:
-    db = pg.create_database()
-    c = Cluster(pg.url(db), redis.url, ice, oss, Path(tempfile.mkdtemp(prefix="receiver-bench-")),
-                web_workers=web_workers)
-    c.start_web()
-    return c
+WARM_UP = 8  # events per worker process before the clock starts
+WIDTHS = "320,160"  # the service's default widths, as the kernel uses
+EXTRA_ENV: dict[str, str] = {}  # --env NAME=VALUE: for every service process
 
 
-def callbacks_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, web_workers: int,
-                         n: int, frame: bytes) -> float:
-    job = f"bench-cb-{web_workers}"
-    ice.add_job(job, bucket=BUCKET)
-    bodies = seed(ice, oss, job, n, frame)
-    c = run_cluster(pg, redis, ice, oss, web_workers)
+def new_cluster(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, **env: str) -> Cluster:
+    db = pg.create_database(template=pg.migrated_template())
+    redis_flush(redis)
+    return Cluster(pg.url(db), redis.url, ice, oss, Path(tempfile.mkdtemp(prefix="receiver-bench-")),
+                   web_workers=2, extra_env={"RECEIVER_THUMBNAIL_WIDTHS": WIDTHS, **EXTRA_ENV, **env})
+
+
+def redis_flush(redis: RedisServer) -> None:
+    import redis as redis_client
+
+    r = redis_client.Redis.from_url(redis.url)
+    r.flushdb()
+    r.config_resetstat()
+    r.close()
+
+
+def redis_pushes(redis: RedisServer) -> int:
+    """Messages sent to the broker so far (kombu's Redis transport LPUSHes each one)."""
+    import redis as redis_client
+
+    r = redis_client.Redis.from_url(redis.url)
     try:
-        c.post(bodies[:100], threads=16)  # warm up connections and caches
-        t = time.perf_counter()
-        c.post(bodies[100:], threads=16)
-        elapsed = time.perf_counter() - t
-        assert c.counts(job)["pending"] == n
-        return (n - 100) / elapsed
+        return int(r.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))
     finally:
-        c.stop()
+        r.close()
 
 
-def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, workers: int, n: int,
-                         frame: bytes) -> float:
-    job = f"bench-snap-{workers}"
+def seed(ice: FakeIce, oss: FakeOss, job: str, frames: list[bytes], n: int, t0: int = 1796212805000) -> list[bytes]:
     ice.add_job(job, bucket=BUCKET)
-    bodies = seed(ice, oss, job, n + 20, frame)
-    c = run_cluster(pg, redis, ice, oss, 2)
+    bodies = []
+    for i in range(n):
+        ms = t0 + i * 1000
+        key = f"snapshot/{job}/{ms}.jpg"
+        oss.put(BUCKET, key, frames[i % len(frames)])
+        ice.add_file(job, key, ms)
+        bodies.append(callback(job, key, ms))
+    return bodies
+
+
+def worker_pids(c: Cluster) -> list[int]:
+    """The Celery worker processes (`receiver worker --pool solo` runs tasks in the process itself)."""
+    return [p.pid for p in c.workers]
+
+
+def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, frames: list[bytes],
+                         workers: int, n: int, tag: str, profile: Path | None) -> dict[str, float]:
+    job = f"bench-snap-{tag}"
+    bodies = seed(ice, oss, job, frames, n)
+    c = new_cluster(pg, redis, ice, oss)
     try:
+        c.start_web()
         for _ in range(workers):
             c.start_worker("solo")
-        c.post(bodies[:20])  # warm-up: workers connected, job cached
-        c.wait_done(job, 20, 60)
+        # Warm-up (not timed): every worker process connected, its statements prepared, the job cached.
+        warm_job = f"{job}-warm"
+        warm = seed(ice, oss, warm_job, frames, WARM_UP * workers)
+        c.post(warm, threads=4)
+        counts = c.wait_done(warm_job, len(warm), 120)
+        assert counts.get("done") == len(warm), (counts, c.logs())
+        time.sleep(0.5)
+        pids = worker_pids(c)
+        cpu0 = sum(cpu_seconds(p) for p in pids)
+        pushes0 = redis_pushes(redis)
+        spy = None
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--rate", "100",
+                                    "--format", "raw", "--output", str(profile / f"worker-{tag}.txt"),
+                                    "--pid", str(pids[0]), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
         t = time.perf_counter()
-        c.post(bodies[20:], threads=8)
-        counts = c.wait_done(job, n + 20, 600)
+        c.post(bodies, threads=8)
+        counts = c.wait_done(job, n, 600)
         elapsed = time.perf_counter() - t
-        assert counts.get("done") == n + 20 and counts["snapshots"] == n + 20, counts
-        return n / elapsed
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        if spy is not None:
+            spy.send_signal(2)  # SIGINT: py-spy writes what it recorded
+            spy.wait(timeout=60)
+        messages = redis_pushes(redis) - pushes0
+        assert counts.get("done") == n and counts["snapshots"] == n, (counts, c.logs())
+        return {"rate": n / elapsed, "cpu_ms": cpu / n * 1000, "messages": messages / n}
     finally:
         c.stop()
+
+
+class Loader:
+    """A closed loop of keep-alive connections sending one kind of request for a while."""
+
+    def __init__(self, port: int, threads: int) -> None:
+        self.port, self.threads = port, threads
+
+    def run(self, seconds: float, request: tuple[str, str] | None, bodies: list[bytes] | None = None) -> float:
+        """Requests/s over ``seconds``: GET ``request`` path, or POST each of ``bodies`` (each once)."""
+        done = Counter[int]()
+        lock = threading.Lock()
+        it = iter(bodies or [])
+        stop = time.perf_counter() + seconds
+
+        def loop(slot: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            n = 0
+            while time.perf_counter() < stop:
+                if request is not None:
+                    conn.request(*request)
+                else:
+                    with lock:
+                        body = next(it, None)
+                    if body is None:
+                        break
+                    conn.request("POST", "/callbacks/live-snapshot", body=body,
+                                 headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"answered {resp.status}")
+                n += 1
+            conn.close()
+            done[slot] = n
+
+        t = time.perf_counter()
+        ts = [threading.Thread(target=loop, args=(i,)) for i in range(self.threads)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        return sum(done.values()) / (time.perf_counter() - t)
+
+
+def callbacks_vs_healthz(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, rounds: int,
+                         seconds: float) -> tuple[list[float], list[float]]:
+    job = "bench-cb"
+    ice.add_job(job, bucket=BUCKET)
+    # Bodies only: intake records without asking ICE or OSS. More than a round can send.
+    bodies = [callback(job, f"snapshot/{job}/{1796212805000 + i}.jpg", 1796212805000 + i) for i in range(200_000)]
+    c = new_cluster(pg, redis, ice, oss)
+    loader = Loader(c.port, 16)
+    try:
+        c.start_web()
+        loader.run(1.0, ("GET", "/healthz"))  # warm-up: connections, imports, the broker connection
+        loader.run(1.0, None, bodies[:500])
+        del bodies[:500]
+        healthz, cbs = [], []
+        for _ in range(rounds):
+            healthz.append(loader.run(seconds, ("GET", "/healthz")))
+            before = len(bodies)
+            rate = loader.run(seconds, None, bodies)
+            cbs.append(rate)
+            del bodies[:before]  # each body once: the rest are dropped (a round never sends them all)
+            bodies = [callback(job, f"snapshot/{job}/x{len(cbs)}-{i}.jpg", 1796212805000 + i) for i in range(200_000)]
+        return healthz, cbs
+    finally:
+        c.stop()
+
+
+def ice_calls_per_period(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, workers: int,
+                         cache_seconds: float, run_seconds: float, jobs: int = 8) -> dict[str, float]:
+    """GetLiveSnapshotJob calls per job per cache period while every job keeps sending events to every worker."""
+    frame = make_frame(seed=5, width=320, height=180)
+    rate_per_job = 10  # events/s per job: every worker sees every job several times per period
+    per_job = int(run_seconds * rate_per_job)
+    names = [f"bench-cache-{i}" for i in range(jobs)]
+    bodies = {j: seed(ice, oss, j, [frame], per_job + WARM_UP, t0=1796300000000) for j in names}
+    c = new_cluster(pg, redis, ice, oss, RECEIVER_JOB_CACHE_SECONDS=str(cache_seconds))
+    try:
+        c.start_web()
+        for _ in range(workers):
+            c.start_worker("solo")
+        warm_job = "bench-cache-warm"
+        warm = seed(ice, oss, warm_job, [frame], WARM_UP * workers, t0=1796300000000)
+        c.post(warm, threads=4)
+        c.wait_done(warm_job, len(warm), 120)
+        # Let every cache entry the warm-up made expire, so the window starts cold for the measured jobs.
+        time.sleep(cache_seconds + 0.5)
+        t_start = time.time()
+        ticks = int(run_seconds * 10)
+        for k in range(ticks):
+            due = t_start + k / 10
+            time.sleep(max(0.0, due - time.time()))
+            batch = [bodies[j][k] for j in names if k < per_job]
+            c.post(batch, threads=len(batch))
+        for j in names:
+            c.wait_done(j, per_job, 120)
+        t_end = time.time()
+        calls = [r for r in ice.requests if r["action"] == "GetLiveSnapshotJob"
+                 and r["params"].get("JobId") in names and t_start - 0.5 <= r["time"] <= t_end]
+        periods = max(1.0, (t_end - t_start) / cache_seconds)
+        per_job_calls = Counter(r["params"]["JobId"] for r in calls)
+        return {"calls": len(calls), "periods": periods, "jobs": jobs,
+                "per_job_period": len(calls) / jobs / periods, "max_job": max(per_job_calls.values(), default=0)}
+    finally:
+        c.stop()
+
+
+# --- where a worker's time went (py-spy raw stacks) ----------------------------------------------------------
+
+CATEGORIES = [  # first match wins, on the whole stack (outermost first) joined by ';'
+    ("image work (decode, resize, encode, signals)", ("make_thumbnails", "snapshot_columns")),
+    ("PostgreSQL: pool pre-ping", ("do_ping",)),
+    ("OSS (fetch, thumbnail put)", ("oss_transport.py", "oss_source.py", "thumbstore.py", "oss2/")),
+    ("ICE (GetLiveSnapshotJob, SDK)", ("receiver/adapters/ice.py", "alibabacloud", "darabonba")),
+    ("job cache (shared tier)", ("job_cache",)),
+    ("PostgreSQL: psycopg (round trips)", ("psycopg/", "psycopg_binary")),
+    ("SQLAlchemy (Python)", ("sqlalchemy/",)),
+    ("idle between messages (broker wait)", ("_epoll.poll", "poll (kombu/utils/eventio.py")),
+    ("Celery/kombu/Redis (message handling)", ("kombu/", "celery/", "redis/", "billiard/", "vine/")),
+]
+
+
+def profile_summary(path: Path) -> list[tuple[str, float]]:
+    """Shares of the wall time of the process's main thread (the solo pool runs tasks there), idle included."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or not stack.startswith("_run_module_as_main"):
+            continue  # other threads (heartbeat, sweeper, publisher) mostly sleep
+        cat = next((name for name, marks in CATEGORIES if any(m in stack for m in marks)), "other (worker code, GC)")
+        counts[cat] += int(n)
+    total = sum(counts.values()) or 1
+    return [(k, v / total * 100) for k, v in counts.most_common()]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--snapshots", type=int, default=400)
-    ap.add_argument("--callbacks", type=int, default=3000)
-    args = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--snapshots", type=int, default=300)
+    ap.add_argument("--workers", default="1,2", help="Celery worker process counts for the end-to-end figure")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of each figure (interleaved with its baseline)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each callbacks and /healthz round")
+    ap.add_argument("--cache-seconds", type=float, default=2.0)
+    ap.add_argument("--cache-run", type=float, default=12.0)
+    ap.add_argument("--cache-workers", type=int, default=4)
+    ap.add_argument("--skip", default="", help="comma-separated: snapshots,callbacks,cache")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy the one-worker run's worker into FOLDER")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for every service process (e.g. RECEIVER_REDISPATCH_SECONDS=120)")
+    a = ap.parse_args()
+    EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
+    skip = set(filter(None, a.skip.split(",")))
     bindir = pg_bindir()
-    if bindir is None:
-        sys.exit("PostgreSQL binaries not found (apt-get install postgresql redis-server)")
-    import shutil
-
     redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        sys.exit("redis-server not found")
-    frame = make_frame(seed=3, width=320, height=180)
+    if bindir is None or redis_bin is None:
+        sys.exit("PostgreSQL or redis-server not found (apt-get install postgresql redis-server)")
+    worker_counts = [int(w) for w in a.workers.split(",")]
+    frames = [make_frame(seed=i, kind="photo") for i in range(DISTINCT)]
+    kernel_n = 60
+    kernel = [kernel_ms(frames, kernel_n)]
+    snaps: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
+    healthz: list[float] = []
+    cbs: list[float] = []
+    cache: dict[str, float] | None = None
     pg, redis = PgServer(bindir).start(), RedisServer(redis_bin).start()
     try:
         with FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss:
-            cb = {w: callbacks_per_second(pg, redis, ice, oss, w, args.callbacks, frame) for w in (1, 2)}
-            snap = {w: snapshots_per_second(pg, redis, ice, oss, w, args.snapshots, frame) for w in (1, 2)}
+            if "snapshots" not in skip:
+                for r in range(a.rounds):
+                    for w in worker_counts:
+                        prof = a.profile if (a.profile is not None and w == 1 and r == 0) else None
+                        snaps[w].append(snapshots_per_second(pg, redis, ice, oss, frames, w, a.snapshots,
+                                                             f"{w}w{r}", prof))
+                        kernel.append(kernel_ms(frames, kernel_n))
+            if "callbacks" not in skip:
+                healthz, cbs = callbacks_vs_healthz(pg, redis, ice, oss, a.rounds + 1, a.seconds)
+            if "cache" not in skip:
+                cache = ice_calls_per_period(pg, redis, ice, oss, a.cache_workers, a.cache_seconds, a.cache_run)
     finally:
         redis.stop()
         pg.stop()
-    print(f"callbacks accepted by gunicorn on PostgreSQL ({args.callbacks - 100} callbacks, 16 client threads):")
-    for w, v in cb.items():
-        print(f"  gunicorn {w} worker(s) x 8 threads: {v:8.0f} callbacks/s  ({v / cb[1]:.2f}x)")
-    print(f"snapshots end to end ({args.snapshots} callbacks of 320x180 frames, thumbnails to OSS):")
-    for w, v in snap.items():
-        print(f"  {w} Celery worker process(es), solo pool: {v:8.1f} snapshots/s  ({v / snap[1]:.2f}x)")
+    k_ms = statistics.median(kernel)
+    print(f"machine: {__import__('os').cpu_count()} cores; 1920x1080 photo JPEGs ({DISTINCT} distinct, "
+          f"{statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths {WIDTHS}")
+    print(f"bare kernel (bench/pipeline.py kernel_ms: make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = "
+          f"{1000 / k_ms:.1f} frames/s (median of {len(kernel)}: {', '.join(f'{k:.2f}' for k in kernel)})")
+    if snaps[worker_counts[0]]:
+        print(f"snapshots end to end ({a.snapshots} callbacks per run, gunicorn 2x8 + PostgreSQL + Redis + "
+              "`receiver worker --pool solo` x N, thumbnails to the fake OSS):")
+        for w in worker_counts:
+            rates = [r["rate"] for r in snaps[w]]
+            per = statistics.median(rates) / w
+            cpu = statistics.median(r["cpu_ms"] for r in snaps[w])
+            msgs = statistics.median(r["messages"] for r in snaps[w])
+            rounds = ", ".join(f"{x / w * k_ms / 1000:.2f}" for x in rates)
+            print(f"  {w} worker process(es): {statistics.median(rates):7.1f} snapshots/s = {per:6.1f} per process "
+                  f"= {per * k_ms / 1000:.2f}x kernel  (rounds: {rounds}; worker CPU {cpu:.2f} ms/snapshot; "
+                  f"{msgs:.2f} broker messages/snapshot)")
+    if cbs:
+        ratios = [c / h for c, h in zip(cbs, healthz, strict=False)]
+        print("callbacks on gunicorn (2 workers x 8 threads) + PostgreSQL, 16 keep-alive connections, "
+              f"{a.seconds:.0f} s rounds:")
+        print(f"  GET /healthz {statistics.median(healthz):7.0f}/s; callbacks {statistics.median(cbs):7.0f}/s = "
+              f"{statistics.median(ratios):.2f}x healthz (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if cache is not None:
+        print(f"GetLiveSnapshotJob with {a.cache_workers} worker processes, {cache['jobs']:.0f} jobs x 10 events/s, "
+              f"RECEIVER_JOB_CACHE_SECONDS={a.cache_seconds:g}, {cache['periods']:.1f} periods: {cache['calls']:.0f} "
+              f"calls = {cache['per_job_period']:.2f} per job per period (most for one job: {cache['max_job']:.0f})")
+    if a.profile is not None:
+        for p in sorted(a.profile.glob("worker-*.txt")):
+            print(f"where the one worker process's time went ({p}, py-spy --idle):")
+            for name, pct in profile_summary(p):
+                print(f"  {pct:5.1f} %  {name}")
 
 
 if __name__ == "__main__":

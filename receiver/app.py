@@ -7,18 +7,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import Engine
 
 from receiver.accounts import Accounts, load_accounts
 from receiver.adapters.base import IceGateway, SourceStore, ThumbnailStore
 from receiver.adapters.credentials import build_credentials
 from receiver.adapters.ice import SdkIceGateway, build_client
-from receiver.adapters.ice_cache import CachedIceGateway
+from receiver.adapters.ice_cache import CachedIceGateway, SharedJobCache, scoped_job_cache
 from receiver.adapters.oss_policy import EndpointPolicy
 from receiver.adapters.oss_source import OssSourceStore
 from receiver.adapters.ratelimit import TokenBucket
 from receiver.adapters.thumbstore import thumbnail_store_from_url
 from receiver.config import Settings
 from receiver.db.engine import make_engine, make_session_factory, reader
+from receiver.db.job_cache import DbJobCache
 from receiver.intake import view as callbacks
 from receiver.intake.inbox import GroupCommitter
 from receiver.services import EXTENSION, AccountGateways, Dispatcher, Services
@@ -78,8 +80,8 @@ def _warn_without_credentials(svc: Services) -> None:
                     '"credentials": "missing"')
 
 
-def build_gateways(settings: Settings, accounts: Accounts,
-                   environ: Mapping[str, str] | None = None) -> dict[str, AccountGateways]:
+def build_gateways(settings: Settings, accounts: Accounts, environ: Mapping[str, str] | None = None,
+                   shared: SharedJobCache | None = None) -> dict[str, AccountGateways]:
     """Per account: one credential object, one ICE client on its endpoint behind its token bucket and the job
     cache, and one OSS source store, all signing with that credential."""
     credentials = build_credentials(accounts, settings, environ)
@@ -95,7 +97,8 @@ def build_gateways(settings: Settings, accounts: Accounts,
                                   settings.security_token, account.region, settings.ice_timeout_ms)
         sdk = SdkIceGateway(client, account=account.alias, credential=credential, bucket=bucket)
         out[account.alias] = AccountGateways(
-            account=account, credential=credential, ice=CachedIceGateway.from_settings(sdk, settings),
+            account=account, credential=credential, ice=CachedIceGateway.from_settings(
+                sdk, settings, shared=None if shared is None else scoped_job_cache(shared, account.alias)),
             source=OssSourceStore(settings, credential if credential.configured else None, account.alias),
             bucket=bucket)
     return out
@@ -113,9 +116,13 @@ def build_services(
     """``gateways`` (tests) replace the per-account ones built from ``accounts`` (default: RECEIVER_ACCOUNTS_FILE,
     read and checked here: a bad file raises ConfigError before anything is built)."""
     accounts = accounts if accounts is not None else load_accounts(settings)
-    gateways = gateways if gateways is not None else build_gateways(settings, accounts)
-    primary = accounts.primary.alias
     engine = make_engine(settings.database_url)
+    read_engine = reader(engine)
+    shared: SharedJobCache | None = None
+    if gateways is None:
+        shared = shared_job_cache(settings, engine, read_engine)
+        gateways = build_gateways(settings, accounts, shared=shared)
+    primary = accounts.primary.alias
     if ice is None:
         ice = gateways[primary].ice
     if source is None:
@@ -124,7 +131,6 @@ def build_services(
         # The receiver's own bucket is signed by the primary account's credential object (a default chain
         # that found a credentials URI included), so renewed tokens reach its presigned URLs too.
         thumbs = thumbnail_store_from_url(settings.thumbnail_store, settings, gateways[primary].credential)
-    read_engine = reader(engine)
     svc = Services(
         settings=settings,
         engine=engine,
@@ -144,7 +150,21 @@ def build_services(
     )
     svc.dispatcher = make_dispatcher(svc)
     svc.on_close.append(lambda: release_claimer(svc))
+    close_shared = getattr(shared, "close", None)
+    if close_shared is not None:
+        svc.on_close.append(close_shared)
     return svc
+
+
+def shared_job_cache(settings: Settings, engine: Engine, read_engine: Engine) -> SharedJobCache:
+    """Where every process of the deployment shares GetLiveSnapshotJob answers: the Redis broker when there is
+    one (nothing to migrate, no database write per refresh), else the database all processes already share."""
+    url = settings.broker_url or ""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from receiver.adapters.job_cache_redis import RedisJobCache  # redis comes with the celery extra
+
+        return RedisJobCache(url)
+    return DbJobCache(engine, read_engine)
 
 
 def make_dispatcher(svc: Services) -> Dispatcher:

@@ -13,6 +13,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from receiver.tiers import RetentionError, parse_retention
+
 T = TypeVar("T")
 
 
@@ -210,7 +212,10 @@ class Settings:
     discover_jobs: bool = setting("RECEIVER_DISCOVER_JOBS", False, "track every started job whose CallbackUrl "
                                   "points at `RECEIVER_PUBLIC_URL`")
     retention_days: float = setting("RECEIVER_RETENTION_DAYS", 0.0, "delete snapshots older than this (0 = keep "
-                                    "all)")
+                                    "all); ignored when `RECEIVER_RETENTION` is set")
+    retention: str = setting("RECEIVER_RETENTION", "", "tiered retention, e.g. `7d:all,90d:1m,1y:1h` (see "
+                             "operations.md); applied by `receiver prune` and hourly by maintenance",
+                             default_doc="empty (keep all)")
     queue: str = setting("RECEIVER_QUEUE", "thread", "how events reach workers", choices=("thread", "celery"))
     worker_pool: str = setting("RECEIVER_WORKER_POOL", "thread", "how in-process workers run",
                                choices=("thread", "process"))
@@ -292,6 +297,10 @@ class Settings:
                 raise ConfigError(f"{var.name} must be {' or '.join(var.choices)}, got {value!r}")
         if not self.thumbnail_widths or any(w < 8 or w > 4096 for w in self.thumbnail_widths):
             raise ConfigError("RECEIVER_THUMBNAIL_WIDTHS must be a list of widths between 8 and 4096")
+        try:
+            parse_retention(self.retention)
+        except RetentionError as e:
+            raise ConfigError(str(e)) from None
         if self.queue == "celery" and not self.broker_url:
             raise ConfigError("RECEIVER_QUEUE=celery needs RECEIVER_BROKER_URL")
 

@@ -203,3 +203,7 @@ class ThumbnailStore(Protocol):
     def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
         """Objects under ``prefix`` last modified before ``before`` (Unix seconds): deleted, or only counted."""
         ...
+
+    def delete_prefix(self, prefix: str, *, dry_run: bool = False) -> int:
+        """Every object under ``prefix`` (ending in "/"): deleted, or only counted."""
+        ...

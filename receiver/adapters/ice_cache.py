@@ -1,23 +1,84 @@
 """A caching IceGateway: GetLiveSnapshotJob answers kept for a short TTL, with single flight; and
-ListLiveSnapshotFiles pages shared by the events of one batch (``list_files_shared``)."""
+ListLiveSnapshotFiles pages shared by the events of one batch (``list_files_shared``).
+
+With a ``shared`` tier (Redis, or the database: receiver/adapters/job_cache_redis.py, receiver/db/job_cache.py)
+the answers are shared by every process of the deployment: a process that misses its own cache reads the
+shared entry, and when that has expired too, one process (the holder of a short per-job lock) asks ICE while
+the others wait for its answer. Every process's entry expires when the shared one does, so the deployment
+calls GetLiveSnapshotJob about once per job per RECEIVER_JOB_CACHE_SECONDS, however many workers it runs.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary
 from receiver.config import Settings
 from receiver.exceptions import JobNotFound
 from receiver.timeutil import now_ms
 
+log = logging.getLogger(__name__)
+
 # How long a shared ListLiveSnapshotFiles page is kept. Freshness is the caller's (``fetched_after_ms``); this
 # only bounds memory and how long a burst of events can lean on one answer.
 LISTING_TTL_S = 30.0
 MAX_LISTINGS = 1000
+# Cross-process single flight: how long the process asking ICE holds a job's lock (longer than the SDK's own
+# timeouts), and how often the others look for its answer. A waiter that outlives the lock asks ICE itself.
+SHARED_LOCK_S = 15.0
+SHARED_POLL_S = 0.02
+
+
+class SharedJobCache(Protocol):
+    """The deployment-wide tier of the job cache. Times are wall-clock epoch seconds (processes share no
+    monotonic clock). ``raw`` is JobInfo.to_json(), or None for a job ICE does not know (negative entry)."""
+
+    def get(self, job_id: str) -> tuple[float, dict[str, Any] | None] | None:
+        """(expires_at, raw) of a live entry, or None."""
+        ...
+
+    def put(self, job_id: str, raw: dict[str, Any] | None, expires_at: float) -> None: ...
+    def try_lock(self, job_id: str, seconds: float) -> bool:
+        """Become the one process asking ICE about ``job_id`` (False: another is asking)."""
+        ...
+
+    def unlock(self, job_id: str) -> None: ...
+    def invalidate(self, job_id: str) -> None: ...
+
+
+class _ScopedJobCache:
+    """One account's view of the shared tier. Job ids are ICE's and unique, but a negative entry is not: a
+    callback on account A's token naming B's new job gets JobNotFound from A's ICE, which must not make B's
+    own events find "unknown job" in the shared tier."""
+
+    def __init__(self, inner: SharedJobCache, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def get(self, job_id: str) -> tuple[float, dict[str, Any] | None] | None:
+        return self.inner.get(self.prefix + job_id)
+
+    def put(self, job_id: str, raw: dict[str, Any] | None, expires_at: float) -> None:
+        self.inner.put(self.prefix + job_id, raw, expires_at)
+
+    def try_lock(self, job_id: str, seconds: float) -> bool:
+        return self.inner.try_lock(self.prefix + job_id, seconds)
+
+    def unlock(self, job_id: str) -> None:
+        self.inner.unlock(self.prefix + job_id)
+
+    def invalidate(self, job_id: str) -> None:
+        self.inner.invalidate(self.prefix + job_id)
+
+
+def scoped_job_cache(inner: SharedJobCache, account: str) -> SharedJobCache:
+    """``inner`` for one account's gateway; the account ``default`` keeps bare job ids (as before accounts)."""
+    return inner if account == "default" else _ScopedJobCache(inner, f"{account}:")
 
 
 @dataclass
@@ -55,8 +116,11 @@ class CachedIceGateway:
         max_entries: int = 10_000,
         listing_ttl: float = LISTING_TTL_S,
         wall_ms: Callable[[], int] = now_ms,
+        shared: SharedJobCache | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.inner = inner
+        self.shared, self._wall = shared, wall
         self._ttl, self._negative_ttl, self._clock, self._max = ttl, negative_ttl, clock, max_entries
         self._lock = threading.Lock()
         self._entries: dict[
@@ -68,12 +132,19 @@ class CachedIceGateway:
         self._page_flights: dict[_PageKey, _PageFlight] = {}
 
     @classmethod
-    def from_settings(cls, inner: IceGateway, settings: Settings) -> CachedIceGateway:
-        return cls(inner, ttl=settings.job_cache_seconds, negative_ttl=settings.job_negative_cache_seconds)
+    def from_settings(cls, inner: IceGateway, settings: Settings,
+                      shared: SharedJobCache | None = None) -> CachedIceGateway:
+        return cls(inner, ttl=settings.job_cache_seconds, negative_ttl=settings.job_negative_cache_seconds,
+                   shared=shared)
 
     def invalidate(self, job_id: str) -> None:
         with self._lock:
             self._entries.pop(job_id, None)
+        if self.shared is not None:
+            try:
+                self.shared.invalidate(job_id)
+            except Exception:
+                log.warning("could not drop job %s from the shared job cache", job_id, exc_info=True)
 
     def get_job(self, job_id: str) -> JobInfo:
         with self._lock:
@@ -91,12 +162,10 @@ class CachedIceGateway:
             assert flight.job is not None
             return flight.job
         try:
-            flight.job = self.inner.get_job(job_id)
-            self._store(job_id, self._ttl, flight.job)
+            flight.job = self._lookup(job_id)
             return flight.job
         except JobNotFound as e:
             flight.error = e
-            self._store(job_id, self._negative_ttl, None)
             raise
         except BaseException as e:
             flight.error = e  # not cached: a transient failure must not stick
@@ -105,6 +174,72 @@ class CachedIceGateway:
             with self._lock:
                 del self._flights[job_id]
             flight.done.set()
+
+    def _lookup(self, job_id: str) -> JobInfo:
+        """A local miss: the shared tier's entry, or ICE's answer (asked by one process of the deployment)."""
+        shared = self.shared
+        if shared is None or self._ttl <= 0:  # RECEIVER_JOB_CACHE_SECONDS=0: every event asks ICE itself
+            return self._ask(job_id)
+        give_up = time.monotonic() + SHARED_LOCK_S
+        while True:
+            try:
+                hit = shared.get(job_id)
+                if hit is not None:
+                    return self._from_shared(job_id, *hit)
+                leader = shared.try_lock(job_id, SHARED_LOCK_S)
+            except JobNotFound:
+                raise
+            except Exception:
+                # The shared tier is down (Redis restarting, the database briefly away): ask ICE directly.
+                log.warning("shared job cache unavailable; asking ICE for %s directly", job_id, exc_info=True)
+                return self._ask(job_id)
+            if leader:
+                try:
+                    # Another process may have answered between our look and our lock (Redis hands a released
+                    # lock to the next asker): look once more before asking ICE.
+                    try:
+                        hit = shared.get(job_id)
+                    except Exception:
+                        hit = None
+                    if hit is not None:
+                        return self._from_shared(job_id, *hit)
+                    return self._ask(job_id, shared)
+                finally:
+                    try:
+                        shared.unlock(job_id)
+                    except Exception:
+                        log.warning("could not release the job-cache lock of %s (it expires)", job_id)
+            if time.monotonic() >= give_up:
+                return self._ask(job_id, shared)  # the lock holder died or hangs: its lock expires, we go on
+            time.sleep(SHARED_POLL_S)
+
+    def _from_shared(self, job_id: str, expires_at: float, raw: dict[str, Any] | None) -> JobInfo:
+        remaining = expires_at - self._wall()
+        job = None if raw is None else JobInfo.from_json(raw)
+        # Expire with the shared entry, so every process comes back to it (and to ICE) at the same moment.
+        self._store(job_id, min(remaining, self._ttl if job is not None else self._negative_ttl), job)
+        if job is None:
+            raise JobNotFound(f"GetLiveSnapshotJob {job_id!r}: no such job (cached)")
+        return job
+
+    def _ask(self, job_id: str, shared: SharedJobCache | None = None) -> JobInfo:
+        try:
+            job = self.inner.get_job(job_id)
+        except JobNotFound:
+            self._store(job_id, self._negative_ttl, None)
+            self._publish(shared, job_id, None, self._negative_ttl)
+            raise
+        self._store(job_id, self._ttl, job)
+        self._publish(shared, job_id, job.to_json(), self._ttl)
+        return job
+
+    def _publish(self, shared: SharedJobCache | None, job_id: str, raw: dict[str, Any] | None, ttl: float) -> None:
+        if shared is None or ttl <= 0:
+            return
+        try:
+            shared.put(job_id, raw, self._wall() + ttl)
+        except Exception:
+            log.warning("could not share job %s in the job cache", job_id, exc_info=True)
 
     def _store(self, job_id: str, ttl: float, job: JobInfo | None) -> None:
         if ttl <= 0:

@@ -109,6 +109,14 @@ class FileThumbnailStore:
     def presign(self, key: str, expires: int) -> str | None:
         return None
 
+    def delete_prefix(self, prefix: str, *, dry_run: bool = False) -> int:
+        found: list[Path] = []
+        for folder, _subfolders, names in os.walk(self.path_for(prefix.rstrip("/"))):
+            found.extend(Path(folder, name) for name in names)
+        if not dry_run:
+            self._unlink(found)
+        return len(found)
+
     def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
         old: list[Path] = []
         # os.walk does not follow links; lstat dates a link itself, and unlink removes only the link. The
@@ -174,6 +182,14 @@ class OssThumbnailStore:
         k = self._key(key)
         with translated(f"oss://{self.bucket.bucket_name}/{k}"):
             return bool(self.bucket.object_exists(k))
+
+    def delete_prefix(self, prefix: str, *, dry_run: bool = False) -> int:
+        full = self._key(prefix)
+        with translated(f"oss://{self.bucket.bucket_name}/{full} (list)", "ListObjectsV2"):
+            found = [o.key[len(self.prefix):] for o in oss2.ObjectIteratorV2(self.bucket, prefix=full)]
+        if not dry_run:
+            self.delete(found)
+        return len(found)
 
     def delete_older_than(self, prefix: str, before: float, *, dry_run: bool = False) -> int:
         full = self._key(prefix)

@@ -16,11 +16,12 @@ from receiver.ops.backfill import backfill
 from receiver.ops.reconcile import Reconciler
 from receiver.ops.replay import replay as do_replay
 from receiver.ops.replay import run_events
-from receiver.ops.retention import PruneIncomplete, parse_duration
+from receiver.ops.retention import PruneIncomplete, apply_retention, parse_duration
 from receiver.ops.retention import prune as do_prune
 from receiver.ops.tracking import discover
 from receiver.ops.tracking import track as do_track
 from receiver.ops.tracking import untrack as do_untrack
+from receiver.tiers import parse_retention
 from receiver.timeutil import ms_to_iso, parse_time_ms
 
 
@@ -127,23 +128,36 @@ def replay(state: CliState, statuses: tuple[str, ...], job_id: str | None, proce
 
 
 @click.command()
-@click.option("--older-than", "older_than", required=True, help="Age like 12h, 30d, 2w.")
+@click.option("--older-than", "older_than", default=None,
+              help="Age like 12h, 30d, 2w. Without it: apply RECEIVER_RETENTION.")
 @click.option("--dry-run", is_flag=True, help="Print what would go; delete nothing.")
 @pass_state
-def prune(state: CliState, older_than: str, dry_run: bool) -> None:
-    """Delete snapshots (rows and thumbnails) and done/rejected events older than that."""
-    try:
-        seconds = parse_duration(older_than)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--older-than") from None
-    with state.services() as svc:
+def prune(state: CliState, older_than: str | None, dry_run: bool) -> None:
+    """Delete snapshots (rows and thumbnails) and done/rejected events older than --older-than, or apply the
+    tiers of RECEIVER_RETENTION (thin, then drop what is past the last tier)."""
+    seconds: float | None = None
+    if older_than is not None:
         try:
-            result = do_prune(svc, seconds, dry_run=dry_run)
+            seconds = parse_duration(older_than)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--older-than") from None
+    with state.services() as svc:
+        tiers = parse_retention(svc.settings.retention)
+        if seconds is None and not tiers:
+            raise click.UsageError("nothing to prune by: give --older-than (like 30d) or set RECEIVER_RETENTION "
+                                   "(like 7d:all,90d:1m,1y:1h)")
+        try:
+            result = (do_prune(svc, seconds, dry_run=dry_run) if seconds is not None
+                      else apply_retention(svc, tiers, dry_run=dry_run))
         except PruneIncomplete as e:
             result = e.result  # what was done before it stopped is still said, then the error
         # What was done first, even when it stopped short: a re-run starts from what is left.
         for job, n in sorted(result.per_job.items()):
             click.echo(f"  {job}: {n} snapshots")
+        for tier, n in result.thinned.items():
+            click.echo(f"  tier {tier}: {n} snapshots thinned")
+        for day, n in result.days.items():
+            click.echo(f"  day {day}: {n} snapshots (partitions dropped)")
         verb = "would delete" if dry_run else "deleted"
         click.echo(f"{verb} {result.summary()}")
         if dry_run:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = 30.0, ping_after_idle_s: float | None = None) -> Engine:
     """``busy_timeout_s`` bounds how long a SQLite writer waits for the lock (the callback path uses a short
     one: ICE gives up after 3 s, so a 503 it will retry beats a 200 it never sees)."""
     parsed = make_url(url)
@@ -25,14 +27,60 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
         # Worker threads share the engine; SQLite's own locking (WAL + busy timeout) serialises writers.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
     else:
-        # A server connection can die between uses (restart, idle timeout); a SQLite file handle cannot, so
-        # SQLite skips the ping that every checkout would otherwise pay (four per processed frame).
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", lambda conn, rec: _sqlite_pragmas(conn, rec, busy_timeout_s))
         event.listen(engine, "begin", _sqlite_begin)
+    else:
+        ping_when_idle(engine, PING_AFTER_IDLE_S if ping_after_idle_s is None else ping_after_idle_s)
     return engine
+
+
+# A server connection can die between uses (a restart, an idle timeout, a proxy); a SQLite file handle cannot.
+# pool_pre_ping paid a round trip on every checkout, four per processed frame, for connections that were in
+# use a few milliseconds earlier. Only a connection idle for longer than this is pinged on checkout; one that
+# died since its last use fails its first statement instead, and SQLAlchemy then invalidates the whole pool
+# (every connection older than the failure is replaced on its next checkout): that callback answers 503 (ICE
+# retries it a second later) and that event is retried, which is what "database briefly unavailable" asks.
+PING_AFTER_IDLE_S = 10.0
+
+
+def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
+    """SQLAlchemy's documented pessimistic-disconnect recipe (a checkout listener raising DisconnectionError,
+    which makes the pool retry with a new connection), applied only to connections idle for ``idle_s``."""
+
+    def checkin(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi)
+        except Exception as e:
+            raise exc.DisconnectionError(f"connection died while idle in the pool: {e}") from e
+        if not alive:
+            raise exc.DisconnectionError("connection died while idle in the pool")
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
+
+
+def single_statement(engine: Engine) -> Engine:
+    """``engine`` for transactions of one statement: on PostgreSQL in autocommit, which spares the BEGIN and
+    COMMIT round trips psycopg sends around it (the claim, the index probe, a failed event's status). SQLite
+    keeps its own BEGIN (IMMEDIATE for writers: _sqlite_begin)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    found = _AUTOCOMMIT.get(engine)
+    if found is None:
+        found = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return found
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
 def reader(engine: Engine) -> Engine:

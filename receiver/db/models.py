@@ -205,14 +205,22 @@ class Snapshot(Base):
 
     __tablename__ = "snapshots"
     __table_args__ = (
-        # Snapshot identity: re-fetching the same content of the same object indexes it once.
-        UniqueConstraint("job_id", "oss_bucket", "oss_object", "etag", name="uq_snapshots_identity"),
+        # Snapshot identity (job, bucket, object, etag): re-fetching the same content indexes it once. On
+        # PostgreSQL the table is partitioned by day of captured_at_ms (migration 0007), and a partitioned
+        # table's unique constraints must hold the partition key, so captured_at_ms is in it on every backend.
+        # Two events for one content can carry different capture times (a callback's CreateTimestamp, the
+        # listing's CreateTime), so the constraint alone would not stop a duplicate: write_index looks the
+        # identity up first, and on PostgreSQL under an advisory lock on it (worker/index.py).
+        UniqueConstraint("job_id", "oss_bucket", "oss_object", "etag", "captured_at_ms", name="uq_snapshots_identity"),
         Index("ix_snapshots_job_time", "job_id", "captured_at_ms", "id"),
     )
 
+    # The primary key is (id, captured_at_ms) on PostgreSQL (partition key again) and id alone on SQLite (an
+    # autoincrement needs it); id is unique on both (one sequence). The mapper's identity is the pair, so
+    # loading thumbnails by (snapshot_id, captured_at_ms) lets PostgreSQL skip every other day's partition.
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(128))
-    captured_at_ms: Mapped[int] = mapped_column(BigInteger)
+    captured_at_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16))
     oss_endpoint: Mapped[str] = mapped_column(String(255))
     oss_bucket: Mapped[str] = mapped_column(String(63))
@@ -232,15 +240,23 @@ class Snapshot(Base):
     placeholder: Mapped[dict[str, Any] | None]
 
     thumbnails: Mapped[list[Thumbnail]] = relationship(
-        back_populates="snapshot", cascade="all, delete-orphan", lazy="selectin", order_by="Thumbnail.width.desc()"
+        # The read API loads them for a whole page at once (db/queries.py attach_thumbnails); elsewhere a
+        # lazy load names (snapshot_id, captured_at_ms), so PostgreSQL reads one day's partition.
+        back_populates="snapshot", cascade="all, delete-orphan", lazy="select", order_by="Thumbnail.width.desc()",
+        primaryjoin="and_(Snapshot.id == foreign(Thumbnail.snapshot_id), "
+                    "Snapshot.captured_at_ms == foreign(Thumbnail.captured_at_ms))",
     )
 
 
 class Thumbnail(Base):
     __tablename__ = "thumbnails"
 
-    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
-    width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # No foreign key to snapshots: on PostgreSQL both are partitioned by day and a day goes by dropping its
+    # partitions (a key would make every DETACH check the other table); rows go with their snapshot explicitly
+    # (ops/retention.py). captured_at_ms is the snapshot's, the partition key.
+    snapshot_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    captured_at_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     height: Mapped[int]
     format: Mapped[str] = mapped_column(String(8))
     storage_key: Mapped[str] = mapped_column(Text)
@@ -248,16 +264,25 @@ class Thumbnail(Base):
     # Strong validator for HTTP caching, so a 304 never needs the bytes.
     etag: Mapped[str] = mapped_column(String(64))
 
-    snapshot: Mapped[Snapshot] = relationship(back_populates="thumbnails")
+    snapshot: Mapped[Snapshot] = relationship(
+        back_populates="thumbnails",
+        primaryjoin="and_(Snapshot.id == foreign(Thumbnail.snapshot_id), "
+                    "Snapshot.captured_at_ms == foreign(Thumbnail.captured_at_ms))",
+    )
 
 
 class EventSnapshot(Base):
     """Which snapshots an event produced (a bare JobId callback may resolve to several files)."""
 
     __tablename__ = "event_snapshots"
+    # Pruning removes the links of the snapshots it deletes.
+    __table_args__ = (Index("ix_event_snapshots_snapshot", "snapshot_id", "captured_at_ms"),)
 
+    # Partitioned with snapshots on PostgreSQL (captured_at_ms, the snapshot's); no key to snapshots, as for
+    # thumbnails. events is not partitioned, so its key stays.
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
-    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    captured_at_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
 
     event: Mapped[Event] = relationship(back_populates="snapshot_links")
 

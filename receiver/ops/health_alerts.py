@@ -125,7 +125,7 @@ class HealthAlerts:
             t = Thresholds.from_settings(self.svc.settings)
             with self.svc.readers() as s:
                 answer = health_answer(s, job, now_ms - DEFAULT_WINDOW_MS, now_ms, now_ms, t)
-            data = {"job_id": job.job_id, "account": None, "previous": change.previous, "status": change.status,
+            data = {"job_id": job.job_id, "account": job.account, "previous": change.previous, "status": change.status,
                     "since": dt_to_iso(change.since), "health": answer}
         values = {"status": after.status, "since": after.since, "candidate": after.candidate,
                   "candidate_since": after.candidate_since, "streak": after.streak, "evaluated_at": now}
@@ -134,7 +134,7 @@ class HealthAlerts:
                 log.info("health state of %s changed under us (a lease hand-over); not announcing", job.job_id)
                 return False
             if data is not None:
-                outbox.record(conn, MessageType.HEALTH_CHANGED, data, job_id=job.job_id, account=None, now=now)
+                outbox.record(conn, MessageType.HEALTH_CHANGED, data, job_id=job.job_id, account=job.account, now=now)
         return True
 
 

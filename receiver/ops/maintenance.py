@@ -18,17 +18,21 @@ web), each with its own bounded threads; claims in the deliveries table share th
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from enum import StrEnum
 
+from receiver.db.partitions import day_name, ensure_ahead, is_partitioned
 from receiver.ops.health_alerts import start_health_alerts
 from receiver.ops.leases import hold, holder_name, release
 from receiver.ops.push_retention import prune_push
 from receiver.ops.reconcile import Reconciler
-from receiver.ops.retention import prune
+from receiver.ops.retention import apply_retention, prune
 from receiver.ops.tracking import discover
 from receiver.services import Services
+from receiver.tiers import parse_retention
+from receiver.timeutil import now_ms
 from receiver.worker.deliveries import start_deliveries
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,8 @@ class Maintenance:
         self._ignored: set[str] = set()  # discovered jobs whose CallbackUrl is not ours (it cannot change)
         self._next_prune = time.monotonic()
         self._next_push_prune = time.monotonic()
+        self._partitioned: bool | None = None  # PostgreSQL with migration 0007: keep day partitions ahead
+        self._partitions_checked = -math.inf
 
     def start(self) -> Maintenance:
         self._thread.start()
@@ -95,11 +101,9 @@ class Maintenance:
             log.warning("could not release the maintenance leases; they lapse on their own", exc_info=True)
 
     def _loop(self) -> None:
-        s = self.svc.settings
         while not self._stop.is_set():
             self.run_once()
-            period = s.reconcile_seconds if s.reconcile_seconds > 0 else self.PRUNE_EVERY
-            self._stop.wait(period)
+            self._stop.wait(self._period())
 
     def _holds(self, name: str, period: float) -> bool:
         return not self._stop.is_set() and hold(self.svc, name, self.holder, self.LEASE_PERIODS * period)
@@ -123,14 +127,28 @@ class Maintenance:
                         log.info("reconcile: %s", tally.summary())
             except Exception:
                 log.exception("reconcile pass failed; will try again")
-        if s.retention_days > 0 and time.monotonic() >= self._next_prune:
+        try:
+            # Day partitions ahead (PostgreSQL): cheap when they exist, so every pass, under the prune lease's
+            # sibling so one process per deployment does the DDL.
+            if self._partitions_due() and self._holds("partitions", self._period()):
+                with self.svc.engine.begin() as conn:
+                    made = ensure_ahead(conn, now_ms())
+                self._partitions_checked = time.monotonic()
+                if made:
+                    ran.append("partitions")
+                    log.info("partitions: made days %s", ", ".join(day_name(d) for d in made))
+        except Exception:
+            log.exception("partition pass failed; will try again")
+        tiers = parse_retention(s.retention)
+        if (tiers or s.retention_days > 0) and time.monotonic() >= self._next_prune:
             try:
                 # Not holding it, ask again next pass: a clean hand-over is then taken at once.
                 if self._holds("prune", self.PRUNE_EVERY):
                     self._next_prune = time.monotonic() + self.PRUNE_EVERY
-                    result = prune(self.svc, s.retention_days * 86400)
+                    result = (apply_retention(self.svc, tiers) if tiers
+                              else prune(self.svc, s.retention_days * 86400))
                     ran.append("prune")
-                    if result.snapshots or result.events or result.storyboards:
+                    if result.snapshots or result.events or result.storyboards or any(result.thinned.values()):
                         log.info("retention: %s", result.summary())
             except Exception:
                 log.exception("retention pass failed; will try again")
@@ -147,11 +165,24 @@ class Maintenance:
                 log.exception("message retention pass failed; will try again")
         return ran
 
+    def _period(self) -> float:
+        s = self.svc.settings
+        return s.reconcile_seconds if s.reconcile_seconds > 0 else self.PRUNE_EVERY
+
+    def _partitions_due(self) -> bool:
+        if self._partitioned is None:
+            with self.svc.engine.connect() as conn:
+                self._partitioned = is_partitioned(conn)
+        return self._partitioned and time.monotonic() - self._partitions_checked >= self._period()
+
 
 def start_maintenance(svc: Services) -> Maintenance | None:
     """Start the reconcile/retention thread (None when all are off); Services.close() stops it."""
     s = svc.settings
-    if s.reconcile_seconds <= 0 and s.retention_days <= 0 and s.message_retention_days <= 0:
+    # Always on PostgreSQL's partitions' account too: a deployment with reconcile and retention off still needs
+    # tomorrow's partitions (the default partition would take the rows, but it is not meant to hold days).
+    if (s.reconcile_seconds <= 0 and s.retention_days <= 0 and not s.retention and s.message_retention_days <= 0
+            and s.is_sqlite):
         return None
     maintenance = svc.maintenance = Maintenance(svc).start()
     return maintenance

@@ -25,6 +25,7 @@ from receiver.exceptions import Transient
 from receiver.intake.inbox import record_events
 from receiver.intake.parse import EventItem, parse_callback
 from receiver.services import Services
+from receiver.tiers import parse_retention
 from receiver.timeutil import now_ms
 from receiver.worker.index import upsert_job
 
@@ -144,9 +145,11 @@ class Reconciler:
             start = job.reconciled_until_ms - RESCAN_MS
         else:
             start = now - int(self.svc.settings.reconcile_lookback_days * DAY_MS)
-        if since_ms is None and self.svc.settings.retention_days > 0:
+        tiers = parse_retention(self.svc.settings.retention)
+        kept_ms = tiers[-1].age_ms if tiers else int(self.svc.settings.retention_days * DAY_MS)
+        if since_ms is None and kept_ms > 0:
             # Never re-index what retention would prune again on its next pass.
-            start = max(start, now - int(self.svc.settings.retention_days * DAY_MS))
+            start = max(start, now - kept_ms)
         return start // 1000 * 1000, end
 
     def account_of(self, job_id: str) -> str:

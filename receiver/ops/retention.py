@@ -1,5 +1,6 @@
-"""`receiver prune` and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails, old events and old
-cached storyboard sheets.
+"""`receiver prune`, RECEIVER_RETENTION and RECEIVER_RETENTION_DAYS: delete old snapshots, their thumbnails, old
+events and old cached storyboard sheets; thin by the tiers of RECEIVER_RETENTION (receiver/tiers.py, with the
+database side in ops/thinning.py).
 
 Work goes in batches of BATCH rows, one short transaction each, so the callback path (which needs the
 SQLite write lock for its inserts) waits at most one batch.
@@ -28,9 +29,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, select
 
 from receiver.db.models import Event, EventSnapshot, EventStatus, Snapshot, Thumbnail
+from receiver.db.partitions import day_name
 from receiver.exceptions import ReceiverError
 from receiver.media.storyboard import SHEET_PREFIX
+from receiver.ops.thinning import Row, count_day, delete_rows, drop_day, droppable_days, thin
 from receiver.services import Services
+from receiver.tiers import Plan, Tier, plan
 from receiver.timeutil import ms_to_iso, now_ms
 
 log = logging.getLogger(__name__)
@@ -57,12 +61,21 @@ class PruneResult:
     events: int = 0
     storyboards: int = 0
     per_job: dict[str, int] = field(default_factory=dict)
+    # RECEIVER_RETENTION: snapshots thinned per tier (as written), and the days dropped as partitions with
+    # their snapshot counts (PostgreSQL; those snapshots are also in ``snapshots``, not in ``per_job``).
+    thinned: dict[str, int] = field(default_factory=dict)
+    days: dict[str, int] = field(default_factory=dict)
     # One line per phase that did not finish ("<phase>: <error>"); empty when the prune is complete.
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files), {self.events} done/rejected "
-                f"events and {self.storyboards} cached storyboard sheets older than {ms_to_iso(self.cutoff_ms)}")
+        text = ""
+        if self.thinned:
+            text = "thinned " + ", ".join(f"{n} snapshots in tier {t}" for t, n in self.thinned.items()) + "; "
+        text += (f"{self.snapshots} snapshots ({self.thumbnails} thumbnail files), {self.events} done/rejected "
+                 f"events and {self.storyboards} cached storyboard sheets older than {ms_to_iso(self.cutoff_ms)}")
+        if self.days:
+            text += f" ({len(self.days)} whole days as partitions: {', '.join(self.days)})"
         if self.errors:
             text += f"; incomplete ({len(self.errors)} error(s)): run it again to finish"
         return text
@@ -93,33 +106,41 @@ def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneR
             .where(Snapshot.captured_at_ms < cutoff_ms)).scalar_one()
         result.events = s.execute(select(func.count()).select_from(Event).where(
             Event.status.in_(PRUNABLE_STATUSES), Event.received_at < cutoff_dt)).scalar_one()
+    for day in droppable_days(svc, cutoff_ms):
+        result.days[day_name(day)] = count_day(svc, day)
     return result
 
 
 def _prune_snapshots(svc: Services, cutoff_ms: int, result: PruneResult, batch: int) -> None:
-    """Per batch: the files, then the rows (see the module docstring for why this order)."""
+    """Whole days as partitions first (PostgreSQL), then what is left row by row: per batch the files, then the
+    rows (see the module docstring for why this order)."""
+    for day in droppable_days(svc, cutoff_ms):
+        n, files = drop_day(svc, day, batch)
+        result.days[day_name(day)] = n
+        result.snapshots += n
+        result.thumbnails += files
     while True:
         with svc.sessions() as s:
-            rows = s.execute(select(Snapshot.id, Snapshot.job_id).where(Snapshot.captured_at_ms < cutoff_ms)
-                             .order_by(Snapshot.id).limit(batch)).all()
-            if not rows:
-                return
-            ids = [r.id for r in rows]
-            keys = list(s.execute(select(Thumbnail.storage_key).where(Thumbnail.snapshot_id.in_(ids))).scalars())
-            # A file another row also names (an older layout, or keys reused by a re-index) stays.
-            shared = set(s.execute(select(Thumbnail.storage_key).where(
-                Thumbnail.storage_key.in_(keys), Thumbnail.snapshot_id.not_in(ids))).scalars()) if keys else set()
-        gone = [k for k in keys if k not in shared]
-        if gone:
-            svc.thumbs.delete(gone)  # raises: this batch's rows stay, and the next prune starts from them
-            result.thumbnails += len(gone)
-        with svc.sessions.begin() as s:
-            s.execute(delete(EventSnapshot).where(EventSnapshot.snapshot_id.in_(ids)))
-            s.execute(delete(Thumbnail).where(Thumbnail.snapshot_id.in_(ids)))
-            s.execute(delete(Snapshot).where(Snapshot.id.in_(ids)))
+            rows = [Row(*r) for r in s.execute(
+                select(Snapshot.id, Snapshot.job_id, Snapshot.captured_at_ms)
+                .where(Snapshot.captured_at_ms < cutoff_ms).order_by(Snapshot.id).limit(batch))]
+        if not rows:
+            return
+        result.thumbnails += delete_rows(svc, rows)
         for r in rows:
             result.per_job[r.job_id] = result.per_job.get(r.job_id, 0) + 1
-        result.snapshots += len(ids)
+        result.snapshots += len(rows)
+
+
+def _thin(svc: Services, p: Plan, result: PruneResult, batch: int, dry_run: bool) -> None:
+    for w in p.windows:
+        result.thinned.setdefault(w.tier.text, 0)
+
+        def tally(rows: list[Row], files: int, tier: str = w.tier.text) -> None:
+            result.thinned[tier] += len(rows)
+            result.thumbnails += files
+
+        thin(svc, w, batch, tally, dry_run=dry_run)
 
 
 def _prune_events(svc: Services, cutoff_dt: dt.datetime, result: PruneResult, batch: int) -> None:
@@ -139,14 +160,28 @@ def prune(svc: Services, older_than_seconds: float, *, dry_run: bool = False, ba
           now: int | None = None) -> PruneResult:
     """Snapshots captured before now - older_than (by captured_at), and final events received before it."""
     cutoff_ms = (now if now is not None else now_ms()) - int(older_than_seconds * 1000)
+    return _run(svc, PruneResult(cutoff_ms=cutoff_ms), None, dry_run, batch)
+
+
+def apply_retention(svc: Services, tiers: tuple[Tier, ...], *, dry_run: bool = False, batch: int = BATCH,
+                    now: int | None = None) -> PruneResult:
+    """RECEIVER_RETENTION: thin each tier's window, then everything before the last tier's end (a UTC midnight)
+    goes as `prune` does."""
+    p = plan(tiers, now if now is not None else now_ms())
+    return _run(svc, PruneResult(cutoff_ms=p.cutoff_ms), p, dry_run, batch)
+
+
+def _run(svc: Services, result: PruneResult, p: Plan | None, dry_run: bool, batch: int) -> PruneResult:
+    cutoff_ms = result.cutoff_ms
     cutoff_dt = dt.datetime.fromtimestamp(cutoff_ms / 1000, dt.UTC)
-    result = PruneResult(cutoff_ms=cutoff_ms)
-    phases: list[tuple[str, Callable[[], object]]]
+    phases: list[tuple[str, Callable[[], object]]] = []
+    if p is not None:
+        phases.append(("thinning", lambda: _thin(svc, p, result, batch, dry_run)))
     if dry_run:
-        phases = [("counting", lambda: _count(svc, cutoff_ms, cutoff_dt, result))]
+        phases.append(("counting", lambda: _count(svc, cutoff_ms, cutoff_dt, result)))
     else:
-        phases = [("snapshots", lambda: _prune_snapshots(svc, cutoff_ms, result, batch)),
-                  ("events", lambda: _prune_events(svc, cutoff_dt, result, batch))]
+        phases += [("snapshots", lambda: _prune_snapshots(svc, cutoff_ms, result, batch)),
+                   ("events", lambda: _prune_events(svc, cutoff_dt, result, batch))]
     # Sheets last and on their own: a store that cannot list (an OSS policy without ListObjects, an answer
     # oss2 cannot parse) must not stop snapshots and events from being pruned.
     phases.append(("cached storyboard sheets", lambda: _prune_sheets(svc, cutoff_ms, result, dry_run)))

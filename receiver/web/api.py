@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from receiver.config import Settings
 from receiver.db import queries
 from receiver.db.migrate import is_at_head
-from receiver.db.models import EVENT_STATUSES, Event, Snapshot, Thumbnail
+from receiver.db.models import EVENT_STATUSES, Event, Thumbnail
 from receiver.exceptions import ObjectNotFound
 from receiver.services import current_services
 from receiver.timeutil import now_ms
@@ -168,7 +168,7 @@ def job_nearest(job_id: str) -> Response:
 @bp.get("/v1/snapshots/<snapshot_id>")
 def snapshot(snapshot_id: str) -> Response:
     with current_services().readers() as s:
-        snap = s.get(Snapshot, _int_id(snapshot_id, "snapshot"))
+        snap = queries.snapshot_by_id(s, _int_id(snapshot_id, "snapshot"))
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
         return jsonify(snapshot_json(snap, signing_key()))

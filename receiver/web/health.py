@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 from werkzeug.wrappers import Response as BaseResponse
 
 from receiver.db.models import Job, Snapshot, Thumbnail
+from receiver.db.queries import snapshot_by_id
 from receiver.exceptions import ObjectNotFound, StoreError, Transient
 from receiver.media import storyboard as sb
 from receiver.media.health import Thresholds, assess
@@ -86,11 +87,14 @@ def _plan(job_id: str, since: int, until: int) -> sb.Plan:
         job = job_or_404(s, job_id)
         # One row per snapshot with its smallest thumbnail: the tiles are small, so is their source.
         t2 = aliased(Thumbnail)
-        smallest = select(func.min(t2.width)).where(t2.snapshot_id == Snapshot.id).scalar_subquery()
+        # captured_at_ms in the joins: PostgreSQL then reads only the days' partitions (migration 0007).
+        smallest = select(func.min(t2.width)).where(t2.snapshot_id == Snapshot.id,
+                                                    t2.captured_at_ms == Snapshot.captured_at_ms).scalar_subquery()
         rows = s.execute(
             select(Snapshot.id, Snapshot.captured_at_ms, Snapshot.width, Snapshot.height, Thumbnail.storage_key,
                    Thumbnail.etag)
-            .join(Thumbnail, (Thumbnail.snapshot_id == Snapshot.id) & (Thumbnail.width == smallest))
+            .join(Thumbnail, (Thumbnail.snapshot_id == Snapshot.id)
+                  & (Thumbnail.captured_at_ms == Snapshot.captured_at_ms) & (Thumbnail.width == smallest))
             .where(Snapshot.job_id == job_id, Snapshot.captured_at_ms >= since, Snapshot.captured_at_ms < until)
             .order_by(Snapshot.captured_at_ms, Snapshot.id)
         ).all()
@@ -179,7 +183,7 @@ def original(snapshot_id: str) -> BaseResponse:
     if sid is None:
         raise ApiError(404, "NotFound", f"no snapshot {snapshot_id[:100]!r}")
     with svc.readers() as s:
-        snap = s.get(Snapshot, sid)
+        snap = snapshot_by_id(s, sid)
         if snap is None:
             raise ApiError(404, "NotFound", f"no snapshot {snapshot_id!r}")
     wants_json = request.accept_mimetypes.best == "application/json"

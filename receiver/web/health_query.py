@@ -20,9 +20,11 @@ from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, object_session
 
 from receiver.db.models import Job, Snapshot
+from receiver.db.queries import RECENT_MS
 from receiver.media.health import Frame, Thresholds, current_status
 from receiver.media.signals import to_unsigned64
 from receiver.services import current_services
+from receiver.tiers import DAY_MS
 from receiver.timeutil import now_ms
 
 DEFAULT_INTERVAL_S = 60  # when ICE did not tell us a job's TimeInterval
@@ -77,14 +79,25 @@ def newest_frames(s: Session, job_ids: Sequence[str], k: int) -> dict[str, list[
     out: dict[str, list[Frame]] = {j: [] for j in job_ids}
     if not job_ids:
         return out
-    parts = [
-        select(*_COLUMNS).where(Snapshot.job_id == j)
-        .order_by(Snapshot.captured_at_ms.desc(), Snapshot.id.desc()).limit(k).subquery().select()
-        for j in job_ids
-    ]
-    stmt = parts[0] if len(parts) == 1 else union_all(*parts)
-    for row in s.execute(stmt).all():
-        out[row[0]].append(_frame(row))
+    # The recent days first: on PostgreSQL (day partitions) the planner then keeps a few partitions per job
+    # instead of every day's. Jobs with fewer than k frames there are asked again without the bound, so the
+    # answer is the unbounded one.
+    recent = now_ms() // DAY_MS * DAY_MS - RECENT_MS
+    for bound, jobs in ((Snapshot.captured_at_ms >= recent, list(job_ids)), (None, None)):
+        if jobs is None:
+            jobs = [j for j in job_ids if len(out[j]) < k]
+            for j in jobs:
+                out[j] = []
+        if not jobs:
+            break
+        parts = [
+            select(*_COLUMNS).where(Snapshot.job_id == j, *(() if bound is None else (bound,)))
+            .order_by(Snapshot.captured_at_ms.desc(), Snapshot.id.desc()).limit(k).subquery().select()
+            for j in jobs
+        ]
+        stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+        for row in s.execute(stmt).all():
+            out[row[0]].append(_frame(row))
     for frames in out.values():
         frames.sort(key=lambda f: f.captured_at_ms, reverse=True)
     return out

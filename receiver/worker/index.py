@@ -8,16 +8,17 @@ import logging
 import time
 from functools import cache
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import BigInteger, Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from receiver.accounts import DEFAULT
 from receiver.adapters.base import JobInfo
 from receiver.db import outbox
-from receiver.db.engine import insert_for
+from receiver.db.engine import insert_for, single_statement
 from receiver.db.models import Job, MessageType, Snapshot, Thumbnail, utcnow
 from receiver.exceptions import Rejected
+from receiver.media.keys import thumbnail_key
 from receiver.media.signals import snapshot_columns
 from receiver.media.thumbnails import make_thumbnails
 from receiver.services import Services
@@ -46,6 +47,11 @@ def _index_statements(dialect: str) -> tuple[Executable, Executable]:
     return snapshot, insert(Thumbnail)
 
 
+@cache
+def _identity_lock() -> Executable:
+    return select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+
+
 def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
     params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
     found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
@@ -53,7 +59,7 @@ def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str
 
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
-    with svc.read_engine.connect() as conn:
+    with single_statement(svc.read_engine).connect() as conn:
         return _existing_on(conn, job_id, bucket, key, etag)
 
 
@@ -63,16 +69,26 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT) -> int:
         return p.existing
     assert p.snapshot is not None
     insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
-    sid: int | None = conn.execute(insert_snapshot, p.snapshot).scalar_one_or_none()
+    snap = p.snapshot
+    if conn.dialect.name == "postgresql":
+        # The identity constraint holds captured_at_ms (partitions), and two events for one content may
+        # carry different capture times: serialise writers of one identity and look again under the lock.
+        ident = "\0".join((snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])).encode()
+        conn.execute(_identity_lock(), {"key": int.from_bytes(hashlib.sha256(ident).digest()[:8], "big",
+                                                              signed=True)})
+        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+        if found is not None:
+            return found
+    sid: int | None = conn.execute(insert_snapshot, snap).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
-        snap = p.snapshot
         found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
         if found is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return found
     if p.thumbnails:  # an empty list would run it once, without parameters
-        conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid} for r in p.thumbnails])
+        conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid, "captured_at_ms": snap["captured_at_ms"]}
+                                         for r in p.thumbnails])
     # Only a row this transaction inserted is announced, in this transaction: a crash loses both or neither.
     announce_snapshot(conn, sid, p, account)
     return sid
@@ -110,6 +126,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
                                  quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
     t_store = time.perf_counter()
     ident = hashlib.sha256(f"{job.job_id}\0{bucket}\0{t.key}\0{obj.etag}".encode()).hexdigest()[:32]
+    at_ms = captured_at(t, obj.last_modified_ms)
     rows = []
     made: set[int] = set()
     for th in thumbs.thumbnails:
@@ -118,17 +135,19 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
             continue
         made.add(th.width)
         ext = "jpg" if th.format == "jpeg" else th.format
-        # 256 shard folders, as git keeps loose objects, and no folder per snapshot: a new folder cost a
-        # failed open and a mkdir per frame, and pruning left every emptied one behind. Rows keep their own
-        # key, so thumbnails stored under the older "ab/<ident>/320.jpg" layout stay where they are.
-        storage_key = f"{ident[:2]}/{ident}-{th.width}.{ext}"
+        # "<hash 2 hex>/<capture day>/<ident>-<width>": 256 hashed prefixes first, so OSS spreads the writes
+        # (a sequential prefix such as the date first caps a bucket's request rate), and the day second, so
+        # retention removes a day with 256 prefix listings instead of listing the whole store. No folder per
+        # snapshot (a new folder cost a failed open and a mkdir per frame). Rows keep their own key, so
+        # thumbnails stored under the older "ab/<ident>-320.jpg" and "ab/<ident>/320.jpg" layouts stay put.
+        storage_key = thumbnail_key(ident, at_ms, th.width, ext)
         # Deterministic keys: a retried ingest overwrites the same files instead of leaving orphans.
         svc.thumbs.put(storage_key, th.data, th.content_type)
         svc.metrics.count_thumbnail_bytes(len(th.data))
         rows.append({"width": th.width, "height": th.height, "format": th.format, "storage_key": storage_key,
                      "size": len(th.data), "etag": hashlib.sha256(th.data).hexdigest()[:32]})
     snap = {
-        "job_id": job.job_id, "captured_at_ms": captured_at(t, obj.last_modified_ms), "kind": t.kind,
+        "job_id": job.job_id, "captured_at_ms": at_ms, "kind": t.kind,
         "oss_endpoint": endpoint, "oss_bucket": bucket, "oss_object": t.key, "etag": obj.etag, "size": obj.size,
         "width": thumbs.source_width, "height": thumbs.source_height, "sha256": hashlib.sha256(obj.data).hexdigest(),
         "create_timestamp_ms": t.create_ts_ms, "last_modified_ms": obj.last_modified_ms,

@@ -14,13 +14,14 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from receiver.db import outbox
-from receiver.db.engine import insert_for
-from receiver.db.models import Event, EventSnapshot, EventStatus, Job, MessageType, utcnow
+from receiver.db.engine import insert_for, single_statement
+from receiver.db.models import Event, EventSnapshot, EventStatus, Job, MessageType, Snapshot, utcnow
 from receiver.exceptions import (
     CredentialUnavailable,
     ImageError,
@@ -84,8 +85,12 @@ def _finish_statement(retry: bool, refund: bool = False) -> Executable:
 
 @cache
 def _link_statement(dialect: str) -> Executable:
-    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link.
-    return insert_for(dialect)(EventSnapshot).on_conflict_do_nothing()
+    # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link. The
+    # link carries the snapshot's captured_at_ms (the partition key of event_snapshots), read from its row.
+    source = select(bindparam("event_id", type_=BigInteger), Snapshot.id, Snapshot.captured_at_ms).where(
+        Snapshot.id == bindparam("snapshot_id"))
+    return insert_for(dialect)(EventSnapshot).from_select(
+        ["event_id", "snapshot_id", "captured_at_ms"], source).on_conflict_do_nothing()
 
 
 def _claim(svc: Services, event_id: int) -> Claimed | None:
@@ -93,15 +98,28 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
     now = utcnow()
     lease = now + dt.timedelta(seconds=svc.settings.lease_seconds)
     params = {"event_id": event_id, "due": now + CLOCK_TOLERANCE, "now": now, "lease": lease}
-    with svc.engine.begin() as conn:
-        row = conn.execute(_claim_statement(), params).one_or_none()
+    try:
+        row = _run_claim(svc, params)
+    except DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+        # The connection died since its last use (the server restarted within PING_AFTER_IDLE_S, db/engine.py):
+        # SQLAlchemy has invalidated the pool; the claim changed nothing, so it runs again on a new connection.
+        row = _run_claim(svc, params)
     return None if row is None else Claimed(*row)
+
+
+def _run_claim(svc: Services, params: dict[str, Any]) -> Any:
+    with single_statement(svc.engine).begin() as conn:
+        return conn.execute(_claim_statement(), params).one_or_none()
 
 
 def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None,
             refund: bool = False) -> bool:
     """Record the result, but only while we still hold the claim (a reclaimed event is someone else's)."""
-    with svc.engine.begin() as conn:
+    # A failed or rejected event also writes its event.failed message: two statements, one transaction.
+    announces = status in (EventStatus.FAILED, EventStatus.REJECTED)
+    with (svc.engine if announces else single_statement(svc.engine)).begin() as conn:
         return _set_status(conn, ev, status, error, retry_in, refund)
 
 

@@ -16,7 +16,15 @@ from sqlalchemy import update
 from receiver.config import Settings
 from receiver.db.models import Event, utcnow
 from receiver.services import Services, services
-from receiver.worker.celery import QUEUE, TASK_NAME, CeleryDispatcher, celery_init_app, redispatch_due
+from receiver.worker.celery import (
+    QUEUE,
+    SENT_AT,
+    TASK_NAME,
+    CeleryDispatcher,
+    celery_init_app,
+    oldest_queued_sent_at,
+    redispatch_due,
+)
 from tests.support.builders import build_app, callback_body, put_snapshot
 from tests.support.pg_redis import RedisServer, free_port, redis_server  # noqa: F401
 
@@ -70,6 +78,9 @@ def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake
     assert message["headers"]["task"] == TASK_NAME
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert (args, kwargs) == ([eid], {})
+    # The send time travels in a header: the sweeper reads the oldest one still queued.
+    assert abs(message["headers"][SENT_AT] - time.time()) < 10
+    assert oldest_queued_sent_at(r) == message["headers"][SENT_AT]
     assert status(svc, eid).status == "pending"  # the web process only records and dispatches
     r.close()
 
@@ -112,3 +123,36 @@ def test_sweeper_rules(svc: Services):
         s.execute(update(Event).where(Event.id == running).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
     assert redispatch_due(svc, grace=60) == [running]
     assert {status(svc, i).status for i in (fresh, done)} == {"pending", "done"}
+
+
+def test_sweeper_leaves_a_backlog_alone(svc: Services, redis_server: RedisServer):  # noqa: F811
+    """Events due after the oldest message still queued are waiting behind it, not lost: not re-sent (one
+    slow worker with a long queue was sent every overdue event again on every sweep)."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    assert oldest_queued_sent_at(r) is None  # an empty queue: the grace alone decides
+    now = utcnow()
+    ids = []
+    with svc.sessions.begin() as s:
+        for i, age in enumerate([900, 600, 300]):
+            ev = Event(job_id="job-0001", identity=f"b{i}", origin="callback", status="pending", attempts=0,
+                       raw_body="{}", received_at=now, updated_at=now,
+                       next_attempt_at=now - dt.timedelta(seconds=age))
+            s.add(ev)
+            s.flush()
+            ids.append(ev.id)
+    old, middle, recent = ids
+    # The oldest queued message was sent 700 s ago: `middle` and `recent` (due since) may be behind it.
+    r.lpush(QUEUE, json.dumps({"headers": {SENT_AT: time.time() - 700}, "body": ""}))
+    queued_since = oldest_queued_sent_at(r)
+    assert redispatch_due(svc, grace=60, queued_since=queued_since) == [old]
+    # Once the queue has drained past them, they are overdue like any lost message.
+    r.delete(QUEUE)
+    assert redispatch_due(svc, grace=60, queued_since=oldest_queued_sent_at(r)) == [middle, recent]
+    # A message without the header (an older release's) counts as sent now: the grace alone decides, as before.
+    r.lpush(QUEUE, json.dumps({"headers": {}, "body": ""}))
+    with svc.sessions.begin() as s:
+        s.execute(update(Event).where(Event.id.in_(ids)).values(next_attempt_at=now - dt.timedelta(seconds=600)))
+    assert redispatch_due(svc, grace=60, queued_since=oldest_queued_sent_at(r)) == ids
+    r.delete(QUEUE)
+    r.close()

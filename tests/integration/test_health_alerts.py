@@ -60,7 +60,7 @@ def test_a_silent_stream_is_announced_once_and_its_recovery_once(client, svc, fa
     for t in silent_evals:
         alerts.run_once(at(t))
     [gap] = health_messages(svc)
-    assert (gap["job_id"], gap["account"], gap["previous"], gap["status"]) == (JOB, None, "ok", "gap")
+    assert (gap["job_id"], gap["account"], gap["previous"], gap["status"]) == (JOB, "default", "ok", "gap")
     assert gap["since"] == at(silent_evals[1]).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert set(gap["health"]) == {"job_id", "since", "until", "interval_seconds", "expected", "seen", "status",
                                   "gaps", "frozen", "black"}

@@ -26,7 +26,7 @@ from receiver.db.migrate import upgrade
 from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
-from tests.support.pg_redis import free_port, stop_process, wait_port
+from tests.support.pg_redis import free_port, stop_process, wait_healthy, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AK, SK = "testAccessKeyId", "testAccessKeySecret"
@@ -86,6 +86,9 @@ class Cluster:
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind",
              f"127.0.0.1:{self.port}", "--workers", str(self.web_workers), "receiver.wsgi:app"], "web")
         wait_port(self.port, 60, self.web)
+        # The port opens when gunicorn's master binds it; its workers may still be importing (seconds on a busy
+        # machine), and a callback sent before then waits for them.
+        wait_healthy(self.port, self.web, 120)
 
     def start_worker(self, pool: str = "solo", **env: str) -> subprocess.Popen[bytes]:
         """One `receiver worker` process (its concurrency is RECEIVER_WORKERS: 1 unless env says)."""
