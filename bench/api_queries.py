@@ -78,8 +78,9 @@ def fill(db: Path, rows: int, jobs: int) -> float:
         (per * jobs, per, BASE_MS, STEP_MS),
     )
     con.execute(
-        "INSERT INTO thumbnails (snapshot_id, width, height, format, storage_key, size, etag) "
-        "SELECT s.id, w.width, w.width * 9 / 16, 'jpeg', 'k/' || s.id || '/' || w.width || '.jpg', 20000, "
+        "INSERT INTO thumbnails (snapshot_id, captured_at_ms, width, height, format, storage_key, size, etag) "
+        "SELECT s.id, s.captured_at_ms, w.width, w.width * 9 / 16, 'jpeg', "
+        "'k/' || s.id || '/' || w.width || '.jpg', 20000, "
         "printf('%d-%d', s.id, w.width) FROM snapshots s, (SELECT 160 AS width UNION ALL SELECT 320) w "
         "ORDER BY s.id, w.width"
     )

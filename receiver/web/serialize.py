@@ -14,20 +14,22 @@ from receiver.web.health_query import job_status
 from receiver.web.urlsign import thumbnail_url
 
 
-def _url_width(actual: int) -> int:
+def _url_width(actual: int, widths: tuple[int, ...] | None = None) -> int:
     """The configured width that serves a rendition: itself, or for a source narrower than a configured
     width (not upscaled), the smallest configured width above it (the endpoint serves the largest rendition
-    not wider than the width asked)."""
-    if not has_app_context():
-        return actual
-    widths = current_services().settings.thumbnail_widths
+    not wider than the width asked). ``widths`` for callers outside a request (the outbox writer)."""
+    if widths is None:
+        if not has_app_context():
+            return actual
+        widths = current_services().settings.thumbnail_widths
     if actual in widths:
         return actual
     wider = [w for w in widths if w > actual]
     return min(wider) if wider else actual
 
 
-def snapshot_json(snap: Snapshot, signing_key: str | None = None) -> dict[str, Any]:
+def snapshot_json(snap: Snapshot, signing_key: str | None = None,
+                  widths: tuple[int, ...] | None = None) -> dict[str, Any]:
     return {
         "id": str(snap.id),
         "job_id": snap.job_id,
@@ -49,7 +51,7 @@ def snapshot_json(snap: Snapshot, signing_key: str | None = None) -> dict[str, A
                 "width": t.width,
                 "height": t.height,
                 "format": t.format,
-                "url": thumbnail_url(snap.id, _url_width(t.width), signing_key),
+                "url": thumbnail_url(snap.id, _url_width(t.width, widths), signing_key),
             }
             for t in snap.thumbnails
         ],

@@ -63,22 +63,23 @@ def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | Non
         return _existing_on(conn, job_id, bucket, key, etag)
 
 
-def write_index(conn: Connection, p: Prepared, account: str = DEFAULT) -> int:
+def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: tuple[int, ...] = ()) -> int:
     """Write a prepared object's rows on ``conn`` (the caller's transaction); returns the snapshot id."""
     if p.existing is not None:
         return p.existing
     assert p.snapshot is not None
     insert_snapshot, insert_thumbnails = _index_statements(conn.dialect.name)
     snap = p.snapshot
+    # The identity constraint holds captured_at_ms (partitions), and two events for one content may carry
+    # different capture times, so the constraint alone no longer dedupes: look again inside this transaction.
+    # PostgreSQL first serialises writers of one identity; SQLite's BEGIN IMMEDIATE already serialises all.
     if conn.dialect.name == "postgresql":
-        # The identity constraint holds captured_at_ms (partitions), and two events for one content may
-        # carry different capture times: serialise writers of one identity and look again under the lock.
         ident = "\0".join((snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])).encode()
         conn.execute(_identity_lock(), {"key": int.from_bytes(hashlib.sha256(ident).digest()[:8], "big",
                                                               signed=True)})
-        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
-        if found is not None:
-            return found
+    found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+    if found is not None:
+        return found
     sid: int | None = conn.execute(insert_snapshot, snap).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
@@ -90,15 +91,18 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT) -> int:
         conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid, "captured_at_ms": snap["captured_at_ms"]}
                                          for r in p.thumbnails])
     # Only a row this transaction inserted is announced, in this transaction: a crash loses both or neither.
-    announce_snapshot(conn, sid, p, account)
+    announce_snapshot(conn, sid, p, account, widths)
     return sid
 
 
-def announce_snapshot(conn: Connection, sid: int, p: Prepared, account: str) -> None:
+def announce_snapshot(conn: Connection, sid: int, p: Prepared, account: str, widths: tuple[int, ...]) -> None:
+    """snapshot.created with the snapshot object exactly as the API gives it (thumbnails largest first, URL
+    widths from the configured ones), whichever dispatcher runs this (threads have no app context)."""
     assert p.snapshot is not None
     snap = Snapshot(id=sid, **p.snapshot)
-    snap.thumbnails = [Thumbnail(snapshot_id=sid, **r) for r in p.thumbnails]
-    outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap), job_id=snap.job_id, account=account)
+    snap.thumbnails = sorted((Thumbnail(snapshot_id=sid, **r) for r in p.thumbnails), key=lambda t: -t.width)
+    outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap, widths=widths or None),
+                  job_id=snap.job_id, account=account)
 
 
 def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:

@@ -125,8 +125,9 @@ def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, 
 
 def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[int, ...]:
     """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
+    widths = svc.settings.thumbnail_widths
     with svc.metrics.stage("index"), svc.engine.begin() as conn:
-        ids = tuple(dict.fromkeys(write_index(conn, p, ev.account) for p in prepared))
+        ids = tuple(dict.fromkeys(write_index(conn, p, ev.account, widths) for p in prepared))
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
         # (An empty list of links would run the INSERT once, without parameters.)
@@ -285,7 +286,7 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
             if done:
                 with svc.engine.begin() as conn:
                     for p in done:
-                        write_index(conn, p, ev.account)
+                        write_index(conn, p, ev.account, svc.settings.thumbnail_widths)
             raise
     if not done and errors:
         raise errors[0]

@@ -111,3 +111,19 @@ def test_a_write_lock_held_past_busy_timeout_is_an_operational_error(engine: Eng
     with engine.begin() as conn:  # the failed BEGIN left the pooled connection usable
         assert conn.execute(_finish_statement(False), {"event_id": 2, "claimed_attempts": 0, "new_status": "failed",
                                                        "error": None, "now": T0}).rowcount == 0
+
+
+def test_one_content_with_two_capture_times_is_indexed_and_announced_once(engine: Engine) -> None:
+    """The identity constraint carries captured_at_ms (day partitions), so it no longer catches the same
+    content reported with another capture time (a callback's CreateTimestamp vs the listing's time): the
+    look-up inside the writing transaction does, on SQLite as on PostgreSQL."""
+    with engine.begin() as conn:
+        sid = write_index(conn, Prepared(None, SNAPSHOT, ()))
+    later = {**SNAPSHOT, "captured_at_ms": SNAPSHOT["captured_at_ms"] + 500}
+    with engine.begin() as conn:
+        assert write_index(conn, Prepared(None, later, ())) == sid
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        assert raw.execute("SELECT count(*) FROM snapshots").fetchone() == (1,)
+        assert raw.execute("SELECT count(*) FROM messages WHERE type = 'snapshot.created'").fetchone() == (1,)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from sqlalchemy import select
 
 from receiver.db.models import Message
-from receiver.services import Services
+from receiver.services import Services, services
 from receiver.sim.frames import bad_inputs
 from receiver.worker.dispatch import drain
-from tests.support.builders import JOB, callback_body, put_snapshot
+from tests.support.builders import JOB, build_app, callback_body, put_snapshot
 
 URL = "/callbacks/live-snapshot"
 T0 = 1796212805123
@@ -48,3 +49,17 @@ def test_a_failed_event_writes_one_event_failed_message(client, svc, fake_ice, f
     sent = json.loads(msg.body)
     assert msg.type == "event.failed" and sent["data"]["id"] == eid and msg.account == "default"
     assert sent["data"]["status"] == "failed" and sent["data"]["last_error"]
+
+
+def test_the_message_lists_thumbnails_as_the_api_does_whatever_the_configured_order(settings, fake_ice, fake_oss,
+                                                                                      frame):
+    # Widths configured smallest first; thread workers run without an app context.
+    app = build_app(dataclasses.replace(settings, thumbnail_widths=(160, 320)))
+    client, svc = app.test_client(), services(app)
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    assert client.post(URL, data=callback_body(key, T0)).status_code == 200
+    drain(svc)
+    [msg] = messages(svc)
+    sent = json.loads(msg.body)["data"]
+    assert [t["width"] for t in sent["thumbnails"]] == [320, 160]
+    assert sent == client.get(f"/v1/snapshots/{sent['id']}").get_json()
