@@ -56,10 +56,13 @@ def test_the_message_lists_thumbnails_as_the_api_does_whatever_the_configured_or
     # Widths configured smallest first; thread workers run without an app context.
     app = build_app(dataclasses.replace(settings, thumbnail_widths=(160, 320)))
     client, svc = app.test_client(), services(app)
-    key = put_snapshot(fake_oss, fake_ice, T0, frame)
-    assert client.post(URL, data=callback_body(key, T0)).status_code == 200
-    drain(svc)
-    [msg] = messages(svc)
-    sent = json.loads(msg.body)["data"]
-    assert [t["width"] for t in sent["thumbnails"]] == [320, 160]
-    assert sent == client.get(f"/v1/snapshots/{sent['id']}").get_json()
+    try:
+        key = put_snapshot(fake_oss, fake_ice, T0, frame)
+        assert client.post(URL, data=callback_body(key, T0)).status_code == 200
+        drain(svc)
+        [msg] = messages(svc)
+        sent = json.loads(msg.body)["data"]
+        assert [t["width"] for t in sent["thumbnails"]] == [320, 160]
+        assert sent == client.get(f"/v1/snapshots/{sent['id']}").get_json()
+    finally:
+        svc.close()
