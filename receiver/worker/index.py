@@ -7,6 +7,8 @@ import hashlib
 import logging
 import time
 from functools import cache
+from types import SimpleNamespace
+from typing import cast
 
 from sqlalchemy import BigInteger, Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
@@ -99,8 +101,10 @@ def announce_snapshot(conn: Connection, sid: int, p: Prepared, account: str, wid
     """snapshot.created with the snapshot object exactly as the API gives it (thumbnails largest first, URL
     widths from the configured ones), whichever dispatcher runs this (threads have no app context)."""
     assert p.snapshot is not None
-    snap = Snapshot(id=sid, **p.snapshot)
-    snap.thumbnails = sorted((Thumbnail(snapshot_id=sid, **r) for r in p.thumbnails), key=lambda t: -t.width)
+    # Plain namespaces with the row's attributes, not ORM instances: instrumenting a Snapshot and its Thumbnails
+    # cost more than the rest of the message (bench/pipeline.py, server CPU per frame).
+    thumbs = sorted((SimpleNamespace(**r) for r in p.thumbnails), key=lambda t: -t.width)
+    snap = cast(Snapshot, SimpleNamespace(**p.snapshot, id=sid, thumbnails=thumbs))
     outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap, widths=widths or None),
                   job_id=snap.job_id, account=account)
 
