@@ -41,6 +41,21 @@ def _existing_statement(with_etag: bool) -> Executable:
     return q.limit(1)
 
 
+# Two reports of one content disagree on its capture time by seconds (a callback's CreateTimestamp, ICE's
+# listing, the key's {UnixTimestamp}, Last-Modified; resolve.captured_at drops a hint far from Last-Modified).
+# A day either side is far beyond that, and lets PostgreSQL read three day partitions instead of all of them.
+IDENTITY_WINDOW_MS = 86_400_000
+
+
+@cache
+def _existing_near_statement() -> Executable:
+    return (select(Snapshot.id)
+            .where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
+                   Snapshot.oss_object == bindparam("key"), Snapshot.etag == bindparam("etag"),
+                   Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
+            .limit(1))
+
+
 @cache
 def _index_statements(dialect: str) -> tuple[Executable, Executable]:
     # DO NOTHING on the identity constraint rather than an IntegrityError: the insert shares its transaction
@@ -79,7 +94,10 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
         ident = "\0".join((snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])).encode()
         conn.execute(_identity_lock(), {"key": int.from_bytes(hashlib.sha256(ident).digest()[:8], "big",
                                                               signed=True)})
-    found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+    at = snap["captured_at_ms"]
+    found: int | None = conn.execute(_existing_near_statement(), {
+        "job_id": snap["job_id"], "bucket": snap["oss_bucket"], "key": snap["oss_object"], "etag": snap["etag"],
+        "lo": at - IDENTITY_WINDOW_MS, "hi": at + IDENTITY_WINDOW_MS}).scalar_one_or_none()
     if found is not None:
         return found
     sid: int | None = conn.execute(insert_snapshot, snap).scalar_one_or_none()

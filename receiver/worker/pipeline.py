@@ -35,7 +35,7 @@ from receiver.exceptions import (
 from receiver.services import Services
 from receiver.web.serialize import event_json
 from receiver.worker.heartbeat import heartbeat, mark_claimer
-from receiver.worker.index import prepare, upsert_job, write_index
+from receiver.worker.index import IDENTITY_WINDOW_MS, prepare, upsert_job, write_index
 from receiver.worker.resolve import resolve_targets
 from receiver.worker.types import SKIPPED, Claimed, Outcome, Prepared, Target
 
@@ -84,11 +84,15 @@ def _finish_statement(retry: bool, refund: bool = False) -> Executable:
 
 
 @cache
-def _link_statement(dialect: str) -> Executable:
+def _link_statement(dialect: str, windowed: bool = False) -> Executable:
     # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link. The
     # link carries the snapshot's captured_at_ms (the partition key of event_snapshots), read from its row.
+    # ``windowed``: the row is known to lie within index.IDENTITY_WINDOW_MS of a capture time (lo, hi), so
+    # PostgreSQL reads those days' partitions only, not every one.
     source = select(bindparam("event_id", type_=BigInteger), Snapshot.id, Snapshot.captured_at_ms).where(
         Snapshot.id == bindparam("snapshot_id"))
+    if windowed:
+        source = source.where(Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
     return insert_for(dialect)(EventSnapshot).from_select(
         ["event_id", "snapshot_id", "captured_at_ms"], source).on_conflict_do_nothing()
 
@@ -127,13 +131,28 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
     """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
     widths = svc.settings.thumbnail_widths
     with svc.metrics.stage("index"), svc.engine.begin() as conn:
-        ids = tuple(dict.fromkeys(write_index(conn, p, ev.account, widths) for p in prepared))
+        # Snapshot id -> a capture time its row lies near (None: found before fetching, time unknown).
+        near: dict[int, int | None] = {}
+        for p in prepared:
+            sid = write_index(conn, p, ev.account, widths)
+            near.setdefault(sid, p.snapshot["captured_at_ms"] if p.snapshot is not None else None)
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
-        # (An empty list of links would run the INSERT once, without parameters.)
-        if _set_status(conn, ev, EventStatus.DONE, None, None) and ids:
-            conn.execute(_link_statement(conn.dialect.name), [{"event_id": ev.id, "snapshot_id": sid} for sid in ids])
-    return ids
+        if _set_status(conn, ev, EventStatus.DONE, None, None):
+            _link(conn, ev.id, near)
+    return tuple(near)
+
+
+def _link(conn: Connection, event_id: int, near: dict[int, int | None]) -> None:
+    window = IDENTITY_WINDOW_MS
+    timed = [{"event_id": event_id, "snapshot_id": sid, "lo": at - window, "hi": at + window}
+             for sid, at in near.items() if at is not None]
+    untimed = [{"event_id": event_id, "snapshot_id": sid} for sid, at in near.items() if at is None]
+    # (An empty list of links would run the INSERT once, without parameters.)
+    if timed:
+        conn.execute(_link_statement(conn.dialect.name, True), timed)
+    if untimed:
+        conn.execute(_link_statement(conn.dialect.name), untimed)
 
 
 def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None,

@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from receiver.db.engine import make_engine, reader
 from receiver.db.migrate import ensure_schema
 from receiver.db.models import Event, Snapshot
-from receiver.worker.index import _existing_statement, _index_statements, write_index
+from receiver.worker.index import IDENTITY_WINDOW_MS, _existing_statement, _index_statements, write_index
 from receiver.worker.pipeline import _claim_statement, _finish_statement, _link_statement
 from receiver.worker.types import Claimed, Prepared
 
@@ -127,3 +127,12 @@ def test_one_content_with_two_capture_times_is_indexed_and_announced_once(engine
         assert isinstance(raw, sqlite3.Connection)
         assert raw.execute("SELECT count(*) FROM snapshots").fetchone() == (1,)
         assert raw.execute("SELECT count(*) FROM messages WHERE type = 'snapshot.created'").fetchone() == (1,)
+
+
+def test_the_identity_look_up_reaches_a_day_either_side_of_the_capture_time(engine: Engine) -> None:
+    """Bounded so PostgreSQL reads a few day partitions; two reports of one content differ by seconds."""
+    with engine.begin() as conn:
+        sid = write_index(conn, Prepared(None, SNAPSHOT, ()))
+    hours_later = {**SNAPSHOT, "captured_at_ms": SNAPSHOT["captured_at_ms"] + IDENTITY_WINDOW_MS - 1}
+    with engine.begin() as conn:
+        assert write_index(conn, Prepared(None, hours_later, ())) == sid
