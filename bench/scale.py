@@ -48,6 +48,9 @@ from tests.support.pg_redis import PgServer, RedisServer, pg_bindir  # noqa: E40
 
 WARM_UP = 8  # events per worker process before the clock starts
 WIDTHS = "320,160"  # the service's default widths, as the kernel uses
+WORKER_POOL = ["solo"]  # --pool
+WORKER_ENV: dict[str, str] = {}  # --pool threads: RECEIVER_WORKERS = --concurrency
+PROFILE_IDLE = ["--idle"]  # --profile-cpu: on-CPU samples only
 EXTRA_ENV: dict[str, str] = {}  # --env NAME=VALUE: for every service process
 
 
@@ -84,10 +87,32 @@ def seed(ice: FakeIce, oss: FakeOss, job: str, frames: list[bytes], n: int, t0: 
     for i in range(n):
         ms = t0 + i * 1000
         key = f"snapshot/{job}/{ms}.jpg"
-        oss.put(BUCKET, key, frames[i % len(frames)])
+        # Written when captured, as ICE does: a callback time far from Last-Modified is logged as a warning
+        # per event, a cost production does not pay.
+        oss.put(BUCKET, key, frames[i % len(frames)], last_modified=ms / 1000)
         ice.add_file(job, key, ms)
         bodies.append(callback(job, key, ms))
     return bodies
+
+
+def cpu_by_command() -> Counter[str]:
+    """CPU seconds so far of every process, by command (postgres, redis-server, gunicorn, python...)."""
+    out: Counter[str] = Counter()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+            f = rest.split()
+            cmd = head.split("(", 1)[1]
+            out[cmd] += (int(f[11]) + int(f[12])) / __import__("os").sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (user + nice + system + irq + softirq + steal)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / __import__("os").sysconf("SC_CLK_TCK")
 
 
 def worker_pids(c: Cluster) -> list[int]:
@@ -103,7 +128,7 @@ def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
     try:
         c.start_web()
         for _ in range(workers):
-            c.start_worker("solo")
+            c.start_worker(WORKER_POOL[0], **WORKER_ENV)
         # Warm-up (not timed): every worker process connected, its statements prepared, the job cached.
         warm_job = f"{job}-warm"
         warm = seed(ice, oss, warm_job, frames, WARM_UP * workers)
@@ -113,12 +138,13 @@ def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
         time.sleep(0.5)
         pids = worker_pids(c)
         cpu0 = sum(cpu_seconds(p) for p in pids)
+        own0, busy0 = time.process_time(), machine_busy_seconds()
         pushes0 = redis_pushes(redis)
         spy = None
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--rate", "100",
-                                    "--format", "raw", "--output", str(profile / f"worker-{tag}.txt"),
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", *PROFILE_IDLE,
+                                    "--rate", "100", "--format", "raw", "--output", str(profile / f"worker-{tag}.txt"),
                                     "--pid", str(pids[0]), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
@@ -127,12 +153,14 @@ def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
         counts = c.wait_done(job, n, 600)
         elapsed = time.perf_counter() - t
         cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        own, busy = time.process_time() - own0, machine_busy_seconds() - busy0
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes what it recorded
             spy.wait(timeout=60)
         messages = redis_pushes(redis) - pushes0
         assert counts.get("done") == n and counts["snapshots"] == n, (counts, c.logs())
-        return {"rate": n / elapsed, "cpu_ms": cpu / n * 1000, "messages": messages / n}
+        return {"rate": n / elapsed, "cpu_ms": cpu / n * 1000, "messages": messages / n,
+                "machine_ms": busy / n * 1000, "bench_ms": own / n * 1000}
     finally:
         c.stop()
 
@@ -142,6 +170,8 @@ class Loader:
 
     def __init__(self, port: int, threads: int) -> None:
         self.port, self.threads = port, threads
+        self.cpu: list[tuple[str, float, float, float]] = []
+        self.by: list[tuple[str, dict[str, float]]] = []  # (what, server-side ms/request, client ms, cores busy)
 
     def run(self, seconds: float, request: tuple[str, str] | None, bodies: list[bytes] | None = None) -> float:
         """Requests/s over ``seconds``: GET ``request`` path, or POST each of ``bodies`` (each once)."""
@@ -171,17 +201,36 @@ class Loader:
             conn.close()
             done[slot] = n
 
-        t = time.perf_counter()
+        t, busy, own, by0 = time.perf_counter(), machine_busy_seconds(), time.process_time(), cpu_by_command()
         ts = [threading.Thread(target=loop, args=(i,)) for i in range(self.threads)]
         for th in ts:
             th.start()
         for th in ts:
             th.join()
-        return sum(done.values()) / (time.perf_counter() - t)
+        n = sum(done.values())
+        busy, own = machine_busy_seconds() - busy, time.process_time() - own
+        by = cpu_by_command()
+        by.subtract(by0)
+        what = request[1] if request else "callbacks"
+        self.by.append((what, {k: v / max(1, n) * 1000 for k, v in by.most_common(6) if v > 0}))
+        self.cpu.append((what, (busy - own) / max(1, n) * 1000, own / max(1, n) * 1000,
+                         busy / (time.perf_counter() - t)))
+        return n / (time.perf_counter() - t)
+
+
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def callbacks_vs_healthz(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, rounds: int,
-                         seconds: float) -> tuple[list[float], list[float]]:
+                         seconds: float, profile: Path | None = None) -> tuple[list[float], list[float]]:
     job = "bench-cb"
     ice.add_job(job, bucket=BUCKET)
     # Bodies only: intake records without asking ICE or OSS. More than a round can send.
@@ -194,6 +243,16 @@ def callbacks_vs_healthz(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
         loader.run(1.0, None, bodies[:500])
         del bodies[:500]
         healthz, cbs = [], []
+        spies = []
+        if profile is not None:
+            assert c.web is not None
+            profile.mkdir(parents=True, exist_ok=True)
+            for i, pid in enumerate(child_pids(c.web.pid)):
+                spies.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", *PROFILE_IDLE, "--rate", "200",
+                     "--format", "raw", "--output", str(profile / f"web{i}-callbacks.txt"), "--pid", str(pid),
+                     "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1.0)
         for _ in range(rounds):
             healthz.append(loader.run(seconds, ("GET", "/healthz")))
             before = len(bodies)
@@ -201,6 +260,14 @@ def callbacks_vs_healthz(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
             cbs.append(rate)
             del bodies[:before]  # each body once: the rest are dropped (a round never sends them all)
             bodies = [callback(job, f"snapshot/{job}/x{len(cbs)}-{i}.jpg", 1796212805000 + i) for i in range(200_000)]
+        for what, server_ms, client_ms, cores in loader.cpu[2:]:
+            print(f"  {what}: machine CPU per request {server_ms:.3f} ms besides the client's {client_ms:.3f} ms; "
+                  f"{cores:.2f} cores busy")
+        for what, by in loader.by[2:]:
+            print(f"  {what}: ms per request by command: " + ", ".join(f"{k} {v:.3f}" for k, v in by.items()))
+        for spy in spies:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
         return healthz, cbs
     finally:
         c.stop()
@@ -284,10 +351,17 @@ def main() -> None:
     ap.add_argument("--cache-workers", type=int, default=4)
     ap.add_argument("--skip", default="", help="comma-separated: snapshots,callbacks,cache")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy the one-worker run's worker into FOLDER")
+    ap.add_argument("--pool", choices=["solo", "threads"], default="solo", help="the worker processes' Celery pool")
+    ap.add_argument("--concurrency", type=int, default=1, help="threads per worker process with --pool threads")
+    ap.add_argument("--profile-cpu", action="store_true", help="with --profile: on-CPU samples only (no --idle)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting for every service process (e.g. RECEIVER_REDISPATCH_SECONDS=120)")
     a = ap.parse_args()
     EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
+    WORKER_POOL[0] = a.pool
+    WORKER_ENV["RECEIVER_WORKERS"] = str(a.concurrency)
+    if a.profile_cpu:
+        PROFILE_IDLE.clear()
     skip = set(filter(None, a.skip.split(",")))
     bindir = pg_bindir()
     redis_bin = shutil.which("redis-server")
@@ -312,7 +386,7 @@ def main() -> None:
                                                              f"{w}w{r}", prof))
                         kernel.append(kernel_ms(frames, kernel_n))
             if "callbacks" not in skip:
-                healthz, cbs = callbacks_vs_healthz(pg, redis, ice, oss, a.rounds + 1, a.seconds)
+                healthz, cbs = callbacks_vs_healthz(pg, redis, ice, oss, a.rounds + 1, a.seconds, a.profile)
             if "cache" not in skip:
                 cache = ice_calls_per_period(pg, redis, ice, oss, a.cache_workers, a.cache_seconds, a.cache_run)
     finally:
@@ -331,10 +405,14 @@ def main() -> None:
             per = statistics.median(rates) / w
             cpu = statistics.median(r["cpu_ms"] for r in snaps[w])
             msgs = statistics.median(r["messages"] for r in snaps[w])
+            machine = statistics.median(r["machine_ms"] for r in snaps[w])
+            bench = statistics.median(r["bench_ms"] for r in snaps[w])
             rounds = ", ".join(f"{x / w * k_ms / 1000:.2f}" for x in rates)
             print(f"  {w} worker process(es): {statistics.median(rates):7.1f} snapshots/s = {per:6.1f} per process "
                   f"= {per * k_ms / 1000:.2f}x kernel  (rounds: {rounds}; worker CPU {cpu:.2f} ms/snapshot; "
                   f"{msgs:.2f} broker messages/snapshot)")
+            print(f"      CPU per snapshot, all cores: {machine:.2f} ms (worker processes {cpu:.2f}, this process's "
+                  f"fakes and clients {bench:.2f}, the rest (PostgreSQL, Redis, gunicorn) {machine - cpu - bench:.2f})")
     if cbs:
         ratios = [c / h for c, h in zip(cbs, healthz, strict=False)]
         print("callbacks on gunicorn (2 workers x 8 threads) + PostgreSQL, 16 keep-alive connections, "

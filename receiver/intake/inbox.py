@@ -23,7 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from receiver.db.engine import insert_for
+from receiver.db.engine import insert_for, single_statement
 from receiver.db.models import Event, EventOrigin, EventStatus, utcnow
 from receiver.intake.parse import EventItem
 
@@ -34,6 +34,8 @@ _COLUMNS = ("job_id", "identity", "origin", "key_from_ice", "status", "attempts"
             "account", "user_id")
 # Keys per SELECT of already-recorded events (2 bound parameters each, well under any driver's limit).
 _LOOKUP_CHUNK = 400
+# SQLAlchemy's insertmanyvalues page: up to this many rows, the INSERT is a single statement.
+ONE_STATEMENT_ROWS = 1000
 # Rows per SQLite INSERT: at 17 parameters a row, under the 999 variables of SQLite builds before 3.32.
 _SQLITE_CHUNK = 58
 
@@ -217,12 +219,21 @@ class GroupCommitter:
 
     def _write(self, batch: list[_Entry]) -> None:
         try:
+            groups = [(e.items, e.origin) for e in batch]
+            if sum(len(items) for items, _ in groups) > ONE_STATEMENT_ROWS:
+                # Several INSERT statements: one transaction around them, on a connection of its own.
+                with self.engine.begin() as own:
+                    results = _record_groups(own, groups)
+                self._finish(batch, results)
+                return
             if self._conn is None:
-                self._conn = self.engine.connect()
+                # On PostgreSQL in autocommit: the write is one INSERT (then, for duplicates, a read), atomic
+                # on its own, so psycopg's BEGIN and COMMIT round trips would buy nothing.
+                self._conn = single_statement(self.engine).connect()
             conn = self._conn
             try:
                 with conn.begin():
-                    results = _record_groups(conn, [(e.items, e.origin) for e in batch])
+                    results = _record_groups(conn, groups)
             except BaseException:
                 # The next write starts from a fresh pooled connection (pre-pinged), whatever went wrong.
                 self._conn = None
@@ -239,6 +250,10 @@ class GroupCommitter:
             for entry in batch:
                 self._write([entry])
             return
+        self._finish(batch, results)
+
+    @staticmethod
+    def _finish(batch: list[_Entry], results: list[Recorded]) -> None:
         for entry, result in zip(batch, results, strict=True):
             entry.result, entry.done = result, True
 

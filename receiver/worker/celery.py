@@ -9,6 +9,7 @@ whatever the broker lost. Nothing here connects at import time: apps are built b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -29,6 +30,7 @@ from receiver.config import Settings
 from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services, current_services, services
+from receiver.worker import celery_messages
 from receiver.worker.deliveries import start_deliveries
 from receiver.worker.dispatch import SWEEP_BATCH
 from receiver.worker.pipeline import CLOCK_TOLERANCE, process_event
@@ -136,6 +138,7 @@ def run_worker(app: Flask, pool: str, concurrency: int, loglevel: str = "INFO") 
         svc.close()
 
 
+PUBLISH_BATCH = 1000  # messages per LPUSH when the publisher drains a burst
 SENT_AT = "receiver_sent_at"  # message header: when the publisher sent it (epoch seconds)
 
 
@@ -210,6 +213,7 @@ class CeleryDispatcher:
         self._stop = threading.Event()
         self._celery: Any = None
         self._redis: Any = None  # the sweeper's look at the queue (oldest_queued_sent_at)
+        self._fast: celery_messages.RedisTaskPublisher | None = None  # the publisher thread's, on Redis
         self.published = 0
 
     def _app(self) -> Any:
@@ -223,6 +227,8 @@ class CeleryDispatcher:
                 return
             self._stop.clear()
             self._queue = queue.SimpleQueue()
+            if self._pid != os.getpid():
+                self._fast = None  # a parent's connection, inherited by fork: never written to from here
             self._pid = os.getpid()
             self._publisher = threading.Thread(target=self._publish_loop, name="receiver-publisher", daemon=True)
             self._publisher.start()
@@ -248,6 +254,8 @@ class CeleryDispatcher:
         if self._celery is not None:
             self._celery.close()
             self._celery = None
+        if wait or publisher is None:
+            self._drop_publisher()
 
     def submit(self, event_ids: Iterable[int]) -> None:
         self.start()
@@ -266,15 +274,33 @@ class CeleryDispatcher:
             ids = [i for i in batch if i is not None]
             if ids:
                 try:
-                    app = self._app()
-                    with app.producer_or_acquire() as producer:
-                        for i in ids:
-                            app.send_task(TASK_NAME, args=[i], producer=producer, headers={SENT_AT: time.time()})
-                            self.published += 1
+                    self._send(ids)
+                    self.published += len(ids)
                 except Exception as e:
                     log.warning("could not publish %d event(s) to the broker (%s); the sweeper will", len(ids), e)
+                    self._drop_publisher()
             if None in batch:
                 return
+
+    def _send(self, ids: list[int]) -> None:
+        headers = {SENT_AT: time.time()}
+        broker_url = self.svc.settings.broker_url or ""
+        if celery_messages.supports(broker_url):
+            if self._fast is None:
+                self._fast = celery_messages.RedisTaskPublisher(broker_url, TASK_NAME, QUEUE)
+            for start in range(0, len(ids), PUBLISH_BATCH):
+                self._fast.publish(ids[start:start + PUBLISH_BATCH], headers)
+            return
+        app = self._app()
+        with app.producer_or_acquire() as producer:
+            for i in ids:
+                app.send_task(TASK_NAME, args=[i], producer=producer, headers=headers)
+
+    def _drop_publisher(self) -> None:
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            with contextlib.suppress(Exception):
+                fast.close()
 
     def _queued_since(self) -> float | None:
         """oldest_queued_sent_at on this broker; None (the grace alone decides) if it cannot be read."""

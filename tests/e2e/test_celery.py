@@ -22,9 +22,11 @@ from receiver.worker.celery import (
     TASK_NAME,
     CeleryDispatcher,
     celery_init_app,
+    make_celery,
     oldest_queued_sent_at,
     redispatch_due,
 )
+from receiver.worker.celery_messages import RedisTaskPublisher
 from tests.support.builders import build_app, callback_body, put_snapshot
 from tests.support.pg_redis import RedisServer, free_port, redis_server  # noqa: F401
 
@@ -156,3 +158,38 @@ def test_sweeper_leaves_a_backlog_alone(svc: Services, redis_server: RedisServer
     assert redispatch_due(svc, grace=60, queued_since=oldest_queued_sent_at(r)) == ids
     r.delete(QUEUE)
     r.close()
+
+
+def test_fast_messages_are_send_task_messages_key_by_key(settings, redis_server):  # noqa: F811
+    """The publisher writes Celery protocol 2 messages itself (worker/celery_messages.py): the same keys and
+    values as Celery's own send_task through kombu, except the per-message ids and the sender's names. A
+    Celery or kombu upgrade that changes the format fails here rather than in the queue."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    app = make_celery(settings.with_(queue="celery", broker_url=redis_server.url))
+    with app.producer_or_acquire() as producer:
+        app.send_task(TASK_NAME, args=[41], producer=producer, headers={SENT_AT: 1.5})
+    publisher = RedisTaskPublisher(redis_server.url, TASK_NAME, QUEUE)
+    publisher.publish([42, 43], {SENT_AT: 2.5})
+    publisher.close()
+    theirs, ours, ours_next = (json.loads(m) for m in reversed(r.lrange(QUEUE, 0, -1)))  # oldest first
+    r.close()
+    app.close()
+    per_message = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
+
+    def flat(d: dict, prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(theirs), flat(ours)
+    assert a.keys() == b.keys()
+    differing = {k for k in a if a[k] != b[k] and k.rsplit(".", 1)[-1] not in per_message}
+    assert differing == {"body", "headers.argsrepr", f"headers.{SENT_AT}"}  # the argument and the send time
+    assert json.loads(base64.b64decode(ours["body"])) == [[42], {}, json.loads(base64.b64decode(theirs["body"]))[2]]
+    assert ours["headers"]["argsrepr"] == "[42]" and ours["headers"][SENT_AT] == 2.5
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    assert ours["properties"]["delivery_tag"] != ours_next["properties"]["delivery_tag"]
+    assert json.loads(base64.b64decode(ours_next["body"]))[0] == [43]  # consumed in the order given
+
