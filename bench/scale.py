@@ -48,8 +48,6 @@ from tests.support.pg_redis import PgServer, RedisServer, pg_bindir  # noqa: E40
 
 WARM_UP = 8  # events per worker process before the clock starts
 WIDTHS = "320,160"  # the service's default widths, as the kernel uses
-WORKER_POOL = ["solo"]  # --pool
-WORKER_ENV: dict[str, str] = {}  # --pool threads: RECEIVER_WORKERS = --concurrency
 PROFILE_IDLE = ["--idle"]  # --profile-cpu: on-CPU samples only
 EXTRA_ENV: dict[str, str] = {}  # --env NAME=VALUE: for every service process
 
@@ -70,15 +68,27 @@ def redis_flush(redis: RedisServer) -> None:
     r.close()
 
 
-def redis_pushes(redis: RedisServer) -> int:
-    """Messages sent to the broker so far (kombu's Redis transport LPUSHes each one)."""
+def redis_deliveries(redis: RedisServer) -> int:
+    """Messages handed to workers so far: kombu's Redis QoS records each delivered message in its unacked
+    index with one ZADD (publishers may push a burst with one LPUSH, so LPUSHes no longer count messages)."""
     import redis as redis_client
 
     r = redis_client.Redis.from_url(redis.url)
     try:
-        return int(r.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))
+        return int(r.info("commandstats").get("cmdstat_zadd", {}).get("calls", 0))
     finally:
         r.close()
+
+
+def parse_shape(text: str) -> tuple[int, str, int]:
+    """"1xsolo" -> (1 process, solo, 1 slot); "2xthreads3" -> (2 processes, threads pool, 3 threads each)."""
+    procs, _, pool = text.partition("x")
+    threads = pool.removeprefix("threads")
+    if pool == "solo":
+        return int(procs), "solo", 1
+    if pool.startswith("threads") and threads.isdigit():
+        return int(procs), "threads", int(threads)
+    raise SystemExit(f"--shapes: {text!r} is not <processes>xsolo or <processes>xthreads<N>")
 
 
 def seed(ice: FakeIce, oss: FakeOss, job: str, frames: list[bytes], n: int, t0: int = 1796212805000) -> list[bytes]:
@@ -121,17 +131,18 @@ def worker_pids(c: Cluster) -> list[int]:
 
 
 def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, frames: list[bytes],
-                         workers: int, n: int, tag: str, profile: Path | None) -> dict[str, float]:
+                         shape: tuple[int, str, int], n: int, tag: str, profile: Path | None) -> dict[str, float]:
+    workers, pool, threads = shape
     job = f"bench-snap-{tag}"
     bodies = seed(ice, oss, job, frames, n)
     c = new_cluster(pg, redis, ice, oss)
     try:
         c.start_web()
         for _ in range(workers):
-            c.start_worker(WORKER_POOL[0], **WORKER_ENV)
+            c.start_worker(pool, RECEIVER_WORKERS=str(threads))
         # Warm-up (not timed): every worker process connected, its statements prepared, the job cached.
         warm_job = f"{job}-warm"
-        warm = seed(ice, oss, warm_job, frames, WARM_UP * workers)
+        warm = seed(ice, oss, warm_job, frames, WARM_UP * workers * threads)
         c.post(warm, threads=4)
         counts = c.wait_done(warm_job, len(warm), 120)
         assert counts.get("done") == len(warm), (counts, c.logs())
@@ -139,7 +150,7 @@ def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
         pids = worker_pids(c)
         cpu0 = sum(cpu_seconds(p) for p in pids)
         own0, busy0 = time.process_time(), machine_busy_seconds()
-        pushes0 = redis_pushes(redis)
+        pushes0 = redis_deliveries(redis)
         spy = None
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
@@ -157,7 +168,7 @@ def snapshots_per_second(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: Fa
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes what it recorded
             spy.wait(timeout=60)
-        messages = redis_pushes(redis) - pushes0
+        messages = redis_deliveries(redis) - pushes0
         assert counts.get("done") == n and counts["snapshots"] == n, (counts, c.logs())
         return {"rate": n / elapsed, "cpu_ms": cpu / n * 1000, "messages": messages / n,
                 "machine_ms": busy / n * 1000, "bench_ms": own / n * 1000}
@@ -343,23 +354,23 @@ def profile_summary(path: Path) -> list[tuple[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapshots", type=int, default=300)
-    ap.add_argument("--workers", default="1,2", help="Celery worker process counts for the end-to-end figure")
+    ap.add_argument("--shapes", default="1xsolo,1xthreads3,2xthreads3",
+                    help="worker shapes for the end-to-end figure, run in turn each round: <processes>xsolo or "
+                         "<processes>xthreads<N> (`receiver worker --pool threads`, RECEIVER_WORKERS=N)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of each figure (interleaved with its baseline)")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each callbacks and /healthz round")
     ap.add_argument("--cache-seconds", type=float, default=2.0)
     ap.add_argument("--cache-run", type=float, default=12.0)
     ap.add_argument("--cache-workers", type=int, default=4)
     ap.add_argument("--skip", default="", help="comma-separated: snapshots,callbacks,cache")
-    ap.add_argument("--profile", type=Path, default=None, help="py-spy the one-worker run's worker into FOLDER")
-    ap.add_argument("--pool", choices=["solo", "threads"], default="solo", help="the worker processes' Celery pool")
-    ap.add_argument("--concurrency", type=int, default=1, help="threads per worker process with --pool threads")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy the first shape's first worker process (first round) and gunicorn's workers "
+                         "during the callback rounds into FOLDER")
     ap.add_argument("--profile-cpu", action="store_true", help="with --profile: on-CPU samples only (no --idle)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting for every service process (e.g. RECEIVER_REDISPATCH_SECONDS=120)")
     a = ap.parse_args()
     EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
-    WORKER_POOL[0] = a.pool
-    WORKER_ENV["RECEIVER_WORKERS"] = str(a.concurrency)
     if a.profile_cpu:
         PROFILE_IDLE.clear()
     skip = set(filter(None, a.skip.split(",")))
@@ -367,11 +378,11 @@ def main() -> None:
     redis_bin = shutil.which("redis-server")
     if bindir is None or redis_bin is None:
         sys.exit("PostgreSQL or redis-server not found (apt-get install postgresql redis-server)")
-    worker_counts = [int(w) for w in a.workers.split(",")]
+    shapes = [parse_shape(x) for x in a.shapes.split(",")]
     frames = [make_frame(seed=i, kind="photo") for i in range(DISTINCT)]
     kernel_n = 60
     kernel = [kernel_ms(frames, kernel_n)]
-    snaps: dict[int, list[dict[str, float]]] = {w: [] for w in worker_counts}
+    snaps: dict[tuple[int, str, int], list[dict[str, float]]] = {sh: [] for sh in shapes}
     healthz: list[float] = []
     cbs: list[float] = []
     cache: dict[str, float] | None = None
@@ -380,11 +391,14 @@ def main() -> None:
         with FakeIce(access_keys={AK: SK}) as ice, FakeOss(access_keys={AK: SK}) as oss:
             if "snapshots" not in skip:
                 for r in range(a.rounds):
-                    for w in worker_counts:
-                        prof = a.profile if (a.profile is not None and w == 1 and r == 0) else None
-                        snaps[w].append(snapshots_per_second(pg, redis, ice, oss, frames, w, a.snapshots,
-                                                             f"{w}w{r}", prof))
+                    for i, sh in enumerate(shapes):
+                        prof = a.profile if (a.profile is not None and i == 0 and r == 0) else None
+                        before = kernel[-1]
+                        run = snapshots_per_second(pg, redis, ice, oss, frames, sh, a.snapshots, f"{i}s{r}", prof)
                         kernel.append(kernel_ms(frames, kernel_n))
+                        # Against the kernel timed just before and just after the run: this VM's speed drifts.
+                        run["kernel_ms"] = (before + kernel[-1]) / 2
+                        snaps[sh].append(run)
             if "callbacks" not in skip:
                 healthz, cbs = callbacks_vs_healthz(pg, redis, ice, oss, a.rounds + 1, a.seconds, a.profile)
             if "cache" not in skip:
@@ -397,20 +411,24 @@ def main() -> None:
           f"{statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths {WIDTHS}")
     print(f"bare kernel (bench/pipeline.py kernel_ms: make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = "
           f"{1000 / k_ms:.1f} frames/s (median of {len(kernel)}: {', '.join(f'{k:.2f}' for k in kernel)})")
-    if snaps[worker_counts[0]]:
+    if snaps[shapes[0]]:
         print(f"snapshots end to end ({a.snapshots} callbacks per run, gunicorn 2x8 + PostgreSQL + Redis + "
-              "`receiver worker --pool solo` x N, thumbnails to the fake OSS):")
-        for w in worker_counts:
-            rates = [r["rate"] for r in snaps[w]]
-            per = statistics.median(rates) / w
-            cpu = statistics.median(r["cpu_ms"] for r in snaps[w])
-            msgs = statistics.median(r["messages"] for r in snaps[w])
-            machine = statistics.median(r["machine_ms"] for r in snaps[w])
-            bench = statistics.median(r["bench_ms"] for r in snaps[w])
-            rounds = ", ".join(f"{x / w * k_ms / 1000:.2f}" for x in rates)
-            print(f"  {w} worker process(es): {statistics.median(rates):7.1f} snapshots/s = {per:6.1f} per process "
-                  f"= {per * k_ms / 1000:.2f}x kernel  (rounds: {rounds}; worker CPU {cpu:.2f} ms/snapshot; "
-                  f"{msgs:.2f} broker messages/snapshot)")
+              "`receiver worker` processes, thumbnails to the fake OSS; x kernel per process, each round against "
+              "the kernel timed around it):")
+        for sh in shapes:
+            w, pool, threads = sh
+            runs = snaps[sh]
+            ratios = [r["rate"] / w * r["kernel_ms"] / 1000 for r in runs]
+            cpu = statistics.median(r["cpu_ms"] for r in runs)
+            machine = statistics.median(r["machine_ms"] for r in runs)
+            bench = statistics.median(r["bench_ms"] for r in runs)
+            k_run = statistics.median(r["kernel_ms"] for r in runs)
+            name = f"{w} x --pool {pool}" + (f" ({threads} threads)" if pool == "threads" else "")
+            rounds = ", ".join(f"{x:.2f}" for x in ratios)
+            print(f"  {name}: {statistics.median(r['rate'] for r in runs):6.1f} snapshots/s = "
+                  f"{statistics.median(ratios):.2f}x kernel per process (rounds: {rounds}); "
+                  f"worker CPU {cpu:.2f} ms/snapshot = {k_run / cpu:.2f}x the kernel's; "
+                  f"{statistics.median(r['messages'] for r in runs):.2f} broker deliveries/snapshot")
             print(f"      CPU per snapshot, all cores: {machine:.2f} ms (worker processes {cpu:.2f}, this process's "
                   f"fakes and clients {bench:.2f}, the rest (PostgreSQL, Redis, gunicorn) {machine - cpu - bench:.2f})")
     if cbs:

@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _existing_statement(with_etag: bool) -> Executable:
+def _existing_statement(with_etag: bool, windowed: bool = False) -> Executable:
     # Built once (see pipeline._claim_statement): constructing a SELECT costs more than running it.
     q = select(Snapshot.id).where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
                                   Snapshot.oss_object == bindparam("key"))
     if with_etag:
         q = q.where(Snapshot.etag == bindparam("etag"))
+    if windowed:
+        q = q.where(Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
     return q.limit(1)
 
 
@@ -69,15 +71,23 @@ def _identity_lock() -> Executable:
     return select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 
 
-def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
-    params = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
-    found: int | None = conn.execute(_existing_statement(etag is not None), params).scalar_one_or_none()
+def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None,
+                 near_ms: int | None = None) -> int | None:
+    params: dict[str, object] = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
+    if near_ms is not None:
+        params.update(lo=near_ms - IDENTITY_WINDOW_MS, hi=near_ms + IDENTITY_WINDOW_MS)
+    statement = _existing_statement(etag is not None, near_ms is not None)
+    found: int | None = conn.execute(statement, params).scalar_one_or_none()
     return found
 
 
-def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None) -> int | None:
+def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None,
+              near_ms: int | None = None) -> int | None:
+    """The pre-fetch probe. ``near_ms``: a time the row's capture time is expected near (the event's time
+    hint, or the overwrite object's Last-Modified), so PostgreSQL reads those days' partitions, not all of a
+    year's. A hint that proves wrong only costs a fetch: write_index looks again around the final capture time."""
     with single_statement(svc.read_engine).connect() as conn:
-        return _existing_on(conn, job_id, bucket, key, etag)
+        return _existing_on(conn, job_id, bucket, key, etag, near_ms)
 
 
 def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: tuple[int, ...] = ()) -> int:
@@ -103,7 +113,8 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
     sid: int | None = conn.execute(insert_snapshot, snap).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
-        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])
+        # (The constraint holds captured_at_ms: the conflicting row has this very capture time.)
+        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
         if found is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return found
@@ -133,10 +144,11 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
         # Sequence objects are written once: any row for the key means it is done.
-        found = _existing(svc, job.job_id, bucket, t.key, None)
+        found = _existing(svc, job.job_id, bucket, t.key, None, t.create_ts_ms or t.key_ts_ms)
     else:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
-        found = _existing(svc, job.job_id, bucket, t.key, svc.source.head(endpoint, bucket, t.key).etag)
+        meta = svc.source.head(endpoint, bucket, t.key)
+        found = _existing(svc, job.job_id, bucket, t.key, meta.etag, meta.last_modified_ms)
     if found is not None:
         return Prepared(found)
     with svc.metrics.stage("fetch"):
@@ -144,7 +156,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     if t.kind == "overwrite":
         # The object may have been rewritten between HEAD and GET: its new content may be indexed already.
         # (A sequence object raced by another worker is caught by the unique constraint instead.)
-        found = _existing(svc, job.job_id, bucket, t.key, obj.etag)
+        found = _existing(svc, job.job_id, bucket, t.key, obj.etag, obj.last_modified_ms)
         if found is not None:
             return Prepared(found)
     with svc.metrics.stage("thumbnail"):

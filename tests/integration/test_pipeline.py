@@ -527,3 +527,27 @@ def test_a_restarted_process_takes_back_orphaned_claims_unless_another_worker_li
         assert heartbeat.reclaim_orphans(svc) == 0  # this process claims now: its own claims are live
     finally:
         svc.close()
+
+
+def test_the_pre_fetch_probe_looks_near_the_event_time_and_a_wrong_time_costs_only_a_fetch(client, svc, fake_ice,
+                                                                                          fake_oss, frame):
+    """The probe that skips fetching an indexed object reads a day either side of the event's time (on
+    PostgreSQL: three day partitions, not a year's). A time hint far off misses it: the object is fetched once
+    more, and the write still finds the row and links the event to it."""
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    first = int(send(client, callback_body(key, T0)))
+    drain(svc)
+
+    def gets() -> int:
+        return sum(1 for r in fake_oss.requests if r["method"] == "GET" and r["key"] == key)
+
+    fetched = gets()
+    near = int(send(client, callback_body(key, T0 + 60_000)))  # a minute off: another event, same object
+    drain(svc)
+    assert gets() == fetched  # found before fetching
+    far = int(send(client, callback_body(key, T0 + 3 * 86_400_000)))  # three days off
+    drain(svc)
+    assert gets() == fetched + 1  # the probe missed: fetched again, then found by the write
+    assert snapshot_count(svc) == 1
+    ids = {the_event(svc, str(e)).snapshot_ids[0] for e in (first, near, far)}
+    assert len(ids) == 1 and {the_event(svc, str(e)).status for e in (first, near, far)} == {"done"}
