@@ -131,6 +131,8 @@ def build_services(
         # The receiver's own bucket is signed by the primary account's credential object (a default chain
         # that found a credentials URI included), so renewed tokens reach its presigned URLs too.
         thumbs = thumbnail_store_from_url(settings.thumbnail_store, settings, gateways[primary].credential)
+    # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
+    intake = GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite else engine)
     svc = Services(
         settings=settings,
         engine=engine,
@@ -141,14 +143,18 @@ def build_services(
         source=source,
         thumbs=thumbs,
         policy=EndpointPolicy.from_settings(settings),
-        # SQLite: the callback's own engine waits at most 2.5 s for the write lock (ICE allows 3 s in all).
-        intake=GroupCommitter(make_engine(settings.database_url, busy_timeout_s=2.5) if settings.is_sqlite
-                              else engine),
+        intake=intake,
         accounts=accounts,
         gateways=gateways,
         account=primary,
     )
     svc.dispatcher = make_dispatcher(svc)
+
+    def dispatch(ids: list[int]) -> None:
+        if svc.dispatcher is not None:
+            svc.dispatcher.submit(ids)
+
+    intake.on_unanswered = dispatch
     svc.on_close.append(lambda: release_claimer(svc))
     close_shared = getattr(shared, "close", None)
     if close_shared is not None:

@@ -12,7 +12,9 @@ and the leader wakes exactly the requests it wrote, then hands the lead to the o
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
@@ -27,6 +29,8 @@ from receiver.db.engine import insert_for, single_statement
 from receiver.db.models import Event, EventOrigin, EventStatus, utcnow
 from receiver.intake.parse import EventItem
 
+log = logging.getLogger(__name__)
+
 _table = cast(Table, Event.__table__)
 _COLUMNS = ("job_id", "identity", "origin", "key_from_ice", "status", "attempts", "oss_object", "oss_bucket",
             "oss_endpoint",
@@ -34,8 +38,6 @@ _COLUMNS = ("job_id", "identity", "origin", "key_from_ice", "status", "attempts"
             "account", "user_id")
 # Keys per SELECT of already-recorded events (2 bound parameters each, well under any driver's limit).
 _LOOKUP_CHUNK = 400
-# SQLAlchemy's insertmanyvalues page: up to this many rows, the INSERT is a single statement.
-ONE_STATEMENT_ROWS = 1000
 # Rows per SQLite INSERT: at 17 parameters a row, under the 999 variables of SQLite builds before 3.32.
 _SQLITE_CHUNK = 58
 
@@ -110,8 +112,19 @@ def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventIte
     return inserted
 
 
-def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]]) -> list[Recorded]:
+def one_statement_rows(conn: Connection | Engine) -> int:
+    """Up to this many rows, SQLAlchemy sends the inbox INSERT as one statement (its insertmanyvalues page,
+    bounded by the parameters a statement may carry)."""
+    dialect = conn.dialect
+    return min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(_COLUMNS))
+
+
+def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]],
+                   committed: list[int] | None = None) -> list[Recorded]:
     """Record several requests' items in one statement; each gets its own Recorded, in order.
+
+    ``committed``: filled with the new ids as soon as the INSERT returns (in autocommit they are committed
+    then, whatever happens next).
 
     An item is new only where its key first appears: a second copy later in the same write (ICE retrying
     while the first delivery is still being written) is a duplicate of the first, as it would be a moment
@@ -126,6 +139,8 @@ def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOr
         if rows:
             result = conn.execute(_insert(conn.dialect.name), rows)
             inserted = {(job, identity): eid for eid, job, identity in result}
+            if committed is not None:
+                committed.extend(inserted.values())
     keys = [(item.job_id, item.identity) for items, _ in groups for item in items]
     missing = list({k for k in keys if k not in inserted})
     existing: dict[tuple[str, str], int] = {}
@@ -174,6 +189,10 @@ class GroupCommitter:
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self._autocommit = single_statement(engine) is not engine
+        # Given the ids of events committed by a write whose answers failed (see _write); set by the app to
+        # its dispatcher's submit.
+        self.on_unanswered: Callable[[list[int]], None] | None = None
         self._lock = threading.Lock()
         self._queue: list[_Entry] = []
         self._writing = False
@@ -220,7 +239,7 @@ class GroupCommitter:
     def _write(self, batch: list[_Entry]) -> None:
         try:
             groups = [(e.items, e.origin) for e in batch]
-            if sum(len(items) for items, _ in groups) > ONE_STATEMENT_ROWS:
+            if sum(len(items) for items, _ in groups) > one_statement_rows(self.engine):
                 # Several INSERT statements: one transaction around them, on a connection of its own.
                 with self.engine.begin() as own:
                     results = _record_groups(own, groups)
@@ -231,10 +250,16 @@ class GroupCommitter:
                 # on its own, so psycopg's BEGIN and COMMIT round trips would buy nothing.
                 self._conn = single_statement(self.engine).connect()
             conn = self._conn
+            committed: list[int] = []
             try:
                 with conn.begin():
-                    results = _record_groups(conn, groups)
+                    results = _record_groups(conn, groups, committed)
             except BaseException:
+                if self._autocommit and committed:
+                    # The INSERT committed but the look-up of duplicates after it failed: these requests get
+                    # an error and ICE's retry will find their events as duplicates, which are not dispatched
+                    # again. Dispatch them now rather than leave them to the sweeper's grace.
+                    self._hand_over(committed)
                 # The next write starts from a fresh pooled connection (pre-pinged), whatever went wrong.
                 self._conn = None
                 conn.close()
@@ -251,6 +276,13 @@ class GroupCommitter:
                 self._write([entry])
             return
         self._finish(batch, results)
+
+    def _hand_over(self, ids: list[int]) -> None:
+        if self.on_unanswered is not None:
+            try:
+                self.on_unanswered(ids)
+            except Exception:
+                log.exception("could not dispatch %d recorded event(s); the sweeper will", len(ids))
 
     @staticmethod
     def _finish(batch: list[_Entry], results: list[Recorded]) -> None:

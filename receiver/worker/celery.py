@@ -48,7 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": QUEUE,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One message reserved per process: a long backlog stays in Redis, not in a worker that may die.
+        # One message reserved per pool slot (two per thread of a threads pool: run_worker): a long backlog
+        # stays in Redis, not in a worker that may die.
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "result_backend": None,
@@ -221,6 +222,7 @@ class CeleryDispatcher:
         self._celery: Any = None
         self._redis: Any = None  # the sweeper's look at the queue (oldest_queued_sent_at)
         self._fast: celery_messages.RedisTaskPublisher | None = None  # the publisher thread's, on Redis
+        self._fast_unusable = False
         self.published = 0
 
     def _app(self) -> Any:
@@ -280,28 +282,41 @@ class CeleryDispatcher:
                     break
             ids = [i for i in batch if i is not None]
             if ids:
+                sent = 0
                 try:
-                    self._send(ids)
-                    self.published += len(ids)
+                    for chunk in (ids[i:i + PUBLISH_BATCH] for i in range(0, len(ids), PUBLISH_BATCH)):
+                        self._send(chunk)
+                        sent += len(chunk)
                 except Exception as e:
-                    log.warning("could not publish %d event(s) to the broker (%s); the sweeper will", len(ids), e)
+                    log.warning("could not publish %d event(s) to the broker (%s); the sweeper will",
+                                len(ids) - sent, e)
                     self._drop_publisher()
+                self.published += sent
             if None in batch:
                 return
 
     def _send(self, ids: list[int]) -> None:
         headers = {SENT_AT: time.time()}
-        broker_url = self.svc.settings.broker_url or ""
-        if celery_messages.supports(broker_url):
-            if self._fast is None:
-                self._fast = celery_messages.RedisTaskPublisher(broker_url, TASK_NAME, QUEUE)
-            for start in range(0, len(ids), PUBLISH_BATCH):
-                self._fast.publish(ids[start:start + PUBLISH_BATCH], headers)
+        fast = self._fast_publisher()
+        if fast is not None:
+            fast.publish(ids, headers)
             return
         app = self._app()
         with app.producer_or_acquire() as producer:
             for i in ids:
                 app.send_task(TASK_NAME, args=[i], producer=producer, headers=headers)
+
+    def _fast_publisher(self) -> celery_messages.RedisTaskPublisher | None:
+        """The direct publisher on a Redis broker; None (send_task) for other brokers and for URLs whose options
+        redis-py does not take, which kombu may still accept."""
+        broker_url = self.svc.settings.broker_url or ""
+        if self._fast is None and not self._fast_unusable and celery_messages.supports(broker_url):
+            try:
+                self._fast = celery_messages.RedisTaskPublisher(broker_url, TASK_NAME, QUEUE)
+            except (ValueError, TypeError) as e:
+                log.warning("publishing through Celery's send_task: redis-py cannot open the broker URL (%s)", e)
+                self._fast_unusable = True
+        return self._fast
 
     def _drop_publisher(self) -> None:
         fast, self._fast = self._fast, None

@@ -8,8 +8,8 @@ envelope, and sends a whole burst as one LPUSH on one kept connection. The consu
 Celery worker; ``test_celery.py`` checks these messages against ``send_task``'s, key by key, so a Celery or
 kombu upgrade that changes the format fails a test instead of the queue.
 
-Used only for plain ``redis://``, ``rediss://`` and ``unix://`` broker URLs (what redis-py's ``from_url``
-opens); any other broker keeps ``send_task``.
+Used only for ``redis://`` and ``rediss://`` broker URLs that redis-py can open; any other broker, or a URL
+whose options redis-py does not take, keeps ``send_task`` (CeleryDispatcher).
 """
 
 from __future__ import annotations
@@ -21,14 +21,23 @@ import socket
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss")
+# kombu (and Celery's docs) spell rediss:// certificate checks as the ssl module's constants, redis-py in words.
+_CERT_REQS = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def supports(broker_url: str) -> bool:
     return urlsplit(broker_url).scheme in REDIS_SCHEMES
+
+
+def redis_url(broker_url: str) -> str:
+    """The broker URL as redis-py's ``from_url`` reads it (kombu's ``ssl_cert_reqs`` values translated)."""
+    parts = urlsplit(broker_url)
+    query = [(k, _CERT_REQS.get(v, v) if k == "ssl_cert_reqs" else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def task_message(task: str, queue: str, args: Sequence[Any], extra_headers: dict[str, Any],
@@ -53,13 +62,23 @@ def task_message(task: str, queue: str, args: Sequence[Any], extra_headers: dict
 
 
 class RedisTaskPublisher:
-    """Sends one task's messages, one argument each, to a queue on a Redis broker; one thread uses it."""
+    """Sends one task's messages, one argument each, to a queue on a Redis broker; one thread uses it.
+
+    Raises ValueError or TypeError (no connection is made yet) when redis-py cannot take the URL's options."""
 
     def __init__(self, broker_url: str, task: str, queue: str, timeout: float = 2.0) -> None:
         import redis  # the celery[redis] extra
 
         self.task, self.queue = task, queue
-        self._client = redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            self._client = redis.Redis.from_url(redis_url(broker_url), socket_timeout=timeout,
+                                                socket_connect_timeout=timeout)
+            # redis-py checks the URL's options when it builds a connection object (it connects later, on
+            # first use): build the one this thread will use now, so a bad option is known before publishing.
+            pool = self._client.connection_pool
+            pool.release(pool.make_connection())  # type: ignore[arg-type]  # the pool's own connection class
+        except redis.RedisError as e:  # e.g. an unknown ssl_cert_reqs value
+            raise ValueError(str(e)) from e
         # Celery's own values for a client that is not a worker: its anonymous node name, and a reply
         # address nobody reads (results are ignored).
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"

@@ -83,9 +83,12 @@ def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None,
               near_ms: int | None = None) -> int | None:
-    """The pre-fetch probe. ``near_ms``: a time the row's capture time is expected near (the event's time
-    hint, or the overwrite object's Last-Modified), so PostgreSQL reads those days' partitions, not all of a
-    year's. A hint that proves wrong only costs a fetch: write_index looks again around the final capture time."""
+    """The pre-fetch probe. ``near_ms``: a time the row's capture time is expected near (the key's timestamp or
+    the event's time hint, or the overwrite object's Last-Modified), so PostgreSQL reads those days'
+    partitions, not all of a year's. A hint more than IDENTITY_WINDOW_MS off costs a fetch (and fails the event
+    if the object has been deleted since); write_index then looks again around the final capture time. Only
+    two capture times for one content more than that window apart (ICE's own listing time a day away from the
+    key's timestamp and Last-Modified) would index it twice."""
     with single_statement(svc.read_engine).connect() as conn:
         return _existing_on(conn, job_id, bucket, key, etag, near_ms)
 
@@ -144,7 +147,8 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
         # Sequence objects are written once: any row for the key means it is done.
-        found = _existing(svc, job.job_id, bucket, t.key, None, t.create_ts_ms or t.key_ts_ms)
+        # The key's own {UnixTimestamp} first: a callback's time is only a hint (resolve.captured_at).
+        found = _existing(svc, job.job_id, bucket, t.key, None, t.key_ts_ms or t.create_ts_ms)
     else:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
         meta = svc.source.head(endpoint, bucket, t.key)

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.exc import OperationalError
 
 from receiver.config import Settings
 from receiver.db.engine import make_engine
 from receiver.db.migrate import alembic_config, current_revision, head_revision, is_at_head, upgrade
 from receiver.db.models import Event, Snapshot
+from receiver.intake.inbox import GroupCommitter, one_statement_rows
+from receiver.intake.parse import parse_callback
 from receiver.services import Services
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
@@ -40,6 +43,7 @@ from tests.integration.test_pipeline import (  # noqa: F401
     test_overwrite_mode_one_snapshot_per_etag,
     test_restart_mid_processing_loses_and_duplicates_nothing,
     test_sequence_snapshot_is_indexed_and_served,
+    test_the_pre_fetch_probe_reads_a_day_either_side_of_the_expected_capture_time,
     test_the_heartbeat_renews_only_claims_still_held,
     test_threaded_dispatcher_processes_a_burst,
     test_transient_failures_are_retried_to_success,
@@ -137,3 +141,59 @@ def test_drain_on_postgres_leaves_nothing_due(client, svc: Services, fake_ice, f
     assert drain(svc) == 3
     assert drain(svc) == 0
 
+
+
+def _items(n: int, start: int = 0) -> list:  # type: ignore[type-arg]
+    return [item for i in range(start, start + n)
+            for item in parse_callback(callback_body(f"snapshot/job-0001/{T0 + i}.jpg", T0 + i))[0]]
+
+
+def test_a_callback_batch_is_one_autocommitted_insert_up_to_one_statements_rows(svc: Services) -> None:
+    """The intake's write on PostgreSQL runs in autocommit, so it must be one statement: one INSERT for as many
+    rows as SQLAlchemy sends in one statement; one row more takes two, which go in a transaction instead
+    (several statements must not commit in part)."""
+    intake = svc.intake
+    assert isinstance(intake, GroupCommitter)
+    limit = one_statement_rows(intake.engine)
+    sent: list[str] = []
+
+    def seen(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        sent.append(statement.split(None, 1)[0].upper())
+
+    event.listen(intake.engine, "before_cursor_execute", seen)
+    try:
+        recorded = intake.record(_items(limit))
+        assert len(recorded.new_ids) == limit and sent == ["INSERT"]
+        sent.clear()
+        recorded = intake.record(_items(limit + 1, start=limit))
+        assert len(recorded.new_ids) == limit + 1 and sent == ["INSERT", "INSERT"]
+    finally:
+        event.remove(intake.engine, "before_cursor_execute", seen)
+    with svc.sessions() as s:
+        assert s.execute(select(func.count()).select_from(Event)).scalar_one() == 2 * limit + 1
+
+
+def test_events_committed_before_a_failed_duplicate_look_up_are_dispatched_anyway(svc: Services) -> None:
+    """Autocommit means the INSERT is durable before the look-up of duplicates that completes the answers. If
+    that look-up fails the requests get their error, and ICE's retry will find the events as duplicates (not
+    dispatched again): so the new events are handed to the dispatcher there and then."""
+    intake = svc.intake
+    assert isinstance(intake, GroupCommitter)
+    first = intake.record(_items(1)).new_ids
+    handed: list[int] = []
+    intake.on_unanswered = handed.extend
+
+    def fail_the_look_up(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            raise OperationalError(statement, {}, Exception("connection lost"))
+
+    event.listen(intake.engine, "before_cursor_execute", fail_the_look_up)
+    try:
+        with pytest.raises(OperationalError):
+            intake.record(_items(2))  # the first is a duplicate, the second is new
+    finally:
+        event.remove(intake.engine, "before_cursor_execute", fail_the_look_up)
+    with svc.sessions() as s:
+        new = s.execute(select(Event.id).where(Event.id.not_in(first))).scalars().all()
+    assert handed == new and len(new) == 1
+    assert intake.record(_items(2)).new_ids == []  # ICE's retry: both are duplicates now
