@@ -43,8 +43,8 @@ from tests.integration.test_pipeline import (  # noqa: F401
     test_overwrite_mode_one_snapshot_per_etag,
     test_restart_mid_processing_loses_and_duplicates_nothing,
     test_sequence_snapshot_is_indexed_and_served,
-    test_the_pre_fetch_probe_reads_a_day_either_side_of_the_expected_capture_time,
     test_the_heartbeat_renews_only_claims_still_held,
+    test_the_pre_fetch_probe_reads_a_day_either_side_of_the_expected_capture_time,
     test_threaded_dispatcher_processes_a_burst,
     test_transient_failures_are_retried_to_success,
 )
