@@ -38,7 +38,6 @@ from receiver.worker.pipeline import CLOCK_TOLERANCE, process_event
 log = logging.getLogger(__name__)
 
 TASK_NAME = "receiver.process_event"
-THREADS_PREFETCH = 2  # messages reserved per slot of the threads pool (run_worker)
 QUEUE = "receiver"
 
 
@@ -48,8 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": QUEUE,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One message reserved per pool slot (two per thread of a threads pool: run_worker): a long backlog
-        # stays in Redis, not in a worker that may die.
+        # One message reserved per pool slot: a long backlog stays in Redis, not in a worker that may die.
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "result_backend": None,
@@ -111,12 +109,6 @@ def run_worker(app: Flask, pool: str, concurrency: int, loglevel: str = "INFO") 
     dispatcher = svc.dispatcher
     assert isinstance(dispatcher, CeleryDispatcher)
     celery = celery_init_app(app)
-    if pool == "threads":
-        # A thread pool's slots share one consumer loop: with one message reserved per slot, a slot that
-        # finishes waits for the loop to fetch its next (and for the GIL to run it). A second message per
-        # slot keeps them busy: one process went from 0.30x to 0.43-0.51x the kernel (bench/scale.py). A
-        # reserved message is still only a few events' time away from running.
-        celery.conf.worker_prefetch_multiplier = THREADS_PREFETCH
 
     def after_fork(**_: Any) -> None:
         # Pool children must not share the parent's database sockets (SQLAlchemy's documented recipe).
