@@ -1,25 +1,33 @@
 """The scale-out shape on this machine: real PostgreSQL + Redis, gunicorn and Celery worker subprocesses.
 
-    .venv/bin/python bench/scale.py [--snapshots 300] [--workers 1,2] [--rounds 2] [--seconds 3]
-                                    [--cache-seconds 2] [--cache-run 12] [--profile FOLDER]
+    .venv/bin/python bench/scale.py [--snapshots 300] [--shapes 1xsolo,1xthreads3,2xthreads3] [--rounds 2]
+                                    [--seconds 3] [--cache-seconds 2] [--cache-run 12] [--skip ...]
+                                    [--profile FOLDER [--profile-cpu]] [--env NAME=VALUE]
 
 Reports, in one run, each figure against a baseline measured in the same run:
 
 1. snapshots/s end to end per Celery worker process (callback in -> 1080p JPEG fetched from OSS -> 320 + 160 px
-   thumbnails written to the OSS thumbnail store -> indexed on PostgreSQL), `receiver worker --pool solo`,
-   1 and 2 processes, as a ratio of the bare kernel: bench/pipeline.py's `kernel_ms` (make_thumbnails with the
-   service's default widths on the same frames, one thread, no I/O), timed in this process between the runs.
+   thumbnails written to the OSS thumbnail store -> indexed on PostgreSQL) for each worker shape: N
+   `receiver worker --pool solo` processes, or N `--pool threads` processes with RECEIVER_WORKERS threads each.
+   Each run is a ratio of the bare kernel (bench/pipeline.py's `kernel_ms`: make_thumbnails with the service's
+   default widths on the same frames, one thread, no I/O) timed in this process just before and after it.
+   Also: the worker processes' CPU per snapshot, the whole machine's (/proc/stat) split into the workers, this
+   process (the fakes and the load client) and the rest (PostgreSQL, Redis, gunicorn), and broker deliveries per
+   snapshot (kombu's unacked-index ZADDs).
 2. callbacks/s accepted by gunicorn (gunicorn.conf.py: 2 workers x 8 threads) on PostgreSQL with Celery
    publishing (record + publish, no worker running), as a ratio of `GET /healthz` on the same server, closed
-   loop, 16 keep-alive client connections, interleaved rounds (healthz, callbacks, healthz, ...).
+   loop, 16 keep-alive client connections, interleaved rounds (healthz, callbacks, healthz, ...), with the
+   machine's CPU per request by process.
 3. GetLiveSnapshotJob calls per job per cache period with 4 worker processes (RECEIVER_JOB_CACHE_SECONDS
    = --cache-seconds), counted from the fake ICE's request log while events of 8 jobs keep arriving for
    --cache-run seconds. 1.0 means one call per job per period for the whole deployment.
 
 Start-up is outside every timed window: servers and workers start, then warm-up events are processed (every
-worker process has run at least one), then the clock starts. --profile FOLDER records the one-worker run's
-worker process with py-spy (idle included) and prints where its time went. Fake ICE and fake OSS run in this
-process. Needs the postgresql and redis-server packages (.ci/run installs them) and `pip install -e '.[bench]'`.
+worker thread has run at least one), then the clock starts. --profile FOLDER records the first shape's worker
+process (first round) and gunicorn's workers during the callback rounds with py-spy (idle included, unless
+--profile-cpu; on this VM py-spy cannot tell idle threads apart, so both count waits) and prints where the
+worker's time went. Fake ICE and fake OSS run in this process. Needs the postgresql and redis-server packages
+(.ci/run installs them) and `pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
