@@ -42,12 +42,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from receiver.sim.fake_sts import DEFAULT_UID as DEFAULT_UID  # re-exported: the account of the default keys
 from receiver.sim.fake_sts import StsAuthority, TokenRefused
+from receiver.sim.loopback import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,10 @@ def _now_str() -> str:
     return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
-class FakeIce:
+class FakeIce(LoopbackServer):
     """In-memory ICE live snapshot service on ``127.0.0.1:<ephemeral port>``; see the module docstring."""
+
+    thread_name = "fake-ice"
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class FakeIce:
         region: str = "cn-shanghai",
         sts: StsAuthority | None = None,
     ) -> None:
+        super().__init__()
         self.access_keys = (
             dict(access_keys)
             if access_keys is not None
@@ -196,8 +199,6 @@ class FakeIce:
         self._failures: dict[str, deque[str]] = {}
         self._sequence: dict[str, int] = {}
         self._nonces: dict[str, float] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._handlers: dict[str, Callable[[dict[str, str], str], dict[str, Any]]] = {
             "GetLiveSnapshotJob": self._get_job,
             "ListLiveSnapshotFiles": self._list_files,
@@ -209,49 +210,12 @@ class FakeIce:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def start(self) -> FakeIce:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True
-        self._server = server
-        # A short poll interval keeps stop() (and so every test teardown) fast.
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-ice", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeIce:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeIce is not started")
-        return int(self._server.server_address[1])
+    def make_server(self) -> ThreadingHTTPServer:
+        return ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.endpoint}"
 
     # -- state set-up -------------------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -52,6 +51,7 @@ from xml.sax.saxutils import escape
 import crcmod
 
 from receiver.sim.fake_sts import DEFAULT_UID, StsAuthority, TokenRefused
+from receiver.sim.loopback import LoopbackServer
 
 __all__ = [
     "FakeOss",
@@ -302,8 +302,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
 
-class FakeOss:
+class FakeOss(LoopbackServer):
     """In-memory OSS. Use as a context manager or call start()/stop()."""
+
+    thread_name = "fake-oss"
 
     def __init__(
         self,
@@ -311,6 +313,7 @@ class FakeOss:
         region: str = "cn-shanghai",
         sts: StsAuthority | None = None,
     ) -> None:
+        super().__init__()
         self.access_keys = dict(access_keys) if access_keys is not None else {"AKIDEXAMPLE": "SECRETEXAMPLE"}
         self.region = region
         self.sts = sts
@@ -330,43 +333,21 @@ class FakeOss:
         self.chunked = False
         self._conns: set[socket.socket] = set()
         self.connections_accepted = 0  # TCP connections so far: tells whether clients reuse keep-alive ones
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # lifecycle
 
-    def start(self) -> FakeOss:
+    def make_server(self) -> ThreadingHTTPServer:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="fake-oss", daemon=True
-        )
-        self._thread.start()
-        return self
+        return server
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
+    def before_close(self) -> None:
         # Pooled keep-alive connections would otherwise keep being served after stop().
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOss:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
@@ -377,18 +358,8 @@ class FakeOss:
                 self._conns.discard(conn)
 
     @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeOss is not started")
-        return int(self._server.server_address[1])
-
-    @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     # direct state access (no HTTP, no auth)
 

@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from receiver.sim.loopback import LoopbackServer
 
 __all__ = ["DEFAULT_UID", "CredentialsUriServer", "FakeStsServer", "StsAuthority", "TempCredential", "TokenRefused"]
 
@@ -122,17 +123,14 @@ class StsAuthority:
         return cred.uid
 
 
-class _Loopback:
-    """A ThreadingHTTPServer on 127.0.0.1:<free port> whose GETs go to ``answer(path, query)``."""
-
-    name = "fake"
+class _Loopback(LoopbackServer):
+    """A loopback server whose GETs go to ``answer(path, query)``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests = 0
         self._lock = threading.Lock()
         self._fail = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def answer(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         raise NotImplementedError
@@ -153,9 +151,7 @@ class _Loopback:
         status, body = self.answer(split.path, dict(parse_qsl(split.query, keep_blank_values=True)))
         return status, json.dumps(body).encode()
 
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
+    def make_server(self) -> ThreadingHTTPServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -170,47 +166,13 @@ class _Loopback:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError(f"{type(self).__name__} is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
 class CredentialsUriServer(_Loopback):
     """``GET <url>`` hands out a fresh credential of ``uid`` valid ``ttl_seconds`` (ECS-metadata shape)."""
 
-    name = "fake-credentials-uri"
+    thread_name = "fake-credentials-uri"
 
     def __init__(self, authority: StsAuthority, uid: str, ttl_seconds: float) -> None:
         super().__init__()
@@ -261,7 +223,7 @@ class FakeStsServer(_Loopback):
     requested ``DurationSeconds`` (>= 900 in both providers and real STS) so tests can see credentials expire.
     """
 
-    name = "fake-sts"
+    thread_name = "fake-sts"
 
     def __init__(
         self,
