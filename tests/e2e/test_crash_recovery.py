@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +17,10 @@ from receiver.db.models import Event, Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
-from tests.support.builders import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from tests.support.builders import callback_body, put_snapshot
 from tests.support.cluster import BUCKET, Cluster, seed
 from tests.support.pg_redis import free_port, pg_server, redis_server, stop_process, wait_healthy  # noqa: F401
+from tests.support.serve import ServeProcess
 
 pytestmark = pytest.mark.slow
 T0 = 1796212805123
@@ -35,41 +34,9 @@ def wait_for(cond: Callable[[], bool], timeout: float = 30, what: str = "conditi
         time.sleep(0.05)
 
 
-class Server:
-    def __init__(self, tmp: Path, ice: FakeIce, oss: FakeOss) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "RECEIVER_DATA_DIR": str(tmp), "RECEIVER_ICE_ENDPOINT": ice.url,
-                    "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,
-                    "RECEIVER_OSS_ENDPOINT_MAP": f"{OSS_ENDPOINT}={oss.url}", "RECEIVER_WORKERS": "1",
-                    "RECEIVER_RETRY_BASE_SECONDS": "0.05",
-                    "RECEIVER_RECONCILE_SECONDS": "0", "RECEIVER_THUMBNAIL_WIDTHS": "160",
-                    "RECEIVER_LOG_LEVEL": "WARNING"}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_healthy(self.port, self.proc)
-
-    def post(self, body: bytes) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/callbacks/live-snapshot", data=body,
-                                     method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-
 @pytest.fixture
-def server(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[Server]:
-    srv = Server(tmp_path, fake_ice, fake_oss)
+def server(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[ServeProcess]:
+    srv = ServeProcess(tmp_path, fake_ice, fake_oss, RECEIVER_RETRY_BASE_SECONDS="0.05")
     yield srv
     srv.stop()
 
@@ -188,7 +155,7 @@ def test_a_slow_download_is_not_taken_over_while_its_worker_lives(server, db, fa
     assert [r["method"] for r in fake_oss.fetched(key=key)].count("GET") == 1
 
 
-def start_worker(server: Server, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(server: ServeProcess, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "receiver", "worker"],
                                 env={**server.env, "RECEIVER_WORKERS": "1"}, stdout=out, stderr=subprocess.STDOUT)

@@ -6,10 +6,6 @@ webhook-id, none for a snapshot that does not exist."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -23,7 +19,7 @@ from receiver.db.models import Snapshot
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
-from tests.support.builders import AK, OSS_ENDPOINT, SK, callback_body, put_snapshot
+from tests.support.builders import AK, SK, callback_body, put_snapshot
 from tests.support.cluster import BUCKET, Cluster, seed
 from tests.support.pg_redis import (  # noqa: F401
     PgServer,
@@ -34,6 +30,7 @@ from tests.support.pg_redis import (  # noqa: F401
     stop_process,
     wait_healthy,
 )
+from tests.support.serve import ServeProcess
 from tests.support.subscriber import Subscriber
 
 pytestmark = pytest.mark.slow
@@ -88,43 +85,9 @@ def assert_each_snapshot_announced_once(hooks: Subscriber, path: str, engine: En
     assert all(len(mids) == 1 for mids in got.values())  # a repeat only ever under the same webhook-id
 
 
-class Serve:
-    def __init__(self, tmp: Path, ice: FakeIce, oss: FakeOss) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "RECEIVER_DATA_DIR": str(tmp), "RECEIVER_ICE_ENDPOINT": ice.url,
-                    "ALIBABA_CLOUD_ACCESS_KEY_ID": AK, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SK,
-                    "RECEIVER_OSS_ENDPOINT_MAP": f"{OSS_ENDPOINT}={oss.url}", "RECEIVER_WORKERS": "2",
-                    "RECEIVER_RECONCILE_SECONDS": "0", "RECEIVER_THUMBNAIL_WIDTHS": "160",
-                    "RECEIVER_LOG_LEVEL": "WARNING", **WEBHOOK_ENV}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(self.port)],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_healthy(self.port, self.proc)
-
-    def post(self, body: bytes) -> None:
-        req = urllib.request.Request(f"{self.base}/callbacks/live-snapshot", data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-
 @pytest.fixture
-def serve(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[Serve]:
-    srv = Serve(tmp_path, fake_ice, fake_oss)
+def serve(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[ServeProcess]:
+    srv = ServeProcess(tmp_path, fake_ice, fake_oss, RECEIVER_WORKERS="2", **WEBHOOK_ENV)
     yield srv
     srv.stop()
 
