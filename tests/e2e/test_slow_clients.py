@@ -23,8 +23,8 @@ import pytest
 from receiver.sim.fake_ice import FakeIce
 from receiver.sim.fake_oss import FakeOss
 from receiver.sim.frames import make_frame
-from tests.e2e.test_crash_recovery import Server
 from tests.support.builders import callback_body, put_snapshot
+from tests.support.serve import ServeProcess
 
 pytestmark = pytest.mark.slow
 T0 = 1796212805123
@@ -107,8 +107,8 @@ def slow_clients() -> Iterator[Callable[[int], SlowClients]]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[Server]:
-    srv = Server(tmp_path, fake_ice, fake_oss)
+def server(tmp_path: Path, fake_ice: FakeIce, fake_oss: FakeOss) -> Iterator[ServeProcess]:
+    srv = ServeProcess(tmp_path, fake_ice, fake_oss, RECEIVER_RETRY_BASE_SECONDS="0.05")
     srv.env.pop("RECEIVER_LEASE_SECONDS", None)  # the defaults, but for the fakes and quiet logs
     yield srv
     srv.stop()
