@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 @cache
 def _existing_statement(with_etag: bool, windowed: bool = False) -> Executable:
     # Built once (see pipeline._claim_statement): constructing a SELECT costs more than running it.
-    q = select(Snapshot.id).where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
-                                  Snapshot.oss_object == bindparam("key"))
+    q = select(Snapshot.id, Snapshot.captured_at_ms).where(
+        Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
+        Snapshot.oss_object == bindparam("key"))
     if with_etag:
         q = q.where(Snapshot.etag == bindparam("etag"))
     if windowed:
@@ -72,17 +73,18 @@ def _identity_lock() -> Executable:
 
 
 def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None,
-                 near_ms: int | None = None) -> int | None:
+                 near_ms: int | None = None) -> tuple[int, int] | None:
+    """(id, captured_at_ms) of the indexed row for this object (and content), if any."""
     params: dict[str, object] = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
     if near_ms is not None:
         params.update(lo=near_ms - IDENTITY_WINDOW_MS, hi=near_ms + IDENTITY_WINDOW_MS)
     statement = _existing_statement(etag is not None, near_ms is not None)
-    found: int | None = conn.execute(statement, params).scalar_one_or_none()
-    return found
+    row = conn.execute(statement, params).first()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | None,
-              near_ms: int | None = None) -> int | None:
+              near_ms: int | None = None) -> tuple[int, int] | None:
     """The pre-fetch probe. ``near_ms``: a time the row's capture time is expected near (the key's timestamp or
     the event's time hint, or the overwrite object's Last-Modified), so PostgreSQL reads those days'
     partitions, not all of a year's. A hint more than IDENTITY_WINDOW_MS off costs a fetch (and fails the event
@@ -117,10 +119,10 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         # (The constraint holds captured_at_ms: the conflicting row has this very capture time.)
-        found = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
-        if found is None:  # the conflicting row must be visible to this transaction
+        raced = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
+        if raced is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
-        return found
+        return raced[0]
     if p.thumbnails:  # an empty list would run it once, without parameters
         conn.execute(insert_thumbnails, [{**r, "snapshot_id": sid, "captured_at_ms": snap["captured_at_ms"]}
                                          for r in p.thumbnails])
@@ -154,7 +156,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
         meta = svc.source.head(endpoint, bucket, t.key)
         found = _existing(svc, job.job_id, bucket, t.key, meta.etag, meta.last_modified_ms)
     if found is not None:
-        return Prepared(found)
+        return Prepared(found[0], existing_at=found[1])
     with svc.metrics.stage("fetch"):
         obj = svc.source.get(endpoint, bucket, t.key, settings.max_image_bytes)
     if t.kind == "overwrite":
@@ -162,7 +164,7 @@ def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
         # (A sequence object raced by another worker is caught by the unique constraint instead.)
         found = _existing(svc, job.job_id, bucket, t.key, obj.etag, obj.last_modified_ms)
         if found is not None:
-            return Prepared(found)
+            return Prepared(found[0], existing_at=found[1])
     with svc.metrics.stage("thumbnail"):
         thumbs = make_thumbnails(obj.data, settings.thumbnail_widths, settings.thumbnail_format,
                                  quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)

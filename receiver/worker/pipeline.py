@@ -84,15 +84,13 @@ def _finish_statement(retry: bool, refund: bool = False) -> Executable:
 
 
 @cache
-def _link_statement(dialect: str, windowed: bool = False) -> Executable:
+def _link_statement(dialect: str) -> Executable:
     # A re-run of an event whose earlier attempt linked the same snapshot before dying: keep one link. The
-    # link carries the snapshot's captured_at_ms (the partition key of event_snapshots), read from its row.
-    # ``windowed``: the row is known to lie within index.IDENTITY_WINDOW_MS of a capture time (lo, hi), so
-    # PostgreSQL reads those days' partitions only, not every one.
+    # link carries the snapshot's captured_at_ms (the partition key of event_snapshots), read from its row,
+    # which is known to lie within index.IDENTITY_WINDOW_MS of a capture time (lo, hi): PostgreSQL reads those
+    # days' partitions only, not every one.
     source = select(bindparam("event_id", type_=BigInteger), Snapshot.id, Snapshot.captured_at_ms).where(
-        Snapshot.id == bindparam("snapshot_id"))
-    if windowed:
-        source = source.where(Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
+        Snapshot.id == bindparam("snapshot_id"), Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
     return insert_for(dialect)(EventSnapshot).from_select(
         ["event_id", "snapshot_id", "captured_at_ms"], source).on_conflict_do_nothing()
 
@@ -131,11 +129,13 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
     """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
     widths = svc.settings.thumbnail_widths
     with svc.metrics.stage("index"), svc.engine.begin() as conn:
-        # Snapshot id -> a capture time its row lies near (None: found before fetching, time unknown).
-        near: dict[int, int | None] = {}
+        # Snapshot id -> a capture time its row lies near (the found row's own when found before fetching).
+        near: dict[int, int] = {}
         for p in prepared:
             sid = write_index(conn, p, ev.account, widths)
-            near.setdefault(sid, p.snapshot["captured_at_ms"] if p.snapshot is not None else None)
+            at = p.snapshot["captured_at_ms"] if p.snapshot is not None else p.existing_at
+            assert at is not None  # prepare() hands a found row's capture time with its id
+            near.setdefault(sid, at)
         # The rows are facts whoever holds the claim, so they are committed either way; the links are the
         # owner's to write.
         if _set_status(conn, ev, EventStatus.DONE, None, None):
@@ -143,16 +143,12 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
     return tuple(near)
 
 
-def _link(conn: Connection, event_id: int, near: dict[int, int | None]) -> None:
+def _link(conn: Connection, event_id: int, near: dict[int, int]) -> None:
     window = IDENTITY_WINDOW_MS
-    timed = [{"event_id": event_id, "snapshot_id": sid, "lo": at - window, "hi": at + window}
-             for sid, at in near.items() if at is not None]
-    untimed = [{"event_id": event_id, "snapshot_id": sid} for sid, at in near.items() if at is None]
-    # (An empty list of links would run the INSERT once, without parameters.)
-    if timed:
-        conn.execute(_link_statement(conn.dialect.name, True), timed)
-    if untimed:
-        conn.execute(_link_statement(conn.dialect.name), untimed)
+    links = [{"event_id": event_id, "snapshot_id": sid, "lo": at - window, "hi": at + window}
+             for sid, at in near.items()]
+    if links:  # (an empty list would run the INSERT once, without parameters)
+        conn.execute(_link_statement(conn.dialect.name), links)
 
 
 def _set_status(conn: Connection, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None,

@@ -53,3 +53,4 @@ class Prepared:
     existing: int | None
     snapshot: dict[str, Any] | None = None
     thumbnails: tuple[dict[str, Any], ...] = ()
+    existing_at: int | None = None  # the existing row's captured_at_ms (its partition key)

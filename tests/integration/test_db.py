@@ -70,8 +70,10 @@ def test_the_pipelines_statements_round_trip_values(engine: Engine) -> None:
         done = {"event_id": 1, "claimed_attempts": 1, "new_status": "done", "error": None, "now": T0}
         assert conn.execute(_finish_statement(False), {**done, "claimed_attempts": 5}).rowcount == 0  # not ours
         assert conn.execute(_finish_statement(False), done).rowcount == 1
-        conn.execute(_link_statement("sqlite"), [{"event_id": 1, "snapshot_id": sid}])
-        conn.execute(_link_statement("sqlite"), [{"event_id": 1, "snapshot_id": sid}])  # kept once
+        at = SNAPSHOT["captured_at_ms"]
+        link = {"event_id": 1, "snapshot_id": sid, "lo": at - 1, "hi": at + 1}
+        conn.execute(_link_statement("sqlite"), [link])
+        conn.execute(_link_statement("sqlite"), [link])  # kept once
     with engine.connect() as conn:
         assert conn.execute(_existing_statement(True), LOOKUP).scalar_one_or_none() == sid
         assert conn.execute(_existing_statement(False), LOOKUP).scalar_one_or_none() == sid

@@ -540,9 +540,9 @@ def test_the_pre_fetch_probe_reads_a_day_either_side_of_the_expected_capture_tim
     first = int(send(client, callback_body(key, T0)))
     drain(svc)
     [sid] = the_event(svc, str(first)).snapshot_ids
-    assert _existing(svc, JOB, BUCKET, key, None, T0 + IDENTITY_WINDOW_MS) == sid
+    assert _existing(svc, JOB, BUCKET, key, None, T0 + IDENTITY_WINDOW_MS) == (sid, T0)  # with its partition key
     assert _existing(svc, JOB, BUCKET, key, None, T0 + IDENTITY_WINDOW_MS + 1) is None  # outside the window
-    assert _existing(svc, JOB, BUCKET, key, None) == sid  # no time known: every partition
+    assert _existing(svc, JOB, BUCKET, key, None) == (sid, T0)  # no time known: every partition
 
     def gets() -> int:
         return sum(1 for r in fake_oss.requests if r["method"] == "GET" and r["key"] == key)
