@@ -346,12 +346,13 @@ CATEGORIES = [  # first match wins, on the whole stack (outermost first) joined 
 ]
 
 
-def profile_summary(path: Path) -> list[tuple[str, float]]:
-    """Shares of the wall time of the process's main thread (the solo pool runs tasks there), idle included."""
+def profile_summary(path: Path, all_threads: bool = False) -> list[tuple[str, float]]:
+    """Shares of the samples of the process's main thread (the solo pool runs tasks there), or of every thread
+    (--profile-gil: the GIL holder's, whichever thread it is)."""
     counts: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if not n.isdigit() or not stack.startswith("_run_module_as_main"):
+        if not n.isdigit() or not (all_threads or stack.startswith("_run_module_as_main")):
             continue  # other threads (heartbeat, sweeper, publisher) mostly sleep
         cat = next((name for name, marks in CATEGORIES if any(m in stack for m in marks)), "other (worker code, GC)")
         counts[cat] += int(n)
@@ -375,12 +376,17 @@ def main() -> None:
                     help="py-spy the first shape's first worker process (first round) and gunicorn's workers "
                          "during the callback rounds into FOLDER")
     ap.add_argument("--profile-cpu", action="store_true", help="with --profile: on-CPU samples only (no --idle)")
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="with --profile: only the thread holding the GIL, all threads (where a threads pool's "
+                         "GIL-bound time goes)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting for every service process (e.g. RECEIVER_REDISPATCH_SECONDS=120)")
     a = ap.parse_args()
     EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
     if a.profile_cpu:
         PROFILE_IDLE.clear()
+    if a.profile_gil:
+        PROFILE_IDLE[:] = ["--gil"]
     skip = set(filter(None, a.skip.split(",")))
     bindir = pg_bindir()
     redis_bin = shutil.which("redis-server")
@@ -451,8 +457,9 @@ def main() -> None:
               f"calls = {cache['per_job_period']:.2f} per job per period (most for one job: {cache['max_job']:.0f})")
     if a.profile is not None:
         for p in sorted(a.profile.glob("worker-*.txt")):
-            print(f"where the one worker process's time went ({p}, py-spy --idle):")
-            for name, pct in profile_summary(p):
+            mode = " ".join(PROFILE_IDLE) or "on-CPU"
+            print(f"where the worker process's time went ({p}, py-spy {mode}):")
+            for name, pct in profile_summary(p, all_threads=a.profile_gil):
                 print(f"  {pct:5.1f} %  {name}")
 
 
