@@ -106,20 +106,11 @@ def settings(tmp_path: Path, ice: FakeIce, oss: FakeOss, uri_server: Credentials
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
+    # Overrides the shared fixture (tests/support/fixtures.py, whose svc and client use it): workers running.
     app = build_app(settings)
     services(app).dispatcher.start()  # type: ignore[union-attr]
     yield app
     services(app).close()
-
-
-@pytest.fixture
-def svc(app: Flask) -> Services:
-    return services(app)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def body(job: str, bucket: str, key: str, ms: int, **envelope: Any) -> bytes:
