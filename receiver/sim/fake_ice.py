@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from receiver.sim.fake_sts import DEFAULT_UID as DEFAULT_UID  # re-exported: the account of the default keys
-from receiver.sim.fake_sts import StsAuthority, TokenRefused
+from receiver.sim.fake_sts import KeyAccounts, StsAuthority, TokenRefused
 from receiver.sim.loopback import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _now_str() -> str:
     return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
-class FakeIce(LoopbackServer):
+class FakeIce(KeyAccounts, LoopbackServer):
     """In-memory ICE live snapshot service on ``127.0.0.1:<ephemeral port>``; see the module docstring."""
 
     thread_name = "fake-ice"
@@ -178,15 +178,10 @@ class FakeIce(LoopbackServer):
         sts: StsAuthority | None = None,
     ) -> None:
         super().__init__()
-        self.access_keys = (
-            dict(access_keys)
-            if access_keys is not None
-            else {DEFAULT_ACCESS_KEY_ID: DEFAULT_ACCESS_KEY_SECRET}
-        )
+        self._init_keys({DEFAULT_ACCESS_KEY_ID: DEFAULT_ACCESS_KEY_SECRET} if access_keys is None else access_keys,
+                        sts)
         self.region = region
-        self.sts = sts
         self.throttled_by_uid: dict[str, int] = {}
-        self._key_owner: dict[str, str] = dict.fromkeys(self.access_keys, DEFAULT_UID)
         self._owners: dict[str, str] = {}  # job id -> uid
         self._limits: dict[str, _TokenBucket] = {}
         self.latency = 0.0
@@ -218,12 +213,6 @@ class FakeIce(LoopbackServer):
         return f"127.0.0.1:{self.port}"
 
     # -- state set-up -------------------------------------------------------------------------------------
-
-    def add_account(self, uid: str, access_keys: Mapping[str, str]) -> None:
-        """Give account ``uid`` these long-term keys (id -> secret), next to the existing ones."""
-        with self._lock:
-            self.access_keys.update(access_keys)
-            self._key_owner.update(dict.fromkeys(access_keys, uid))
 
     def throttle(self, uid: str, qps: float | None, retry_after_ms: int | None = None) -> None:
         """Limit account ``uid`` to ``qps`` calls per second (a bucket of one second's calls); None lifts it.
@@ -424,10 +413,8 @@ class FakeIce(LoopbackServer):
 
     def _identify(self, ak: str, headers: Mapping[str, str]) -> tuple[str, str]:
         """The account behind a verified key, and whether the key is long-term or temporary."""
-        with self._lock:
-            static = ak in self.access_keys
-            owner = self._key_owner.get(ak, DEFAULT_UID)
-        if static:
+        owner = self._long_term_owner(ak)
+        if owner is not None:
             return owner, "access_key"
         assert self.sts is not None  # _Secrets only resolves temporary keys through an authority
         token = headers.get("x-acs-security-token")

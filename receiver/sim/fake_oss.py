@@ -50,7 +50,7 @@ from xml.sax.saxutils import escape
 
 import crcmod
 
-from receiver.sim.fake_sts import DEFAULT_UID, StsAuthority, TokenRefused
+from receiver.sim.fake_sts import DEFAULT_UID, KeyAccounts, StsAuthority, TokenRefused
 from receiver.sim.loopback import LoopbackServer
 
 __all__ = [
@@ -302,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
 
-class FakeOss(LoopbackServer):
+class FakeOss(KeyAccounts, LoopbackServer):
     """In-memory OSS. Use as a context manager or call start()/stop()."""
 
     thread_name = "fake-oss"
@@ -314,10 +314,8 @@ class FakeOss(LoopbackServer):
         sts: StsAuthority | None = None,
     ) -> None:
         super().__init__()
-        self.access_keys = dict(access_keys) if access_keys is not None else {"AKIDEXAMPLE": "SECRETEXAMPLE"}
+        self._init_keys({"AKIDEXAMPLE": "SECRETEXAMPLE"} if access_keys is None else access_keys, sts)
         self.region = region
-        self.sts = sts
-        self._key_owner: dict[str, str] = dict.fromkeys(self.access_keys, DEFAULT_UID)
         self.latency = 0.0
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -362,12 +360,6 @@ class FakeOss(LoopbackServer):
         return f"127.0.0.1:{self.port}"
 
     # direct state access (no HTTP, no auth)
-
-    def add_account(self, uid: str, access_keys: Mapping[str, str]) -> None:
-        """Give account ``uid`` these long-term keys (id -> secret), next to the existing ones."""
-        with self._lock:
-            self.access_keys.update(access_keys)
-            self._key_owner.update(dict.fromkeys(access_keys, uid))
 
     def create_bucket(self, name: str, *, public_read: bool = False, owner_uid: str = DEFAULT_UID) -> None:
         """Create (or re-own) a bucket; ``put`` creates missing buckets for DEFAULT_UID."""
@@ -575,10 +567,8 @@ class FakeOss(LoopbackServer):
 
     def _identify(self, ak: str, token: str | None) -> tuple[str, str]:
         """The account behind a key whose signature checked out; temporary keys need their live token."""
-        with self._lock:
-            static = ak in self.access_keys
-            owner = self._key_owner.get(ak, DEFAULT_UID)
-        if static:
+        owner = self._long_term_owner(ak)
+        if owner is not None:
             return owner, "access_key"
         assert self.sts is not None  # _secret resolves temporary keys only through an authority
         try:

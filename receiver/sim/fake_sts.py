@@ -32,7 +32,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from receiver.sim.loopback import LoopbackServer
 
-__all__ = ["DEFAULT_UID", "CredentialsUriServer", "FakeStsServer", "StsAuthority", "TempCredential", "TokenRefused"]
+__all__ = ["DEFAULT_UID", "CredentialsUriServer", "FakeStsServer", "KeyAccounts", "StsAuthority", "TempCredential",
+           "TokenRefused"]
 
 DEFAULT_UID = "1000000000000000"  # the account of the fakes' constructor keys, buckets and jobs
 EXPIRATION_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what both credential providers parse (time.strptime, UTC)
@@ -121,6 +122,31 @@ class StsAuthority:
                 self.accepted_expired += 1
             self.accepted[cred.uid] = self.accepted.get(cred.uid, 0) + 1
         return cred.uid
+
+
+class KeyAccounts:
+    """The long-term keys a fake accepts (id -> secret), each owned by an account uid, plus the STS authority
+    behind its temporary keys. The fake sets ``_lock`` before serving."""
+
+    access_keys: dict[str, str]
+    sts: StsAuthority | None
+    _lock: threading.Lock
+
+    def _init_keys(self, access_keys: Mapping[str, str], sts: StsAuthority | None) -> None:
+        self.access_keys = dict(access_keys)
+        self.sts = sts
+        self._key_owner: dict[str, str] = dict.fromkeys(self.access_keys, DEFAULT_UID)
+
+    def add_account(self, uid: str, access_keys: Mapping[str, str]) -> None:
+        """Give account ``uid`` these long-term keys (id -> secret), next to the existing ones."""
+        with self._lock:
+            self.access_keys.update(access_keys)
+            self._key_owner.update(dict.fromkeys(access_keys, uid))
+
+    def _long_term_owner(self, ak: str) -> str | None:
+        """The account owning long-term key ``ak``; None for a key that is not one (a temporary key)."""
+        with self._lock:
+            return self._key_owner.get(ak, DEFAULT_UID) if ak in self.access_keys else None
 
 
 class _Loopback(LoopbackServer):
