@@ -1,10 +1,13 @@
 """Celery on Redis (RECEIVER_QUEUE=celery), in the pattern of Flask's own Celery example.
 
 Every task runs inside the Flask app context and calls the same process_event as the thread pool. The task
-takes only the event id: the inbox row is the message, the broker only says "look at row N now". Late acks
+takes only event ids: the inbox row is the message, the broker only says "look at rows N, M now". Late acks
 plus reject-on-worker-lost give a killed worker's message back to the broker; the claim/lease in
 process_event makes any second delivery a no-op, and the sweeper (CeleryDispatcher, below) re-dispatches
 whatever the broker lost. Nothing here connects at import time: apps are built by the functions below.
+
+A message carries one event while the workers keep up, and several once the broker's queue backs up
+(events_per_message): a worker's fixed cost per message is then shared when the workers are the bottleneck.
 """
 
 from __future__ import annotations
@@ -37,8 +40,28 @@ from receiver.worker.pipeline import CLOCK_TOLERANCE, process_event
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "receiver.process_event"
+TASK_NAME = "receiver.process_events"  # argument: a list of event ids, processed in order
+# argument: one event id. What releases before process_events sent; still consumed, so a rolling upgrade
+# loses no message (an older worker discards the new task's messages as unknown; the sweeper re-sends them).
+SINGLE_TASK_NAME = "receiver.process_event"
 QUEUE = "receiver"
+EVENTS_PER_MESSAGE = 8
+# One more event per message for every this many messages found waiting in the queue after a push.
+QUEUED_PER_STEP = 4
+# How long the publisher may wait to fill a message once events share them (never while the queue is short).
+PACK_WAIT_SECONDS = 0.05
+
+
+def events_per_message(queued: int) -> int:
+    """How many event ids share a message, given how many messages waited in the broker after the last push.
+
+    A worker pays ~1-1.5 ms of CPU per message whatever it carries (kombu's BRPOP and unacked bookkeeping, the
+    task trace, the app context: bench/RESULTS.md), a tenth of an event's cost. While the queue is short the
+    workers keep up: one event per message, so each free pool slot takes one and no event waits behind
+    another. Once it backs up, the workers are the bottleneck and an event's wait is the queue's anyway:
+    events share messages, up to EVENTS_PER_MESSAGE, and the backlog drains faster.
+    """
+    return max(1, min(EVENTS_PER_MESSAGE, queued // QUEUED_PER_STEP))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -84,23 +107,44 @@ def celery_init_app(app: Flask) -> Celery:
     celery = Celery(app.name, task_cls=FlaskTask)
     celery.conf.update(celery_config(settings))
     celery.set_default()
-    celery.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(
-        process_event_task
-    )
+    for name, run in ((TASK_NAME, process_events_task), (SINGLE_TASK_NAME, process_event_task)):
+        celery.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run)
     app.extensions["celery"] = celery
     return celery
 
 
-def process_event_task(task: Task, event_id: int) -> str:
+def process_events_task(task: Task, event_ids: list[int]) -> list[str]:
+    """Each event in turn, claimed just before it runs (so the others hold no lease while they wait)."""
+    if not isinstance(event_ids, list) or not all(type(i) is int for i in event_ids):
+        # Not from this service's publisher: nothing to do (logged; acked like any finished task).
+        log.error("%s: expected a list of event ids, got %r", TASK_NAME, event_ids)
+        return []
     svc = current_services()
-    outcome = process_event(svc, int(event_id))
-    if outcome.retry_in is not None:
-        # A countdown message is the fast path for the retry; if it is lost, the sweeper finds the row.
+    statuses: list[str] = []
+    for event_id in event_ids:
         try:
-            task.apply_async((event_id,), countdown=outcome.retry_in)
+            outcome = process_event(svc, event_id)
         except Exception:
-            log.warning("event %s: could not schedule the retry; the sweeper will", event_id)
-    return outcome.status
+            # The database itself failed (process_event records every other failure). The event stays pending
+            # or claimed in the inbox and the sweeper re-sends it; the rest of the message still runs.
+            log.exception("event %s: could not be processed; the sweeper will re-send it", event_id)
+            statuses.append("error")
+            continue
+        if outcome.retry_in is not None:
+            # A countdown message is the fast path for the retry; if it is lost, the sweeper finds the row.
+            try:
+                task.app.send_task(TASK_NAME, args=[[event_id]], countdown=outcome.retry_in)
+            except Exception:
+                log.warning("event %s: could not schedule the retry; the sweeper will", event_id)
+        statuses.append(outcome.status)
+    return statuses
+
+
+def process_event_task(task: Task, event_id: int) -> str:
+    if type(event_id) is not int:
+        log.error("%s: expected an event id, got %r", SINGLE_TASK_NAME, event_id)
+        return "error"
+    return process_events_task(task, [event_id])[0]
 
 
 def run_worker(app: Flask, pool: str, concurrency: int, loglevel: str = "INFO") -> None:
@@ -215,6 +259,7 @@ class CeleryDispatcher:
         self._redis: Any = None  # the sweeper's look at the queue (oldest_queued_sent_at)
         self._fast: celery_messages.RedisTaskPublisher | None = None  # the publisher thread's, on Redis
         self._fast_unusable = False
+        self._queued = 0  # messages waiting in the broker after the publisher's last push (LPUSH's reply)
         self.published = 0
 
     def _app(self) -> Any:
@@ -272,6 +317,15 @@ class CeleryDispatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            per = events_per_message(self._queued)
+            deadline = time.monotonic() + PACK_WAIT_SECONDS
+            # Callbacks arrive one or two at a time, so a burst rarely fills a message by itself. With the workers
+            # behind, waiting a moment for more costs no event any time: it would wait in the queue instead.
+            while per > 1 and len(batch) % per and None not in batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
             ids = [i for i in batch if i is not None]
             if ids:
                 sent = 0
@@ -289,14 +343,17 @@ class CeleryDispatcher:
 
     def _send(self, ids: list[int]) -> None:
         headers = {SENT_AT: time.time()}
+        per = events_per_message(self._queued)
+        messages = [ids[i:i + per] for i in range(0, len(ids), per)]
         fast = self._fast_publisher()
         if fast is not None:
-            fast.publish(ids, headers)
+            self._queued = fast.publish(messages, headers)
             return
+        # send_task does not say how long the queue is: one event per message.
         app = self._app()
         with app.producer_or_acquire() as producer:
             for i in ids:
-                app.send_task(TASK_NAME, args=[i], producer=producer, headers=headers)
+                app.send_task(TASK_NAME, args=[[i]], producer=producer, headers=headers)
 
     def _fast_publisher(self) -> celery_messages.RedisTaskPublisher | None:
         """The direct publisher on a Redis broker; None (send_task) for other brokers and for URLs whose options

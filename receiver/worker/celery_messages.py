@@ -1,4 +1,4 @@
-"""Publishing ``receiver.process_event`` messages to a Redis broker without Celery's per-message machinery.
+"""Publishing ``receiver.process_events`` messages to a Redis broker without Celery's per-message machinery.
 
 Celery's ``send_task`` through kombu's Redis transport cost about 1 ms of CPU per message in a gunicorn web
 process (a new redis-py client object, the task-message builder, a round trip each): as much as recording the
@@ -84,13 +84,15 @@ class RedisTaskPublisher:
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._reply_to = str(uuid.uuid4())
 
-    def publish(self, args: Sequence[Any], headers: dict[str, Any]) -> None:
-        """One message per element of ``args``, in order (the first is consumed first), in one LPUSH."""
+    def publish(self, args: Sequence[Any], headers: dict[str, Any]) -> int:
+        """One message per element of ``args``, in order (the first is consumed first), in one LPUSH.
+
+        Returns the queue's length after the push (LPUSH's reply): the messages still waiting for a worker."""
         if not args:
-            return
+            return 0
         messages = [task_message(self.task, self.queue, [a], headers, self._origin, self._reply_to) for a in args]
         # LPUSH k m1 m2 .. inserts each at the head in turn; workers BRPOP from the tail, so m1 leaves first.
-        self._client.lpush(self.queue, *messages)
+        return int(self._client.lpush(self.queue, *messages))
 
     def close(self) -> None:
         self._client.close()

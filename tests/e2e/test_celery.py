@@ -17,11 +17,15 @@ from receiver.config import Settings
 from receiver.db.models import Event, utcnow
 from receiver.services import Services, services
 from receiver.worker.celery import (
+    EVENTS_PER_MESSAGE,
     QUEUE,
+    QUEUED_PER_STEP,
     SENT_AT,
+    SINGLE_TASK_NAME,
     TASK_NAME,
     CeleryDispatcher,
     celery_init_app,
+    events_per_message,
     make_celery,
     oldest_queued_sent_at,
     redispatch_due,
@@ -55,15 +59,63 @@ def celery_app(settings: Settings, redis_server: RedisServer):  # type: ignore[n
         app.extensions["celery"].close()
 
 
-def test_task_takes_the_event_id_and_runs_process_event_in_the_app_context(celery_app, fake_ice, fake_oss, frame):
+def test_task_takes_event_ids_and_runs_process_event_in_the_app_context(celery_app, fake_ice, fake_oss, frame):
     svc = services(celery_app)
     eid = post(celery_app, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    other = post(celery_app, callback_body(put_snapshot(fake_oss, fake_ice, T0 + 5000, frame), T0 + 5000))
     celery = celery_init_app(celery_app)
     task = celery.tasks[TASK_NAME]
     assert task.acks_late and task.reject_on_worker_lost
-    assert task.apply(args=[eid]).get() == "done"  # eager: the FlaskTask base entered the app context
-    assert status(svc, eid).status == "done"
-    assert task.apply(args=[eid]).get() == "skipped"  # a second delivery is harmless
+    # eager: the FlaskTask base entered the app context; an id with no row is skipped and the rest still runs
+    assert task.apply(args=[[eid, 10**9, other]]).get() == ["done", "skipped", "done"]
+    assert status(svc, eid).status == status(svc, other).status == "done"
+    assert task.apply(args=[[eid]]).get() == ["skipped"]  # a second delivery is harmless
+    # Messages of the one-event task, from a web process of an older release, are still consumed.
+    single = celery.tasks[SINGLE_TASK_NAME]
+    assert single.acks_late and single.reject_on_worker_lost
+    assert single.apply(args=[other]).get() == "skipped"
+    # A message this service's publisher never writes does nothing, and says so in the log (then is acked).
+    assert task.apply(args=[["1"]]).get() == [] and task.apply(args=[7]).get() == []
+    assert task.apply(args=[[True]]).get() == [] and single.apply(args=["7"]).get() == "error"
+
+
+def test_events_share_a_message_only_once_the_queue_backs_up():
+    assert [events_per_message(q) for q in (0, 1, 15, 16, 47, 48, 127, 128, 10**6)] == [1, 1, 1, 1, 2, 3, 7, 8, 8]
+    assert events_per_message(QUEUED_PER_STEP * EVENTS_PER_MESSAGE) == EVENTS_PER_MESSAGE
+
+
+def test_publisher_packs_events_by_the_queue_length_it_finds(celery_app, redis_server):  # noqa: F811
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    svc = services(celery_app)
+    dispatcher = svc.dispatcher
+    assert isinstance(dispatcher, CeleryDispatcher)
+
+    def publish(ids: list[int]) -> None:
+        before = dispatcher.published
+        dispatcher.submit(ids)
+        deadline = time.monotonic() + 10
+        while dispatcher.published < before + len(ids):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    def queued_args() -> list[list[int]]:  # oldest first; the stand-ins for other messages left out
+        messages = [json.loads(m) for m in reversed(r.lrange(QUEUE, 0, -1)) if m != b"{}"]
+        return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+    publish([1, 2, 3])  # the workers keep up (an empty queue): one event per message
+    assert queued_args() == [[1], [2], [3]]
+    r.lpush(QUEUE, *[b"{}"] * 97)  # a backlog: 100 messages waiting after the next push
+    publish([4])
+    publish(list(range(5, 20)))
+    # 101 waiting after [4] was pushed: 6 events a message
+    assert queued_args() == [[1], [2], [3], [4], [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19]]
+    r.delete(QUEUE)
+    publish([20, 21])  # still packed by the last push's 104 waiting; this push finds 1
+    publish([22])  # so one event per message again
+    assert queued_args() == [[20, 21], [22]]
+    r.delete(QUEUE)
+    r.close()
 
 
 def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake_ice, fake_oss):  # noqa: F811
@@ -79,7 +131,7 @@ def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake
     message = json.loads(raw)
     assert message["headers"]["task"] == TASK_NAME
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-    assert (args, kwargs) == ([eid], {})
+    assert (args, kwargs) == ([[eid]], {})
     # The send time travels in a header: the sweeper reads the oldest one still queued.
     assert abs(message["headers"][SENT_AT] - time.time()) < 10
     assert oldest_queued_sent_at(r) == message["headers"][SENT_AT]
@@ -168,9 +220,9 @@ def test_fast_messages_are_send_task_messages_key_by_key(settings, redis_server)
     r.delete(QUEUE)
     app = make_celery(settings.with_(queue="celery", broker_url=redis_server.url))
     with app.producer_or_acquire() as producer:
-        app.send_task(TASK_NAME, args=[41], producer=producer, headers={SENT_AT: 1.5})
+        app.send_task(TASK_NAME, args=[[41]], producer=producer, headers={SENT_AT: 1.5})
     publisher = RedisTaskPublisher(redis_server.url, TASK_NAME, QUEUE)
-    publisher.publish([42, 43], {SENT_AT: 2.5})
+    assert publisher.publish([[42], [43, 44]], {SENT_AT: 2.5}) == 3  # the queue's length after the push
     publisher.close()
     theirs, ours, ours_next = (json.loads(m) for m in reversed(r.lrange(QUEUE, 0, -1)))  # oldest first
     r.close()
@@ -187,9 +239,9 @@ def test_fast_messages_are_send_task_messages_key_by_key(settings, redis_server)
     assert a.keys() == b.keys()
     differing = {k for k in a if a[k] != b[k] and k.rsplit(".", 1)[-1] not in per_message}
     assert differing == {"body", "headers.argsrepr", f"headers.{SENT_AT}"}  # the argument and the send time
-    assert json.loads(base64.b64decode(ours["body"])) == [[42], {}, json.loads(base64.b64decode(theirs["body"]))[2]]
-    assert ours["headers"]["argsrepr"] == "[42]" and ours["headers"][SENT_AT] == 2.5
+    assert json.loads(base64.b64decode(ours["body"])) == [[[42]], {}, json.loads(base64.b64decode(theirs["body"]))[2]]
+    assert ours["headers"]["argsrepr"] == "[[42]]" and ours["headers"][SENT_AT] == 2.5
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
     assert ours["properties"]["delivery_tag"] != ours_next["properties"]["delivery_tag"]
-    assert json.loads(base64.b64decode(ours_next["body"]))[0] == [43]  # consumed in the order given
+    assert json.loads(base64.b64decode(ours_next["body"]))[0] == [[43, 44]]  # consumed in the order given
 
