@@ -13,6 +13,7 @@ and the leader wakes exactly the requests it wrote, then hands the lead to the o
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,10 +113,53 @@ def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventIte
     return inserted
 
 
+# Columns whose value is the same for every row of a write (_params): sent once, not as arrays.
+_CONSTANT = ("status", "attempts", "received_at", "updated_at", "next_attempt_at")
+_PER_ROW = tuple(c for c in _COLUMNS if c not in _CONSTANT)
+
+
+@lru_cache(maxsize=2)
+def _postgres_insert_sql(dialect: Any) -> str:
+    def cast(column: str) -> str:  # the table's own column types, so the statement cannot drift from the model
+        return _table.c[column].type.compile(dialect=dialect)
+
+    # %b: binary parameters, which psycopg dumps without quoting every array element (its text arrays do)
+    per_row = ", ".join(f"%b::{cast(c)}[]" for c in _PER_ROW)
+    select_list = ", ".join(f"%b::{cast(c)}" if c in _CONSTANT else f"u.{c}" for c in _COLUMNS)
+    return (f"INSERT INTO {_table.name} ({', '.join(_COLUMNS)}) SELECT {select_list} "
+            f"FROM unnest({per_row}) AS u({', '.join(_PER_ROW)}) "
+            "ON CONFLICT (job_id, identity) DO NOTHING RETURNING id, job_id, identity")
+
+
+def postgres_array_insert_bypass(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]],
+                                 now: Any) -> dict[tuple[str, str], int]:
+    """BYPASS: the same INSERT as _insert's, with the rows passed as one array per column and unnested by
+    PostgreSQL, sent with ``exec_driver_sql`` in the caller's transaction (or autocommit).
+
+    What it bypasses: ``conn.execute(_insert("postgresql"), rows)``, i.e. SQLAlchemy's insertmanyvalues, which
+    renders 17 placeholders per row, and its per-row bind processing. Why: psycopg caches the parsing of a
+    statement's placeholders only up to 50 parameters, so from three rows on every callback batch was parsed
+    again (a regular expression over every placeholder); with SQLAlchemy's per-row work that came to ~100 us
+    of CPU per row. Here the statement has the same 17 parameters whatever the rows, is parsed once and is
+    prepared by psycopg after a few uses (bench/RESULTS.md, callbacks on gunicorn + PostgreSQL). When to
+    remove it: when the plain ``conn.execute`` path is within the noise of this one on bench/scale.py's
+    callbacks (re-measure after SQLAlchemy or psycopg upgrades by routing PostgreSQL through the else branch
+    of _record_groups); then delete this function and _postgres_insert_sql.
+    """
+    rows = [_params(item, origin, now) for items, origin in groups for item in items]
+    # In the statement's order: the constants of the select list, then the arrays unnest reads.
+    params: list[Any] = [rows[0][c] for c in _COLUMNS if c in _CONSTANT]
+    params.extend([row[c] for row in rows] for c in _PER_ROW)
+    result = conn.exec_driver_sql(_postgres_insert_sql(conn.dialect), tuple(params))
+    return {(job, identity): eid for eid, job, identity in result}
+
+
 def one_statement_rows(conn: Connection | Engine) -> int:
-    """Up to this many rows, SQLAlchemy sends the inbox INSERT as one statement (its insertmanyvalues page,
-    bounded by the parameters a statement may carry)."""
+    """Up to this many rows, the inbox INSERT is one statement: any number on PostgreSQL (the rows travel as
+    arrays), else SQLAlchemy's insertmanyvalues page, bounded by the parameters a statement may carry."""
     dialect = conn.dialect
+    if dialect.name == "postgresql":
+        return sys.maxsize
     return min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(_COLUMNS))
 
 
@@ -134,6 +178,11 @@ def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOr
     inserted: dict[tuple[str, str], int] = {}
     if conn.dialect.name == "sqlite":
         inserted = sqlite_bulk_insert_bypass(conn, groups, now)
+    elif conn.dialect.name == "postgresql":
+        if any(items for items, _ in groups):
+            inserted = postgres_array_insert_bypass(conn, groups, now)
+            if committed is not None:
+                committed.extend(inserted.values())
     else:
         rows = [_params(item, origin, now) for items, origin in groups for item in items]
         if rows:

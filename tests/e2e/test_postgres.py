@@ -4,6 +4,7 @@ pipeline/callback tests re-run against a real server (the `settings` fixture bel
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,14 @@ from sqlalchemy.exc import OperationalError
 from receiver.config import Settings
 from receiver.db.engine import make_engine
 from receiver.db.migrate import alembic_config, current_revision, head_revision, is_at_head, upgrade
-from receiver.db.models import Event, Snapshot
-from receiver.intake.inbox import GroupCommitter, one_statement_rows
+from receiver.db.models import Event, EventOrigin, Snapshot, utcnow
+from receiver.intake.inbox import (
+    GroupCommitter,
+    _insert,
+    _params,
+    one_statement_rows,
+    postgres_array_insert_bypass,
+)
 from receiver.intake.parse import parse_callback
 from receiver.services import Services
 from receiver.sim.fake_ice import FakeIce
@@ -148,29 +155,51 @@ def _items(n: int, start: int = 0) -> list:  # type: ignore[type-arg]
             for item in parse_callback(callback_body(f"snapshot/job-0001/{T0 + i}.jpg", T0 + i))[0]]
 
 
-def test_a_callback_batch_is_one_autocommitted_insert_up_to_one_statements_rows(svc: Services) -> None:
-    """The intake's write on PostgreSQL runs in autocommit, so it must be one statement: one INSERT for as many
-    rows as SQLAlchemy sends in one statement; one row more takes two, which go in a transaction instead
-    (several statements must not commit in part)."""
+def test_a_callback_batch_is_one_autocommitted_insert_whatever_its_size(svc: Services) -> None:
+    """The intake's write on PostgreSQL runs in autocommit, so it must be one statement: the rows travel as one
+    array per column (inbox.postgres_array_insert_bypass), one INSERT for any number of them, with the same
+    17 parameters (psycopg parses a statement once only up to 50)."""
     intake = svc.intake
     assert isinstance(intake, GroupCommitter)
-    limit = one_statement_rows(intake.engine)
-    sent: list[str] = []
+    assert one_statement_rows(intake.engine) > 10_000
+    sent: list[tuple[str, int]] = []
 
-    def seen(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
-        sent.append(statement.split(None, 1)[0].upper())
+    def seen(conn, cursor, statement, parameters, *_):  # type: ignore[no-untyped-def]
+        sent.append((statement.split(None, 1)[0].upper(), len(parameters)))
 
     event.listen(intake.engine, "before_cursor_execute", seen)
     try:
-        recorded = intake.record(_items(limit))
-        assert len(recorded.new_ids) == limit and sent == ["INSERT"]
+        assert len(intake.record(_items(1)).new_ids) == 1 and sent == [("INSERT", 17)]
         sent.clear()
-        recorded = intake.record(_items(limit + 1, start=limit))
-        assert len(recorded.new_ids) == limit + 1 and sent == ["INSERT", "INSERT"]
+        assert len(intake.record(_items(2001, start=1)).new_ids) == 2001 and sent == [("INSERT", 17)]
     finally:
         event.remove(intake.engine, "before_cursor_execute", seen)
     with svc.sessions() as s:
-        assert s.execute(select(func.count()).select_from(Event)).scalar_one() == 2 * limit + 1
+        assert s.execute(select(func.count()).select_from(Event)).scalar_one() == 2002
+
+
+def test_the_array_insert_writes_what_sqlalchemys_insert_writes(svc: Services) -> None:
+    """The bypass and the statement it replaces store the same values, column by column, for items that fill
+    every column, leave the optional ones empty, come from other origins and through another account."""
+    parsed = _items(3)
+    items = [parsed[0], replace(parsed[1], oss_object=None, oss_bucket=None, oss_endpoint=None,
+                                create_timestamp_ms=None, is_overlay=None, user_id=None),
+             replace(parsed[2], is_overlay=True, user_id="1234567890", account="second")]
+    origins = [EventOrigin.CALLBACK, EventOrigin.RECONCILE]
+    now = utcnow()
+    with svc.engine.begin() as conn:
+        ours = postgres_array_insert_bypass(conn, [(items[:2], origins[0]), (items[2:], origins[1])], now)
+        theirs_items = [replace(i, identity="x" + i.identity[1:]) for i in items]
+        rows = [_params(i, o, now) for i, o in zip(theirs_items, [origins[0]] * 2 + [origins[1]], strict=True)]
+        theirs = {(j, ident): eid for eid, j, ident in conn.execute(_insert("postgresql"), rows)}
+    assert len(ours) == len(theirs) == 3
+    columns = [c for c in Event.__table__.columns if c.name not in ("id", "identity")]  # type: ignore[attr-defined]
+    with svc.engine.connect() as conn:
+        def stored(ids: dict[tuple[str, str], int]) -> list[tuple[object, ...]]:
+            return [tuple(conn.execute(select(*columns).where(Event.id == eid)).one()) for eid in ids.values()]
+
+        assert stored(ours) == stored(theirs)
+        assert stored(ours)[2][columns.index(Event.__table__.c.account)] == "second"  # type: ignore[attr-defined]
 
 
 def test_events_committed_before_a_failed_duplicate_look_up_are_dispatched_anyway(svc: Services) -> None:
