@@ -80,7 +80,7 @@ def test_task_takes_event_ids_and_runs_process_event_in_the_app_context(celery_a
 
 
 def test_events_share_a_message_only_once_the_queue_backs_up():
-    assert [events_per_message(q) for q in (0, 1, 15, 16, 47, 48, 127, 128, 10**6)] == [1, 1, 1, 1, 2, 3, 7, 8, 8]
+    assert [events_per_message(q) for q in (0, 1, 7, 8, 11, 12, 31, 32, 10**6)] == [1, 1, 1, 2, 2, 3, 7, 8, 8]
     assert events_per_message(QUEUED_PER_STEP * EVENTS_PER_MESSAGE) == EVENTS_PER_MESSAGE
 
 
@@ -105,13 +105,13 @@ def test_publisher_packs_events_by_the_queue_length_it_finds(celery_app, redis_s
 
     publish([1, 2, 3])  # the workers keep up (an empty queue): one event per message
     assert queued_args() == [[1], [2], [3]]
-    r.lpush(QUEUE, *[b"{}"] * 97)  # a backlog: 100 messages waiting after the next push
+    r.lpush(QUEUE, *[b"{}"] * 21)  # a backlog: 25 messages waiting after the next push
     publish([4])
     publish(list(range(5, 20)))
-    # 101 waiting after [4] was pushed: 6 events a message
+    # 25 waiting after [4] was pushed: 6 events a message
     assert queued_args() == [[1], [2], [3], [4], [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19]]
     r.delete(QUEUE)
-    publish([20, 21])  # still packed by the last push's 104 waiting; this push finds 1
+    publish([20, 21])  # still packed by the last push's 28 waiting; this push finds 1
     publish([22])  # so one event per message again
     assert queued_args() == [[20, 21], [22]]
     r.delete(QUEUE)
