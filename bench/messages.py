@@ -96,7 +96,8 @@ def main() -> None:
     message = (one - many) / (1 - 1 / a.per)
     print(f"worker CPU per event (a claim that finds nothing, plus its share of a message), median of {a.rounds}:")
     print(f"  1 per message {one:.3f} ms (baseline); {a.per} per message {many:.3f} ms = {many / one:.2f}x")
-    print(f"  so one message costs the worker ~{message:.3f} ms of CPU besides its events, and a claim ~{one - message:.3f} ms")
+    print(f"  so one message costs the worker ~{message:.3f} ms of CPU besides its events, "
+          f"and a claim ~{one - message:.3f} ms")
 
 
 if __name__ == "__main__":
