@@ -1,18 +1,20 @@
 """Recording events in the inbox table, deduplicated by (job, identity) even under concurrent delivery.
 
 The callback path is the hot path. Statements are built once (SQLAlchemy caches their compiled form) and run
-on a Core connection; all the rows of a write go in one executemany INSERT .. ON CONFLICT DO NOTHING
-RETURNING, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"); on SQLite the same INSERT is
-sent by ``sqlite_bulk_insert_bypass`` instead (see there). Concurrent requests share one
-transaction through a small group commit, so a burst of callbacks costs one write lock, one INSERT and one
-commit instead of one each. Profiled under load (bench/callbacks.py), waking every waiting request after
-each commit (a Condition.notify_all) was the largest single cost, so each request waits on its own lock
-and the leader wakes exactly the requests it wrote, then hands the lead to the oldest one still queued.
+on a Core connection; all the rows of a write go in one INSERT .. ON CONFLICT DO NOTHING RETURNING: on
+PostgreSQL as one array per column (``postgres_array_insert_bypass``), on SQLite as multi-row VALUES
+(``sqlite_bulk_insert_bypass``), elsewhere as SQLAlchemy's multi-row INSERTs ("insertmanyvalues").
+Concurrent requests share one transaction through a small group commit, so a burst of callbacks costs one
+write lock, one INSERT and one commit instead of one each. Profiled under load (bench/callbacks.py), waking
+every waiting request after each commit (a Condition.notify_all) was the largest single cost, so each request
+waits on its own lock and the leader wakes exactly the requests it wrote, then hands the lead to the oldest
+one still queued.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -120,8 +122,10 @@ _PER_ROW = tuple(c for c in _COLUMNS if c not in _CONSTANT)
 
 @lru_cache(maxsize=2)
 def _postgres_insert_sql(dialect: Any) -> str:
-    def cast(column: str) -> str:  # the table's own column types, so the statement cannot drift from the model
-        return _table.c[column].type.compile(dialect=dialect)
+    def cast(column: str) -> str:
+        # The table's own column types, so the statement cannot drift from the model, but without a length: a cast
+        # to VARCHAR(n) would cut a longer value silently, where the column itself refuses it.
+        return re.sub(r"\(\d+\)", "", _table.c[column].type.compile(dialect=dialect))
 
     # %b: binary parameters, which psycopg dumps without quoting every array element (its text arrays do)
     per_row = ", ".join(f"%b::{cast(c)}[]" for c in _PER_ROW)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -27,9 +28,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from receiver.config import Settings
+from receiver.db.engine import single_statement
 from receiver.db.models import Event, EventStatus, utcnow
 from receiver.db.queries import due_events
 from receiver.services import Services, current_services, services
@@ -50,6 +52,8 @@ EVENTS_PER_MESSAGE = 8
 QUEUED_PER_STEP = 4
 # How long the publisher may wait to fill a message once events share them (never while the queue is short).
 PACK_WAIT_SECONDS = 0.05
+# How long the queue's length read from the last push is taken as the backlog.
+QUEUE_READING_SECONDS = 1.0
 
 
 def events_per_message(queued: int) -> int:
@@ -120,6 +124,11 @@ def process_events_task(task: Task, event_ids: list[int]) -> list[str]:
         log.error("%s: expected a list of event ids, got %r", TASK_NAME, event_ids)
         return []
     svc = current_services()
+    if len(event_ids) > 1:
+        try:
+            mark_taken(svc, event_ids[1:])
+        except Exception:
+            log.warning("could not mark %d event(s) as taken; the sweeper may re-send them", len(event_ids) - 1)
     statuses: list[str] = []
     for event_id in event_ids:
         try:
@@ -203,6 +212,27 @@ def oldest_queued_sent_at(client: Any) -> float | None:
         return time.time()
 
 
+@functools.cache
+def _taken_statement() -> Any:
+    return (
+        update(Event)
+        .where(Event.id.in_(bindparam("event_ids", expanding=True)), Event.status == EventStatus.PENDING,
+               Event.next_attempt_at <= bindparam("now"))
+        .values(next_attempt_at=bindparam("now"))
+    )
+
+
+def mark_taken(svc: Services, event_ids: list[int]) -> None:
+    """The events of a message a worker has just taken count as just dispatched (next_attempt_at = now).
+
+    They wait for their turn in that worker, not in the broker, so the sweeper must not take them for lost. Due
+    for long (a backlog), with the queue drained behind their message, they would otherwise look overdue until
+    each one's claim. Events with a retry scheduled later, or claimed, are left alone.
+    """
+    with single_statement(svc.engine).begin() as conn:
+        conn.execute(_taken_statement(), {"event_ids": event_ids, "now": utcnow()})
+
+
 def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH, queued_since: float | None = None,
                    ) -> list[int]:
     """Claim the right to re-send events whose broker message may be lost, and return their ids.
@@ -260,6 +290,7 @@ class CeleryDispatcher:
         self._fast: celery_messages.RedisTaskPublisher | None = None  # the publisher thread's, on Redis
         self._fast_unusable = False
         self._queued = 0  # messages waiting in the broker after the publisher's last push (LPUSH's reply)
+        self._queued_at = 0.0  # when that was (time.monotonic)
         self.published = 0
 
     def _app(self) -> Any:
@@ -317,7 +348,7 @@ class CeleryDispatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            per = events_per_message(self._queued)
+            per = events_per_message(self._backlog())
             deadline = time.monotonic() + PACK_WAIT_SECONDS
             # Callbacks arrive one or two at a time, so a burst rarely fills a message by itself. With the workers
             # behind, waiting a moment for more costs no event any time: it would wait in the queue instead.
@@ -343,11 +374,11 @@ class CeleryDispatcher:
 
     def _send(self, ids: list[int]) -> None:
         headers = {SENT_AT: time.time()}
-        per = events_per_message(self._queued)
+        per = events_per_message(self._backlog())
         messages = [ids[i:i + per] for i in range(0, len(ids), per)]
         fast = self._fast_publisher()
         if fast is not None:
-            self._queued = fast.publish(messages, headers)
+            self._queued, self._queued_at = fast.publish(messages, headers), time.monotonic()
             return
         # send_task does not say how long the queue is: one event per message.
         app = self._app()
@@ -367,7 +398,14 @@ class CeleryDispatcher:
                 self._fast_unusable = True
         return self._fast
 
+    def _backlog(self) -> int:
+        """Messages waiting in the broker as of the last push; 0 once that reading is QUEUE_READING_SECONDS old
+        (a process idle since a backlog must not pack its next burst by it)."""
+        fresh = time.monotonic() - self._queued_at < QUEUE_READING_SECONDS
+        return self._queued if fresh else 0
+
     def _drop_publisher(self) -> None:
+        self._queued = 0  # a failed publisher's reading says nothing of the queue it will find
         fast, self._fast = self._fast, None
         if fast is not None:
             with contextlib.suppress(Exception):

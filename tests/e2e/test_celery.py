@@ -18,7 +18,9 @@ from receiver.db.models import Event, utcnow
 from receiver.services import Services, services
 from receiver.worker.celery import (
     EVENTS_PER_MESSAGE,
+    PACK_WAIT_SECONDS,
     QUEUE,
+    QUEUE_READING_SECONDS,
     QUEUED_PER_STEP,
     SENT_AT,
     SINGLE_TASK_NAME,
@@ -27,6 +29,7 @@ from receiver.worker.celery import (
     celery_init_app,
     events_per_message,
     make_celery,
+    mark_taken,
     oldest_queued_sent_at,
     redispatch_due,
 )
@@ -114,8 +117,86 @@ def test_publisher_packs_events_by_the_queue_length_it_finds(celery_app, redis_s
     publish([20, 21])  # still packed by the last push's 28 waiting; this push finds 1
     publish([22])  # so one event per message again
     assert queued_args() == [[20, 21], [22]]
+    r.lpush(QUEUE, *[b"{}"] * 30)
+    publish([23])  # 33 waiting: packing by 8 from now on, for as long as that reading is fresh
+    dispatcher._queued_at -= QUEUE_READING_SECONDS  # a process idle since then: the reading is stale
+    publish([24, 25])
+    assert queued_args()[-2:] == [[24], [25]]
     r.delete(QUEUE)
     r.close()
+
+
+def test_a_stop_during_the_wait_for_a_fuller_message_publishes_what_waits(celery_app, redis_server):  # noqa: F811
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    r.lpush(QUEUE, *[b"{}"] * 100)
+    dispatcher = services(celery_app).dispatcher
+    assert isinstance(dispatcher, CeleryDispatcher)
+    dispatcher.submit([1])
+    deadline = time.monotonic() + 10
+    while dispatcher.published < 1:  # the push that reads the backlog
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    dispatcher.submit([2, 3])  # 8 a message now: the publisher waits for 6 more
+    started = time.monotonic()
+    dispatcher.stop()  # the stop is queued behind them and ends the wait
+    assert time.monotonic() - started < PACK_WAIT_SECONDS * 10 and dispatcher.published == 3
+    last = json.loads(r.lindex(QUEUE, 0))
+    assert json.loads(base64.b64decode(last["body"]))[0] == [[2, 3]]
+    r.delete(QUEUE)
+    r.close()
+
+
+def test_send_task_fallback_and_retries_send_lists_of_ids(celery_app, redis_server, fake_ice, fake_oss,  # noqa: F811
+                                                          frame):
+    """The other two ways a message is sent: send_task (brokers the direct publisher cannot use) and a retry's
+    countdown message. Both carry a list, or process_events would refuse them (and the sweeper re-send the
+    same thing forever)."""
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    svc = services(celery_app)
+    dispatcher = svc.dispatcher
+    assert isinstance(dispatcher, CeleryDispatcher)
+    dispatcher._fast_unusable = True  # as for a URL redis-py cannot open
+    eid = post(celery_app, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    deadline = time.monotonic() + 10
+    while r.llen(QUEUE) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    [raw] = r.lrange(QUEUE, 0, -1)
+    assert json.loads(base64.b64decode(json.loads(raw)["body"]))[0] == [[eid]]
+    r.delete(QUEUE)
+    fake_oss.fail_next("GET", 1, status=503, code="ServiceUnavailable")  # a transient failure: retried later
+    task = celery_init_app(celery_app).tasks[TASK_NAME]
+    assert task.apply(args=[[eid]]).get() == ["pending"]
+    [raw] = r.lrange(QUEUE, 0, -1)
+    retry = json.loads(raw)
+    assert json.loads(base64.b64decode(retry["body"]))[0] == [[eid]] and retry["headers"]["eta"] is not None
+    r.delete(QUEUE)
+    r.close()
+
+
+def test_events_of_a_taken_message_count_as_just_dispatched(svc: Services):
+    """A worker that takes a message of several events claims them one at a time; meanwhile the sweeper must not
+    take the later ones, due since long ago (a backlog), for lost. Retries scheduled later and claimed events are
+    left alone."""
+    now = utcnow()
+    ids = []
+    with svc.sessions.begin() as s:
+        for i, (st, next_at) in enumerate([("pending", now - dt.timedelta(seconds=600)),
+                                           ("pending", now - dt.timedelta(seconds=600)),
+                                           ("pending", now + dt.timedelta(seconds=30)),
+                                           ("processing", now - dt.timedelta(seconds=600))]):
+            ev = Event(job_id="job-0001", identity=f"t{i}", origin="callback", status=st, attempts=0,
+                       raw_body="{}", received_at=now, updated_at=now, next_attempt_at=next_at,
+                       lease_until=now - dt.timedelta(seconds=1) if st == "processing" else None)
+            s.add(ev)
+            s.flush()
+            ids.append(ev.id)
+    waiting, other, later, claimed = ids
+    mark_taken(svc, [waiting, later, claimed])
+    assert redispatch_due(svc, grace=60) == [other, claimed]  # claimed: its lease ran out, its worker died
+    assert status(svc, later).next_attempt_at > utcnow()  # its retry time kept
 
 
 def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake_ice, fake_oss):  # noqa: F811

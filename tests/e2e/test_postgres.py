@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import Engine, event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from receiver.config import Settings
 from receiver.db.engine import make_engine
@@ -200,6 +200,14 @@ def test_the_array_insert_writes_what_sqlalchemys_insert_writes(svc: Services) -
 
         assert stored(ours) == stored(theirs)
         assert stored(ours)[2][columns.index(Event.__table__.c.account)] == "second"  # type: ignore[attr-defined]
+
+
+
+def test_the_array_insert_refuses_a_value_too_long_for_its_column(svc: Services) -> None:
+    """As the column does (and SQLAlchemy's INSERT did): a cast to VARCHAR(n)[] would have cut it silently."""
+    [item] = _items(1)
+    with pytest.raises(DBAPIError, match="too long"), svc.engine.begin() as conn:
+        postgres_array_insert_bypass(conn, [([replace(item, job_id="j" * 129)], EventOrigin.CALLBACK)], utcnow())
 
 
 def test_events_committed_before_a_failed_duplicate_look_up_are_dispatched_anyway(svc: Services) -> None:

@@ -73,11 +73,12 @@ def test_500_callbacks_through_gunicorn_and_two_celery_workers_index_exactly_onc
     answers = cluster.post(bodies)
     assert {a["status"] for a in answers} == {"accepted"}
     assert_exactly_once(cluster, "job-e2e", 500)
-    # Callbacks arrive far faster than two workers index: the queue backs up and events share messages.
-    # kombu records each message it hands a worker with one ZADD (its unacked index).
+    # Callbacks arrive far faster than two workers index (hundreds a second against tens): the queue backs up
+    # and events share messages, most of them several. kombu records each message it hands a worker with one
+    # ZADD (its unacked index).
     deliveries = int(r.info("commandstats")["cmdstat_zadd"]["calls"])
     r.close()
-    assert 500 / EVENTS_PER_MESSAGE <= deliveries < 500
+    assert 500 / EVENTS_PER_MESSAGE <= deliveries < 500 / 2
     # Exactly once also at the source: every frame was downloaded by exactly one worker, once.
     gets = [r for r in cluster.oss.fetched(BUCKET) if r["method"] == "GET" and "/job-e2e/" in r["key"]]
     assert len(gets) == 500 and len({r["key"] for r in gets}) == 500
