@@ -59,8 +59,8 @@ QUEUE_READING_SECONDS = 1.0
 def events_per_message(queued: int) -> int:
     """How many event ids share a message, given how many messages waited in the broker after the last push.
 
-    A worker pays ~1-1.5 ms of CPU per message whatever it carries (kombu's BRPOP and unacked bookkeeping, the
-    task trace, the app context: bench/RESULTS.md), a tenth of an event's cost. While the queue is short the
+    A worker pays ~1 ms of CPU per message whatever it carries (kombu's BRPOP and unacked bookkeeping, the task
+    trace, the app context: bench/messages.py), a fifteenth of an event's cost. While the queue is short the
     workers keep up: one event per message, so each free pool slot takes one and no event waits behind
     another. Once it backs up, the workers are the bottleneck and an event's wait is the queue's anyway:
     events share messages, up to EVENTS_PER_MESSAGE, and the backlog drains faster.
