@@ -93,8 +93,8 @@ def sqlite_bulk_insert_bypass(conn: Connection, groups: list[tuple[list[EventIte
     SQLAlchemy's. Why: it was a large share of a callback batch's time, measured with bench/callbacks.py
     (bench/RESULTS.md, callbacks section, and its git history). When to remove it: when the plain
     ``conn.execute`` path is within the noise of this one on bench/callbacks.py (re-measure after each
-    SQLAlchemy upgrade by routing SQLite through the else branch of _record_groups); then delete this
-    function and _sqlite_insert_sql.
+    SQLAlchemy upgrade by routing SQLite through _insert_many); then delete this function and
+    _sqlite_insert_sql.
     """
     render = _table.c.received_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     assert render is not None  # SQLite stores datetimes as text; the claim query compares that text
@@ -146,9 +146,9 @@ def postgres_array_insert_bypass(conn: Connection, groups: list[tuple[list[Event
     again (a regular expression over every placeholder); with SQLAlchemy's per-row work that came to ~100 us
     of CPU per row. Here the statement has the same 17 parameters whatever the rows, is parsed once and is
     prepared by psycopg after a few uses (bench/RESULTS.md, callbacks on gunicorn + PostgreSQL). When to
-    remove it: when the plain ``conn.execute`` path is within the noise of this one on bench/scale.py's
-    callbacks (re-measure after SQLAlchemy or psycopg upgrades by routing PostgreSQL through the else branch
-    of _record_groups); then delete this function and _postgres_insert_sql.
+    remove it: when _insert_many is within the noise of this one on bench/scale.py's callbacks (re-measure
+    after SQLAlchemy or psycopg upgrades by routing PostgreSQL through it); then delete this function and
+    _postgres_insert_sql.
     """
     rows = [_params(item, origin, now) for items, origin in groups for item in items]
     # In the statement's order: the constants of the select list, then the arrays unnest reads.
@@ -167,6 +167,13 @@ def one_statement_rows(conn: Connection | Engine) -> int:
     return min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(_COLUMNS))
 
 
+def _insert_many(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]],
+                 now: Any) -> dict[tuple[str, str], int]:
+    """_insert through SQLAlchemy (insertmanyvalues): the dialects without a bypass of their own."""
+    rows = [_params(item, origin, now) for items, origin in groups for item in items]
+    return {(job, identity): eid for eid, job, identity in conn.execute(_insert(conn.dialect.name), rows)}
+
+
 def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOrigin]],
                    committed: list[int] | None = None) -> list[Recorded]:
     """Record several requests' items in one statement; each gets its own Recorded, in order.
@@ -180,20 +187,12 @@ def _record_groups(conn: Connection, groups: list[tuple[list[EventItem], EventOr
     """
     now = utcnow()
     inserted: dict[tuple[str, str], int] = {}
-    if conn.dialect.name == "sqlite":
-        inserted = sqlite_bulk_insert_bypass(conn, groups, now)
-    elif conn.dialect.name == "postgresql":
-        if any(items for items, _ in groups):
-            inserted = postgres_array_insert_bypass(conn, groups, now)
-            if committed is not None:
-                committed.extend(inserted.values())
-    else:
-        rows = [_params(item, origin, now) for items, origin in groups for item in items]
-        if rows:
-            result = conn.execute(_insert(conn.dialect.name), rows)
-            inserted = {(job, identity): eid for eid, job, identity in result}
-            if committed is not None:
-                committed.extend(inserted.values())
+    if any(items for items, _ in groups):
+        insert = {"sqlite": sqlite_bulk_insert_bypass, "postgresql": postgres_array_insert_bypass}.get(
+            conn.dialect.name, _insert_many)
+        inserted = insert(conn, groups, now)
+    if committed is not None:
+        committed.extend(inserted.values())
     keys = [(item.job_id, item.identity) for items, _ in groups for item in items]
     missing = list({k for k in keys if k not in inserted})
     existing: dict[tuple[str, str], int] = {}

@@ -362,7 +362,7 @@ class CeleryDispatcher:
                 sent = 0
                 try:
                     for chunk in (ids[i:i + PUBLISH_BATCH] for i in range(0, len(ids), PUBLISH_BATCH)):
-                        self._send(chunk)
+                        self._send(chunk, per)
                         sent += len(chunk)
                 except Exception as e:
                     log.warning("could not publish %d event(s) to the broker (%s); the sweeper will",
@@ -372,9 +372,9 @@ class CeleryDispatcher:
             if None in batch:
                 return
 
-    def _send(self, ids: list[int]) -> None:
+    def _send(self, ids: list[int], per: int) -> None:
+        """``ids`` in messages of ``per`` events each (the last one may carry fewer)."""
         headers = {SENT_AT: time.time()}
-        per = events_per_message(self._backlog())
         messages = [ids[i:i + per] for i in range(0, len(ids), per)]
         fast = self._fast_publisher()
         if fast is not None:
