@@ -8,7 +8,7 @@ import logging
 import time
 from functools import cache
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
@@ -72,7 +72,7 @@ def _identity_lock() -> Executable:
     return select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 
 
-def _existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None,
+def existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str | None,
                  near_ms: int | None = None) -> tuple[int, int] | None:
     """(id, captured_at_ms) of the indexed row for this object (and content), if any."""
     params: dict[str, object] = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
@@ -92,7 +92,13 @@ def _existing(svc: Services, job_id: str, bucket: str, key: str, etag: str | Non
     two capture times for one content more than that window apart (ICE's own listing time a day away from the
     key's timestamp and Last-Modified) would index it twice."""
     with single_statement(svc.read_engine).connect() as conn:
-        return _existing_on(conn, job_id, bucket, key, etag, near_ms)
+        return existing_on(conn, job_id, bucket, key, etag, near_ms)
+
+
+def identity_lock_key(snap: dict[str, Any]) -> int:
+    """The advisory-lock key of a snapshot's identity (job, bucket, object, ETag): a signed 64-bit int."""
+    ident = "\0".join((snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])).encode()
+    return int.from_bytes(hashlib.sha256(ident).digest()[:8], "big", signed=True)
 
 
 def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: tuple[int, ...] = ()) -> int:
@@ -106,9 +112,7 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
     # different capture times, so the constraint alone no longer dedupes: look again inside this transaction.
     # PostgreSQL first serialises writers of one identity; SQLite's BEGIN IMMEDIATE already serialises all.
     if conn.dialect.name == "postgresql":
-        ident = "\0".join((snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"])).encode()
-        conn.execute(_identity_lock(), {"key": int.from_bytes(hashlib.sha256(ident).digest()[:8], "big",
-                                                              signed=True)})
+        conn.execute(_identity_lock(), {"key": identity_lock_key(snap)})
     at = snap["captured_at_ms"]
     found: int | None = conn.execute(_existing_near_statement(), {
         "job_id": snap["job_id"], "bucket": snap["oss_bucket"], "key": snap["oss_object"], "etag": snap["etag"],
@@ -119,7 +123,7 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.
         # (The constraint holds captured_at_ms: the conflicting row has this very capture time.)
-        raced = _existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
+        raced = existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
         if raced is None:  # the conflicting row must be visible to this transaction
             raise RuntimeError(f"snapshot {snap['oss_object']!r} conflicted but cannot be found")
         return raced[0]
@@ -134,13 +138,18 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
 def announce_snapshot(conn: Connection, sid: int, p: Prepared, account: str, widths: tuple[int, ...]) -> None:
     """snapshot.created with the snapshot object exactly as the API gives it (thumbnails largest first, URL
     widths from the configured ones), whichever dispatcher runs this (threads have no app context)."""
+    snap = announce_body(p, sid)
+    outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap, widths=widths or None),
+                  job_id=snap.job_id, account=account)
+
+
+def announce_body(p: Prepared, sid: int) -> Snapshot:
+    """The new snapshot as snapshot_json reads it, from the prepared row."""
     assert p.snapshot is not None
     # Plain namespaces with the row's attributes, not ORM instances: instrumenting a Snapshot and its Thumbnails
     # cost more than the rest of the message (bench/pipeline.py, server CPU per frame).
     thumbs = sorted((SimpleNamespace(**r) for r in p.thumbnails), key=lambda t: -t.width)
-    snap = cast(Snapshot, SimpleNamespace(**p.snapshot, id=sid, thumbnails=thumbs))
-    outbox.record(conn, MessageType.SNAPSHOT_CREATED, snapshot_json(snap, widths=widths or None),
-                  job_id=snap.job_id, account=account)
+    return cast(Snapshot, SimpleNamespace(**p.snapshot, id=sid, thumbnails=thumbs))
 
 
 def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:

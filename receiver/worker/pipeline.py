@@ -36,6 +36,7 @@ from receiver.services import Services
 from receiver.web.serialize import event_json
 from receiver.worker.heartbeat import heartbeat, mark_claimer
 from receiver.worker.index import IDENTITY_WINDOW_MS, prepare, upsert_job, write_index
+from receiver.worker.index_postgres import postgres_done_bypass
 from receiver.worker.resolve import resolve_targets
 from receiver.worker.types import SKIPPED, Claimed, Outcome, Prepared, Target
 
@@ -129,17 +130,29 @@ def _finish_done(svc: Services, ev: Claimed, prepared: list[Prepared]) -> tuple[
     """Index the event's objects and mark it done in one transaction (one commit per frame, not two)."""
     widths = svc.settings.thumbnail_widths
     with svc.metrics.stage("index"), svc.engine.begin() as conn:
-        # Snapshot id -> a capture time its row lies near (the found row's own when found before fetching).
-        near: dict[int, int] = {}
-        for p in prepared:
-            sid = write_index(conn, p, ev.account, widths)
-            at = p.snapshot["captured_at_ms"] if p.snapshot is not None else p.existing_at
-            assert at is not None  # prepare() hands a found row's capture time with its id
-            near.setdefault(sid, at)
-        # The rows are facts whoever holds the claim, so they are committed either way; the links are the
-        # owner's to write.
-        if _set_status(conn, ev, EventStatus.DONE, None, None):
-            _link(conn, ev.id, near)
+        if conn.dialect.name == "postgresql" and len(prepared) == 1 and prepared[0].snapshot is not None:
+            # The common case in fewer round trips (a BYPASS, worker/index_postgres.py): the same rows.
+            sid, must_link = postgres_done_bypass(conn, ev, prepared[0], ev.account, widths)
+            if must_link:
+                _link(conn, ev.id, {sid: prepared[0].snapshot["captured_at_ms"]})
+            return (sid,)
+        return index_and_finish(conn, ev, prepared, widths)
+
+
+def index_and_finish(conn: Connection, ev: Claimed, prepared: list[Prepared], widths: tuple[int, ...]
+                     ) -> tuple[int, ...]:
+    """The done-transaction's statements on ``conn``, any database, any number of objects."""
+    # Snapshot id -> a capture time its row lies near (the found row's own when found before fetching).
+    near: dict[int, int] = {}
+    for p in prepared:
+        sid = write_index(conn, p, ev.account, widths)
+        at = p.snapshot["captured_at_ms"] if p.snapshot is not None else p.existing_at
+        assert at is not None  # prepare() hands a found row's capture time with its id
+        near.setdefault(sid, at)
+    # The rows are facts whoever holds the claim, so they are committed either way; the links are the
+    # owner's to write.
+    if _set_status(conn, ev, EventStatus.DONE, None, None):
+        _link(conn, ev.id, near)
     return tuple(near)
 
 
