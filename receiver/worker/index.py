@@ -26,7 +26,7 @@ from receiver.media.thumbnails import make_thumbnails
 from receiver.services import Services
 from receiver.web.serialize import snapshot_json
 from receiver.worker.resolve import captured_at
-from receiver.worker.types import Prepared, Target
+from receiver.worker.types import Claimed, Prepared, Target
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ def _existing_statement(with_etag: bool, windowed: bool = False) -> Executable:
 # listing, the key's {UnixTimestamp}, Last-Modified; resolve.captured_at drops a hint far from Last-Modified).
 # A day either side is far beyond that, and lets PostgreSQL read three day partitions instead of all of them.
 IDENTITY_WINDOW_MS = 86_400_000
+# The claim's probe (pipeline._probe) looks this far either side of the callback's time: twice the identity
+# window, so its "nothing there" covers prepare's window whenever the key's time is within a day of it.
+PROBE_WINDOW_MS = 2 * IDENTITY_WINDOW_MS
 
 
 @cache
@@ -152,14 +155,31 @@ def announce_body(p: Prepared, sid: int) -> Snapshot:
     return cast(Snapshot, SimpleNamespace(**p.snapshot, id=sid, thumbnails=thumbs))
 
 
-def prepare(svc: Services, job: JobInfo, t: Target) -> Prepared:
-    """Everything before the database write: skip what is indexed, fetch, thumbnail, store the files."""
+def _probed(ev: Claimed | None, job: JobInfo, t: Target) -> tuple[bool, tuple[int, int] | None]:
+    """Whether the claim's probe settles ``t`` (it is the event's own object, with a key time within a day of
+    the callback's), and the row it found."""
+    if (ev is None or not ev.probed or ev.oss_object != t.key or ev.oss_bucket != job.bucket
+            or ev.create_timestamp_ms is None):
+        return False, None
+    if ev.probed_row is not None:
+        sid, at = ev.probed_row
+        return True, (sid, at)  # any row for a sequence key means it is done
+    center = t.key_ts_ms or t.create_ts_ms
+    settled = center is not None and abs(center - ev.create_timestamp_ms) <= PROBE_WINDOW_MS - IDENTITY_WINDOW_MS
+    return settled, None
+
+
+def prepare(svc: Services, job: JobInfo, t: Target, ev: Claimed | None = None) -> Prepared:
+    """Everything before the database write: skip what is indexed, fetch, thumbnail, store the files.
+    ``ev``: the claimed event, whose claim may have probed for this object already."""
     assert job.endpoint and job.bucket
     endpoint, bucket, settings = job.endpoint, job.bucket, svc.settings
     if t.kind == "sequence":
         # Sequence objects are written once: any row for the key means it is done.
-        # The key's own {UnixTimestamp} first: a callback's time is only a hint (resolve.captured_at).
-        found = _existing(svc, job.job_id, bucket, t.key, None, t.key_ts_ms or t.create_ts_ms)
+        settled, found = _probed(ev, job, t)
+        if not settled:
+            # The key's own {UnixTimestamp} first: a callback's time is only a hint (resolve.captured_at).
+            found = _existing(svc, job.job_id, bucket, t.key, None, t.key_ts_ms or t.create_ts_ms)
     else:
         # Overwrite: a HEAD tells whether this content is already indexed without downloading it.
         meta = svc.source.head(endpoint, bucket, t.key)

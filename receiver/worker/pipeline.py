@@ -14,7 +14,8 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, bindparam, or_, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, false, null, or_, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
@@ -35,7 +36,7 @@ from receiver.exceptions import (
 from receiver.services import Services
 from receiver.web.serialize import event_json
 from receiver.worker.heartbeat import heartbeat, mark_claimer
-from receiver.worker.index import IDENTITY_WINDOW_MS, prepare, upsert_job, write_index
+from receiver.worker.index import IDENTITY_WINDOW_MS, PROBE_WINDOW_MS, prepare, upsert_job, write_index
 from receiver.worker.index_postgres import postgres_done_bypass
 from receiver.worker.resolve import resolve_targets
 from receiver.worker.types import SKIPPED, Claimed, Outcome, Prepared, Target
@@ -48,10 +49,29 @@ log = logging.getLogger(__name__)
 CLOCK_TOLERANCE = dt.timedelta(seconds=2)
 
 
+_PROBED = ("probed", "probed_row")
+
+
+def _probe() -> Any:
+    # On PostgreSQL a callback that names its object is probed here, in the claim's round trip, instead of by a
+    # SELECT of its own (index.prepare decides whether the answer settles it): [id, captured_at_ms] of a row,
+    # as one array so both come from the same row, by the identity index (no ORDER BY to steer the planner to
+    # the job's time index). Within PROBE_WINDOW_MS of the callback's time, so PostgreSQL reads a few days'
+    # partitions. (Not on SQLite: no round trip to save, and SQLAlchemy renders SQLite's RETURNING columns
+    # unqualified, which would uncorrelate the subquery.)
+    return (select(postgresql.array([Snapshot.id, Snapshot.captured_at_ms]))
+            .where(Snapshot.job_id == Event.job_id, Snapshot.oss_bucket == Event.oss_bucket,
+                   Snapshot.oss_object == Event.oss_object,
+                   Snapshot.captured_at_ms.between(Event.create_timestamp_ms - PROBE_WINDOW_MS,
+                                                   Event.create_timestamp_ms + PROBE_WINDOW_MS))
+            .limit(1).scalar_subquery())
+
+
 # The per-event statements are built once, with bound parameters: constructing one costs more than running
 # it (SQLAlchemy caches the compiled form, but not the construction).
 @cache
-def _claim_statement() -> Executable:
+def _claim_statement(dialect: str) -> Executable:
+    probe = (true(), _probe()) if dialect == "postgresql" else (false(), null())
     return (
         update(Event)
         .where(
@@ -63,7 +83,7 @@ def _claim_statement() -> Executable:
         .values(status=EventStatus.PROCESSING, attempts=Event.attempts + 1, lease_until=bindparam("lease"),
                 updated_at=bindparam("now"))
         # Claimed's fields in their order: a row becomes Claimed(*row).
-        .returning(*(getattr(Event, f.name) for f in fields(Claimed)))
+        .returning(*(getattr(Event, f.name) for f in fields(Claimed) if f.name not in _PROBED), *probe)
     )
 
 
@@ -114,7 +134,7 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
 
 def _run_claim(svc: Services, params: dict[str, Any]) -> Any:
     with single_statement(svc.engine).begin() as conn:
-        return conn.execute(_claim_statement(), params).one_or_none()
+        return conn.execute(_claim_statement(conn.dialect.name), params).one_or_none()
 
 
 def _finish(svc: Services, ev: Claimed, status: EventStatus, error: str | None, retry_in: float | None = None,
@@ -296,7 +316,7 @@ def _run(svc: Services, ev: Claimed) -> list[Prepared]:
     with svc.metrics.stage("resolve"):
         targets: list[Target] = resolve_targets(svc, job, ev)
     if len(targets) == 1:
-        return [prepare(svc, job, targets[0])]
+        return [prepare(svc, job, targets[0], ev)]
     # A bare-JobId callback names several objects: one missing or bad object (the overwrite object not yet
     # written, one broken frame) must not cost the others. Transient errors still retry the whole event
     # (ingest is idempotent); the event fails only when nothing at all could be indexed.

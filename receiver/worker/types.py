@@ -34,6 +34,11 @@ class Claimed:
     received_at: dt.datetime
     account: str = "default"
     user_id: str | None = None
+    # The pre-fetch probe asked in the claim's own statement on PostgreSQL (pipeline._claim_statement): whether it
+    # was asked, and [id, captured_at_ms] of a row for the callback's object within PROBE_WINDOW_MS of its
+    # time, if any. Last: not Event columns.
+    probed: bool = False
+    probed_row: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The done-transaction on PostgreSQL (worker/index_postgres.py, a BYPASS of the general path's statements):
-the same rows as the general path, a found row linked instead of a second one, the rows but no link when the
-claim is lost, and the row that won a race on the identity constraint linked after the statement."""
+"""The worker's round trips on PostgreSQL. The done-transaction (worker/index_postgres.py, a BYPASS of the
+general path's statements) writes the same rows as the general path, links a found row instead of writing a
+second one, keeps the rows but writes no link when the claim is lost, and links the row that won a race on the
+identity constraint. The claim carries the pre-fetch probe of the callback's own object."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from receiver.services import Services
 from receiver.worker import pipeline
 from receiver.worker.types import Claimed, Prepared
 from tests.e2e.test_postgres import T0, settings  # noqa: F401
-from tests.support.builders import callback_body
+from tests.integration.test_pipeline import send, the_event
+from tests.support.builders import BUCKET, callback_body, put_snapshot
 from tests.support.pg_redis import pg_head_url, pg_server  # noqa: F401
 
 WIDTHS = (320, 160)
@@ -64,16 +66,24 @@ def _stored(conn: Connection, event_id: int) -> dict[str, Any]:
                                              "received_at", "updated_at", "next_attempt_at"), Event.id == event_id)}
 
 
-def _statements(svc: Services, thread: int | None = None) -> tuple[list[str], Any]:
-    """The first word of each statement sent (by ``thread`` when given), and how to stop listening."""
+def _statements(svc: Services, thread: int | None = None, whole: bool = False) -> tuple[list[str], Any]:
+    """The first word of each statement sent on either engine (by ``thread`` when given; ``whole``: the whole
+    statement), and how to stop listening."""
     sent: list[str] = []
 
     def seen(conn, cursor, statement, parameters, *_):  # type: ignore[no-untyped-def]
         if thread is None or threading.get_ident() == thread:
-            sent.append(statement.split(None, 1)[0].upper())
+            sent.append(statement if whole else statement.split(None, 1)[0].upper())
 
-    event.listen(svc.engine, "before_cursor_execute", seen)
-    return sent, lambda: event.remove(svc.engine, "before_cursor_execute", seen)
+    engines = {svc.engine, svc.read_engine}
+    for e in engines:
+        event.listen(e, "before_cursor_execute", seen)
+
+    def stop() -> None:
+        for e in engines:
+            event.remove(e, "before_cursor_execute", seen)
+
+    return sent, stop
 
 
 def test_the_bypass_writes_what_the_general_path_writes_in_two_statements(svc: Services) -> None:
@@ -178,3 +188,37 @@ def test_a_value_too_long_for_its_column_is_refused_and_nothing_is_written(svc: 
     with svc.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Snapshot)).scalar_one() == 0
         assert conn.execute(select(Event.status)).scalar_one() == EventStatus.PROCESSING
+
+
+def test_a_callback_for_a_new_object_costs_the_claim_and_the_two_statements(client, svc: Services, fake_ice,
+                                                                            fake_oss, frame) -> None:
+    """No SELECT of its own for the pre-fetch probe: the claim's RETURNING answered it (nothing there)."""
+    first = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    assert pipeline.process_event(svc, int(first)).status == "done"  # the job's row, connections: warm
+    second = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + 5000, frame), T0 + 5000))
+    sent, stop = _statements(svc)
+    try:
+        assert pipeline.process_event(svc, int(second)).status == "done"
+    finally:
+        stop()
+    assert sent == ["UPDATE", "SELECT", "WITH"]  # the claim (and probe), the identity lock, the rest
+
+
+def test_an_indexed_object_is_found_by_the_claim_and_never_fetched(client, svc: Services, fake_ice, fake_oss,
+                                                                   frame) -> None:
+    key = put_snapshot(fake_oss, fake_ice, T0, frame)
+    first = send(client, callback_body(key, T0))
+    assert pipeline.process_event(svc, int(first)).status == "done"
+    [sid] = the_event(svc, first).snapshot_ids
+    gets = len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"])
+    # The same object reported again with another callback time (a new event, hours off: within the window).
+    again = send(client, callback_body(key, T0 + 3 * 3_600_000))
+    sent, stop = _statements(svc, whole=True)
+    try:
+        assert pipeline.process_event(svc, int(again)).status == "done"
+    finally:
+        stop()
+    assert len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"]) == gets
+    assert the_event(svc, again).snapshot_ids == [sid]
+    assert not [s for s in sent if s.lstrip().upper().startswith("SELECT")]  # no probe of its own
+    assert "FROM snapshots" in sent[0]  # the claim asked

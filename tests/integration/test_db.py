@@ -49,10 +49,10 @@ def test_the_pipelines_statements_round_trip_values(engine: Engine) -> None:
     """claim, lookup, index, finish and link, on the statements the worker builds once."""
     claim = {"event_id": 1, "due": T0, "now": T0, "lease": T0 + dt.timedelta(seconds=60)}
     with engine.begin() as conn:
-        row = conn.execute(_claim_statement(), claim).one_or_none()
+        row = conn.execute(_claim_statement(conn.dialect.name), claim).one_or_none()
         assert row is not None
         ev = Claimed(*row)
-        assert conn.execute(_claim_statement(), claim).one_or_none() is None  # claimed already: no row
+        assert conn.execute(_claim_statement(conn.dialect.name), claim).one_or_none() is None  # claimed already: no row
     assert (ev.id, ev.attempts, ev.job_id, ev.key_from_ice, ev.is_overlay) == (1, 1, "job-1", True, False)
     # An aware datetime in another zone is stored as UTC and read back aware, the same instant.
     assert ev.received_at == T0 and ev.received_at.tzinfo == dt.UTC

@@ -287,8 +287,8 @@ def test_an_object_indexed_by_someone_else_meanwhile_is_linked_not_duplicated(cl
     eid = int(send(client, callback_body(key, T0)))
     real_prepare = pipeline.prepare
 
-    def prepare_then_race(svc_, job_, target):  # type: ignore[no-untyped-def]
-        prepared = real_prepare(svc_, job_, target)
+    def prepare_then_race(svc_, job_, target, *claimed):  # type: ignore[no-untyped-def]
+        prepared = real_prepare(svc_, job_, target, *claimed)
         # The existence check has passed; the other worker commits first.
         prepare_then_race.other = index_now(svc_, key)  # type: ignore[attr-defined]
         return prepared
@@ -311,8 +311,8 @@ def test_a_claim_lost_while_working_keeps_the_rows_and_leaves_the_event_to_its_n
     eid = int(send(client, callback_body(key, T0)))
     real_prepare = pipeline.prepare
 
-    def prepare_then_lose_claim(svc_, job_, target):  # type: ignore[no-untyped-def]
-        prepared = real_prepare(svc_, job_, target)
+    def prepare_then_lose_claim(svc_, job_, target, *claimed):  # type: ignore[no-untyped-def]
+        prepared = real_prepare(svc_, job_, target, *claimed)
         with svc.sessions.begin() as s:  # the lease ran out and another worker claimed the event
             s.execute(update(Event).where(Event.id == eid).values(attempts=Event.attempts + 1))
         return prepared
