@@ -97,7 +97,7 @@ def main() -> None:
                 pipeline.process_event(svc, i)
             timed(pipeline, "process_event", "process_event")
             timed(pipeline, "_claim", "claim (UPDATE .. RETURNING)")
-            timed(index, "_existing", "pre-fetch probe (SELECT)")
+            timed(index, "_existing", "pre-fetch probe (SELECT; in the claim on PostgreSQL)")
             timed(svc.source, "get", "OSS GET (285 KB)")
             timed(index, "make_thumbnails", "thumbnail kernel (decode, 2 resizes, 2 encodes)")
             timed(index, "snapshot_columns", "signals (luma, dHash, BlurHash)")
