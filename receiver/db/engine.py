@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 import weakref
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, Table, create_engine, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -128,6 +129,13 @@ def sqlite_begin_bypass(conn: Any, sql: str) -> None:
         conn.connection.driver_connection.execute(sql)
     except sqlite3.Error as e:
         raise exc.DBAPIError.instance(sql, (), e, sqlite3.Error) from e
+
+
+def column_cast(table: Table, column: str, dialect: Any) -> str:
+    """The SQL type to cast a parameter to for ``table.column``: the table's own type, so hand-written SQL
+    cannot drift from the model, but without a length. A cast to VARCHAR(n) would cut a longer value silently,
+    where the column itself refuses it."""
+    return re.sub(r"\(\d+\)", "", table.c[column].type.compile(dialect=dialect))
 
 
 def insert_for(dialect: str) -> Callable[..., Any]:

@@ -14,7 +14,6 @@ one still queued.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from receiver.db.engine import insert_for, single_statement
+from receiver.db.engine import column_cast, insert_for, single_statement
 from receiver.db.models import Event, EventOrigin, EventStatus, utcnow
 from receiver.intake.parse import EventItem
 
@@ -123,9 +122,7 @@ _PER_ROW = tuple(c for c in _COLUMNS if c not in _CONSTANT)
 @lru_cache(maxsize=2)
 def _postgres_insert_sql(dialect: Any) -> str:
     def cast(column: str) -> str:
-        # The table's own column types, so the statement cannot drift from the model, but without a length: a cast
-        # to VARCHAR(n) would cut a longer value silently, where the column itself refuses it.
-        return re.sub(r"\(\d+\)", "", _table.c[column].type.compile(dialect=dialect))
+        return column_cast(_table, column, dialect)
 
     # %b: binary parameters, which psycopg dumps without quoting every array element (its text arrays do)
     per_row = ", ".join(f"%b::{cast(c)}[]" for c in _PER_ROW)

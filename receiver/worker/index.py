@@ -156,17 +156,23 @@ def announce_body(p: Prepared, sid: int) -> Snapshot:
 
 
 def _probed(ev: Claimed | None, job: JobInfo, t: Target) -> tuple[bool, tuple[int, int] | None]:
-    """Whether the claim's probe settles ``t`` (it is the event's own object, with a key time within a day of
-    the callback's), and the row it found."""
+    """Whether the claim's probe (pipeline._probe) settles ``t``, and the row it found. It does when ``t`` is
+    the event's own object and the answer covers the window the SELECT probe would read (a day either side
+    of the key's time, else the callback's): "nothing there" when that window lies inside the claim's, a row
+    when it lies inside that window (a row further off proves nothing: LIMIT 1 returns any row, and a key
+    without a timestamp may be written again days later)."""
     if (ev is None or not ev.probed or ev.oss_object != t.key or ev.oss_bucket != job.bucket
             or ev.create_timestamp_ms is None):
         return False, None
-    if ev.probed_row is not None:
-        sid, at = ev.probed_row
-        return True, (sid, at)  # any row for a sequence key means it is done
     center = t.key_ts_ms or t.create_ts_ms
-    settled = center is not None and abs(center - ev.create_timestamp_ms) <= PROBE_WINDOW_MS - IDENTITY_WINDOW_MS
-    return settled, None
+    if center is None or abs(center - ev.create_timestamp_ms) > PROBE_WINDOW_MS - IDENTITY_WINDOW_MS:
+        return False, None
+    if ev.probed_row is None:
+        return True, None
+    sid, at = ev.probed_row
+    if abs(at - center) > IDENTITY_WINDOW_MS:
+        return False, None
+    return True, (sid, at)  # any row for a sequence key means it is done
 
 
 def prepare(svc: Services, job: JobInfo, t: Target, ev: Claimed | None = None) -> Prepared:

@@ -1,38 +1,15 @@
-"""BYPASS: the done-transaction of one new object on PostgreSQL in two statements instead of seven.
-
-What it bypasses: pipeline._finish_done's general path for the common case (one object, fetched, PostgreSQL):
-``write_index`` (identity lock, look-again SELECT, snapshot INSERT, thumbnails INSERT, the snapshot.created
-message INSERT), then the event's done UPDATE and its link INSERT, each a round trip through SQLAlchemy and
-psycopg. Here the lock goes with the snapshot id's ``nextval`` (the message body names the id, so the id is
-taken first), and everything else is one statement of data-modifying CTEs, sent with ``exec_driver_sql``:
-BEGIN, 2 statements, COMMIT instead of BEGIN, 7, COMMIT.
-
-Why: on a loaded worker host each round trip is a wait for PostgreSQL to be scheduled as well as client CPU;
-bench/RESULTS.md (the scale-out shape) has the figures. The rules are the general path's:
-
-- the identity lock is taken in its own statement first, so the look-again SELECT (a new snapshot, READ
-  COMMITTED) sees a row committed by whoever held the lock before;
-- rows are facts whoever holds the claim: the snapshot, thumbnails and message are written either way; the
-  link only if the done UPDATE found the claim still ours;
-- only a row this statement inserted is announced;
-- a conflict on the identity constraint (a writer that did not take the lock) is resolved as write_index does,
-  by reading the row that won, after the statement.
-
-When to remove it: when SQLAlchemy can send a transaction's statements in psycopg's pipeline mode, or when
-bench/scale.py shows the general path within the noise of this one (route PostgreSQL through it to measure).
-tests/e2e/test_postgres.py checks that both write the same rows.
-"""
+"""On PostgreSQL, the done-transaction of one new object in two statements (see postgres_done_bypass)."""
 
 from __future__ import annotations
 
 import logging
-import re
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Table
 
 from receiver.db import outbox
+from receiver.db.engine import column_cast
 from receiver.db.models import Event, EventSnapshot, EventStatus, Message, MessageType, Snapshot, Thumbnail, utcnow
 from receiver.web.serialize import snapshot_json
 from receiver.worker.index import IDENTITY_WINDOW_MS, announce_body, existing_on, identity_lock_key
@@ -47,18 +24,12 @@ _THUMB_COLUMNS = ("width", "height", "format", "storage_key", "size", "etag")
 _MESSAGE_COLUMNS = ("message_id", "type", "job_id", "account", "body", "created_at", "fanned_out")
 
 
-def _cast(table: Table, column: str, dialect: Any) -> str:
-    # The table's own column type without a length: a cast to VARCHAR(n) would cut a longer value silently,
-    # where the column itself refuses it (as intake/inbox.py's arrays).
-    return re.sub(r"\(\d+\)", "", table.c[column].type.compile(dialect=dialect))
-
-
 @lru_cache(maxsize=2)
 def _statements(dialect: Any) -> tuple[str, str]:
     snap_cols = [c.name for c in _SNAPSHOTS.c]
-    snap_values = ", ".join(f"%(s_{c})s::{_cast(_SNAPSHOTS, c, dialect)}" for c in snap_cols)
-    thumb_arrays = ", ".join(f"%(t_{c})b::{_cast(_THUMBNAILS, c, dialect)}[]" for c in _THUMB_COLUMNS)
-    message_values = ", ".join(f"%(m_{c})s::{_cast(_MESSAGES, c, dialect)}" for c in _MESSAGE_COLUMNS)
+    snap_values = ", ".join(f"%(s_{c})s::{column_cast(_SNAPSHOTS, c, dialect)}" for c in snap_cols)
+    thumb_arrays = ", ".join(f"%(t_{c})b::{column_cast(_THUMBNAILS, c, dialect)}[]" for c in _THUMB_COLUMNS)
+    message_values = ", ".join(f"%(m_{c})s::{column_cast(_MESSAGES, c, dialect)}" for c in _MESSAGE_COLUMNS)
     window = "captured_at_ms BETWEEN %(lo)s AND %(hi)s"
     lock = ("SELECT pg_advisory_xact_lock(%(key)s), "
             f"nextval(pg_get_serial_sequence('{_SNAPSHOTS.name}', 'id'))")
@@ -95,20 +66,46 @@ SELECT (SELECT id FROM found), (SELECT id FROM ins), EXISTS (SELECT 1 FROM finis
 
 
 def _bound(table: Table, values: dict[str, Any], dialect: Any) -> dict[str, Any]:
-    """``values`` as SQLAlchemy would bind them for ``table`` (its types' bind processors: UTC datetimes, JSON)."""
+    """``values`` as SQLAlchemy binds them for ``table`` (its types' bind processors: UTC datetimes, JSON, enums),
+    None included (a JSON column binds None as JSON null); _ABSENT, a column an ORM insert would leave out, as
+    SQL NULL."""
     out = {}
     for name, value in values.items():
         process = table.c[name].type._cached_bind_processor(dialect)
-        out[name] = process(value) if process is not None and value is not None else value
+        out[name] = None if value is _ABSENT else process(value) if process is not None else value
     return out
+
+
+_ABSENT = object()
 
 
 def postgres_done_bypass(conn: Connection, ev: Claimed, p: Prepared, account: str,
                          widths: tuple[int, ...]) -> tuple[int, bool]:
-    """Index ``p`` (a fetched object) and mark ``ev`` done on ``conn`` (the caller's transaction).
+    """BYPASS: index ``p`` (a fetched object) and mark ``ev`` done on ``conn`` (the caller's transaction) in two
+    statements; returns the snapshot id and whether the caller must still link it to the event (only when the
+    claim was still ours and the snapshot raced a writer that did not take the lock: the link names the winner).
 
-    Returns the snapshot id and whether the caller must still link it to the event: only when the claim was
-    still ours and the snapshot raced a writer that did not take the lock (the link then names the row that won).
+    What it bypasses: pipeline.index_and_finish for one object on PostgreSQL: write_index (identity lock,
+    look-again SELECT, snapshot INSERT, thumbnails INSERT, the snapshot.created message INSERT), then the
+    event's done UPDATE and its link INSERT, seven statements through SQLAlchemy and psycopg. Here the lock goes
+    with the snapshot id's ``nextval`` (the message body names the id, so the id is drawn first; a found or
+    raced row leaves a gap in the sequence), and the rest is one statement of data-modifying CTEs, sent with
+    ``exec_driver_sql``. The rules are index_and_finish's:
+
+    - the identity lock is its own statement, first: the look-again (a new snapshot under READ COMMITTED) then
+      sees a row committed by whoever held the lock before. All CTEs share one snapshot, so merging the lock
+      into them would break that;
+    - rows are facts whoever holds the claim: the snapshot, thumbnails and message are written either way; the
+      link only if the done UPDATE found the claim still ours; only a row this statement inserted is announced;
+    - a conflict on the identity constraint (a writer that did not take the lock) is resolved as write_index
+      does, by reading the row that won, after the statement.
+
+    Why: each round trip is client CPU, server CPU and, on a busy worker host, a wait for PostgreSQL to be
+    scheduled; bench/stages.py and bench/scale.py have the figures (bench/RESULTS.md).
+    When to remove it: when SQLAlchemy can send a transaction's statements in psycopg's pipeline mode, or when
+    bench/scale.py shows index_and_finish within the noise of this (route PostgreSQL through it to measure).
+    Then delete this module, the branch in pipeline._finish_done and tests/e2e/test_postgres_done.py's
+    bypass tests; index.announce_body and index.identity_lock_key may fold back into their one caller.
     """
     assert p.snapshot is not None
     dialect = conn.dialect
@@ -117,7 +114,7 @@ def postgres_done_bypass(conn: Connection, ev: Claimed, p: Prepared, account: st
     at = snap["captured_at_ms"]
     sid = conn.exec_driver_sql(lock, {"key": identity_lock_key(snap)}).one()[1]
     now = utcnow()
-    row = {c.name: snap.get(c.name) for c in _SNAPSHOTS.c}
+    row = {c.name: snap.get(c.name, _ABSENT) for c in _SNAPSHOTS.c}
     row.update(id=sid, indexed_at=now)
     body = snapshot_json(announce_body(p, sid), widths=widths or None)
     message = {"message_id": outbox.new_message_id(), "type": MessageType.SNAPSHOT_CREATED,

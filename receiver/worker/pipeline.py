@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import cache
 from typing import Any
 
@@ -129,7 +129,14 @@ def _claim(svc: Services, event_id: int) -> Claimed | None:
         # The connection died since its last use (the server restarted within PING_AFTER_IDLE_S, db/engine.py):
         # SQLAlchemy has invalidated the pool; the claim changed nothing, so it runs again on a new connection.
         row = _run_claim(svc, params)
-    return None if row is None else Claimed(*row)
+    if row is None:
+        return None
+    ev = Claimed(*row)
+    # PostgreSQL's array comes as a list: a tuple keeps Claimed hashable.
+    if ev.probed_row is None:
+        return ev
+    sid, at = ev.probed_row
+    return replace(ev, probed_row=(sid, at))
 
 
 def _run_claim(svc: Services, params: dict[str, Any]) -> Any:

@@ -35,10 +35,10 @@ class Claimed:
     account: str = "default"
     user_id: str | None = None
     # The pre-fetch probe asked in the claim's own statement on PostgreSQL (pipeline._claim_statement): whether it
-    # was asked, and [id, captured_at_ms] of a row for the callback's object within PROBE_WINDOW_MS of its
+    # was asked, and (id, captured_at_ms) of a row for the callback's object within PROBE_WINDOW_MS of its
     # time, if any. Last: not Event columns.
     probed: bool = False
-    probed_row: list[int] | None = None
+    probed_row: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

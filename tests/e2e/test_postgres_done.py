@@ -5,6 +5,7 @@ identity constraint. The claim carries the pre-fetch probe of the callback's own
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -12,12 +13,16 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, delete, event, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
+from receiver.db import outbox
 from receiver.db.models import Event, EventSnapshot, EventStatus, Message, Snapshot, Thumbnail, utcnow
 from receiver.intake.inbox import record_events
 from receiver.intake.parse import parse_callback
 from receiver.services import Services
 from receiver.worker import pipeline
+from receiver.worker.index import identity_lock_key
+from receiver.worker.index_postgres import postgres_done_bypass
 from receiver.worker.types import Claimed, Prepared
 from tests.e2e.test_postgres import T0, settings  # noqa: F401
 from tests.integration.test_pipeline import send, the_event
@@ -98,7 +103,7 @@ def test_the_bypass_writes_what_the_general_path_writes_in_two_statements(svc: S
         for table in (Snapshot, Thumbnail, Message, EventSnapshot):
             conn.execute(delete(table))
         conn.execute(text("SELECT setval(pg_get_serial_sequence('snapshots', 'id'), :v, false)"), {"v": sid})
-    sent, stop = _statements(svc)
+    sent, stop = _statements(svc, threading.get_ident())
     try:
         assert pipeline._finish_done(svc, second, [p]) == (sid,)
     finally:
@@ -110,13 +115,23 @@ def test_the_bypass_writes_what_the_general_path_writes_in_two_statements(svc: S
     assert general["events"][0]["status"] == EventStatus.DONE and general["events"][0]["lease_until"] is None
     assert len(bypass["thumbnails"]) == 2 and len(bypass["messages"]) == 1 and len(bypass["links"]) == 1
     assert bypass["messages"][0]["body"]["data"]["id"] == str(sid)
+    with svc.engine.connect() as conn:  # the clocks the comparison left out: now, in UTC
+        written = [conn.execute(select(Snapshot.indexed_at)).scalar_one(),
+                   conn.execute(select(Message.created_at)).scalar_one(),
+                   conn.execute(select(Event.updated_at).where(Event.id == second.id)).scalar_one()]
+    assert all(t.tzinfo is not None and abs(t - utcnow()) < dt.timedelta(minutes=1) for t in written)
 
 
 def test_a_row_already_there_is_linked_not_written_again(svc: Services) -> None:
     first, second = _claimed(svc, 2)
-    [sid] = pipeline._finish_done(svc, first, [_prepared()])
+    with svc.engine.begin() as conn:
+        sid, must_link = postgres_done_bypass(conn, first, _prepared(), "default", WIDTHS)
+        assert not must_link and conn.info.get(outbox.WROTE) is True  # a live feed in this process wakes
     # The same content reported with a capture time a few seconds off (another source of the time).
-    assert pipeline._finish_done(svc, second, [_prepared(at=T0 + 4000)]) == (sid,)
+    with svc.engine.begin() as conn:
+        conn.info.pop(outbox.WROTE, None)  # (the flag lives on the pooled connection; a live feed clears it)
+        assert postgres_done_bypass(conn, second, _prepared(at=T0 + 4000), "default", WIDTHS) == (sid, False)
+        assert outbox.WROTE not in conn.info  # nothing new to announce
     with svc.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Snapshot)).scalar_one() == 1
         assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 1
@@ -125,11 +140,57 @@ def test_a_row_already_there_is_linked_not_written_again(svc: Services) -> None:
         assert set(conn.execute(select(Event.status))) == {(EventStatus.DONE,)}
 
 
+def test_a_row_committed_by_the_previous_holder_of_the_lock_is_found(svc: Services) -> None:
+    """The identity lock is a statement of its own before the look-again: a writer that held the lock and
+    committed meanwhile (another capture time for the same content, so no constraint conflict) is seen."""
+    [ev] = _claimed(svc, 1)
+    p = _prepared()
+    assert p.snapshot is not None
+    result: list[tuple[int, bool]] = []
+
+    def finish() -> None:
+        with svc.engine.begin() as conn:
+            result.append(postgres_done_bypass(conn, ev, p, "default", WIDTHS))
+
+    with svc.engine.connect() as other:
+        tx = other.begin()
+        other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": identity_lock_key(p.snapshot)})
+        theirs = other.execute(insert(Snapshot).values(**{**p.snapshot, "captured_at_ms": T0 + 4000},
+                                                        indexed_at=utcnow()).returning(Snapshot.id)).scalar_one()
+        worker = threading.Thread(target=finish)
+        worker.start()
+        _wait_for(svc, "advisory")
+        tx.commit()
+    worker.join(timeout=20)
+    assert result == [(theirs, False)]
+    with svc.engine.connect() as conn:
+        assert conn.execute(select(Snapshot.id)).scalars().all() == [theirs]
+        assert conn.execute(select(EventSnapshot.snapshot_id, EventSnapshot.captured_at_ms)).all() == [
+            (theirs, T0 + 4000)]
+
+
+def _wait_for(svc: Services, locktype: str) -> None:
+    """Until some session waits for a lock of this type (pg_stat_activity may still show the statement
+    before; the lock table tells what waits)."""
+    deadline = time.monotonic() + 20
+    with svc.engine.connect() as watch:
+        while not watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = :t"),
+                                {"t": locktype}).scalar_one():
+            if time.monotonic() > deadline:
+                pytest.fail(f"nothing ever waited on a {locktype} lock")
+            time.sleep(0.02)
+
+
 def test_a_lost_claim_keeps_the_rows_but_writes_no_link_and_leaves_the_event(svc: Services) -> None:
     [ev] = _claimed(svc, 1)
     with svc.engine.begin() as conn:  # another worker reclaimed it after our lease ran out
         conn.execute(update(Event).where(Event.id == ev.id).values(attempts=Event.attempts + 1))
-    [sid] = pipeline._finish_done(svc, ev, [_prepared()])
+    sent, stop = _statements(svc, threading.get_ident())
+    try:
+        [sid] = pipeline._finish_done(svc, ev, [_prepared()])
+    finally:
+        stop()
+    assert sent == ["SELECT", "WITH"]
     with svc.engine.connect() as conn:
         assert conn.execute(select(Snapshot.id)).scalars().all() == [sid]
         assert conn.execute(select(func.count()).select_from(Thumbnail)).scalar_one() == 2
@@ -161,14 +222,7 @@ def test_a_writer_without_the_lock_that_wins_the_identity_is_linked_after_the_st
                                ).scalar_one()
         worker = threading.Thread(target=finish)
         worker.start()
-        deadline = time.monotonic() + 20
-        with svc.engine.connect() as watch:
-            # (pg_stat_activity may still show the statement before; the lock table tells what waits)
-            while not watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted AND "
-                                         "locktype = 'transactionid'")).scalar_one():
-                if time.monotonic() > deadline:
-                    pytest.fail("the done statement never waited on the uncommitted row")
-                time.sleep(0.02)
+        _wait_for(svc, "transactionid")
         tx.commit()
     worker.join(timeout=20)
     assert result == [(theirs,)]
@@ -183,8 +237,8 @@ def test_a_writer_without_the_lock_that_wins_the_identity_is_linked_after_the_st
 
 def test_a_value_too_long_for_its_column_is_refused_and_nothing_is_written(svc: Services) -> None:
     [ev] = _claimed(svc, 1)
-    with pytest.raises(Exception, match="too long"):
-        pipeline._finish_done(svc, ev, [_prepared(etag="e" * 129)])
+    with pytest.raises(DBAPIError, match="too long"), svc.engine.begin() as conn:  # the casts carry no length
+        postgres_done_bypass(conn, ev, _prepared(etag="e" * 129), "default", WIDTHS)
     with svc.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Snapshot)).scalar_one() == 0
         assert conn.execute(select(Event.status)).scalar_one() == EventStatus.PROCESSING
@@ -196,7 +250,7 @@ def test_a_callback_for_a_new_object_costs_the_claim_and_the_two_statements(clie
     first = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
     assert pipeline.process_event(svc, int(first)).status == "done"  # the job's row, connections: warm
     second = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + 5000, frame), T0 + 5000))
-    sent, stop = _statements(svc)
+    sent, stop = _statements(svc, threading.get_ident())
     try:
         assert pipeline.process_event(svc, int(second)).status == "done"
     finally:
@@ -213,7 +267,7 @@ def test_an_indexed_object_is_found_by_the_claim_and_never_fetched(client, svc: 
     gets = len([r for r in fake_oss.fetched(BUCKET, key) if r["method"] == "GET"])
     # The same object reported again with another callback time (a new event, hours off: within the window).
     again = send(client, callback_body(key, T0 + 3 * 3_600_000))
-    sent, stop = _statements(svc, whole=True)
+    sent, stop = _statements(svc, threading.get_ident(), whole=True)
     try:
         assert pipeline.process_event(svc, int(again)).status == "done"
     finally:
