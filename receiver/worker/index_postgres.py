@@ -113,6 +113,8 @@ def postgres_done_bypass(conn: Connection, ev: Claimed, p: Prepared, account: st
     snap = p.snapshot
     at = snap["captured_at_ms"]
     sid = conn.exec_driver_sql(lock, {"key": identity_lock_key(snap)}).one()[1]
+    if sid is None:  # the migrations make the id a serial column; a hand-altered table may not be
+        raise RuntimeError(f"{_SNAPSHOTS.name}.id has no sequence (pg_get_serial_sequence): see migration 0007")
     now = utcnow()
     row = {c.name: snap.get(c.name, _ABSENT) for c in _SNAPSHOTS.c}
     row.update(id=sid, indexed_at=now)

@@ -276,3 +276,16 @@ def test_an_indexed_object_is_found_by_the_claim_and_never_fetched(client, svc: 
     assert the_event(svc, again).snapshot_ids == [sid]
     assert not [s for s in sent if s.lstrip().upper().startswith("SELECT")]  # no probe of its own
     assert "FROM snapshots" in sent[0]  # the claim asked
+
+
+def test_an_id_column_without_its_sequence_is_named_in_the_error(svc: Services) -> None:
+    """A table altered by hand so that snapshots.id no longer owns its sequence: a clear error, nothing written."""
+    [ev] = _claimed(svc, 1)
+    with svc.engine.begin() as conn:
+        seq = conn.execute(text("SELECT pg_get_serial_sequence('snapshots', 'id')")).scalar_one()
+        conn.execute(text(f"ALTER SEQUENCE {seq} OWNED BY NONE"))
+    with pytest.raises(RuntimeError, match="snapshots.id has no sequence"):
+        pipeline._finish_done(svc, ev, [_prepared()])
+    with svc.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Snapshot)).scalar_one() == 0
+        assert conn.execute(select(Event.status)).scalar_one() == EventStatus.PROCESSING
