@@ -375,9 +375,9 @@ class CeleryDispatcher:
     def _send(self, ids: list[int], per: int) -> None:
         """``ids`` in messages of ``per`` events each (the last one may carry fewer)."""
         headers = {SENT_AT: time.time()}
-        messages = [ids[i:i + per] for i in range(0, len(ids), per)]
         fast = self._fast_publisher()
         if fast is not None:
+            messages = [ids[i:i + per] for i in range(0, len(ids), per)]
             self._queued, self._queued_at = fast.publish(messages, headers), time.monotonic()
             return
         # send_task does not say how long the queue is: one event per message.
