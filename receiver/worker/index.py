@@ -10,7 +10,7 @@ from functools import cache
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Connection, bindparam, func, insert, select
+from sqlalchemy import BigInteger, Connection, Select, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _existing_statement(with_etag: bool, windowed: bool = False) -> Executable:
+def existing_statement(with_etag: bool, windowed: bool = False) -> Select[int, int]:
+    """(id, captured_at_ms) of the row of one identity (job, bucket, object[, ETag]) [near a time]: the pre-fetch
+    probe, write_index's look-again and, compiled into its CTE, the PostgreSQL done-bypass's."""
     # Built once (see pipeline._claim_statement): constructing a SELECT costs more than running it.
     q = select(Snapshot.id, Snapshot.captured_at_ms).where(
         Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
@@ -54,15 +56,6 @@ PROBE_WINDOW_MS = 2 * IDENTITY_WINDOW_MS
 
 
 @cache
-def _existing_near_statement() -> Executable:
-    return (select(Snapshot.id)
-            .where(Snapshot.job_id == bindparam("job_id"), Snapshot.oss_bucket == bindparam("bucket"),
-                   Snapshot.oss_object == bindparam("key"), Snapshot.etag == bindparam("etag"),
-                   Snapshot.captured_at_ms.between(bindparam("lo"), bindparam("hi")))
-            .limit(1))
-
-
-@cache
 def _index_statements(dialect: str) -> tuple[Executable, Executable]:
     # DO NOTHING on the identity constraint rather than an IntegrityError: the insert shares its transaction
     # with the event's own update (pipeline._finish_done), which an error would abort.
@@ -81,7 +74,7 @@ def existing_on(conn: Connection, job_id: str, bucket: str, key: str, etag: str 
     params: dict[str, object] = {"job_id": job_id, "bucket": bucket, "key": key, "etag": etag}
     if near_ms is not None:
         params.update(lo=near_ms - IDENTITY_WINDOW_MS, hi=near_ms + IDENTITY_WINDOW_MS)
-    statement = _existing_statement(etag is not None, near_ms is not None)
+    statement = existing_statement(etag is not None, near_ms is not None)
     row = conn.execute(statement, params).first()
     return None if row is None else (int(row[0]), int(row[1]))
 
@@ -117,11 +110,9 @@ def write_index(conn: Connection, p: Prepared, account: str = DEFAULT, widths: t
     if conn.dialect.name == "postgresql":
         conn.execute(_identity_lock(), {"key": identity_lock_key(snap)})
     at = snap["captured_at_ms"]
-    found: int | None = conn.execute(_existing_near_statement(), {
-        "job_id": snap["job_id"], "bucket": snap["oss_bucket"], "key": snap["oss_object"], "etag": snap["etag"],
-        "lo": at - IDENTITY_WINDOW_MS, "hi": at + IDENTITY_WINDOW_MS}).scalar_one_or_none()
+    found = existing_on(conn, snap["job_id"], snap["oss_bucket"], snap["oss_object"], snap["etag"], at)
     if found is not None:
-        return found
+        return found[0]
     sid: int | None = conn.execute(insert_snapshot, snap).scalar_one_or_none()
     if sid is None:
         # Raced with another worker (or the reconciler) on the same content: theirs is the row.

@@ -13,7 +13,7 @@ from receiver.db import outbox
 from receiver.db.engine import column_cast
 from receiver.db.models import Event, EventSnapshot, EventStatus, Message, MessageType, Snapshot, Thumbnail, utcnow
 from receiver.web.serialize import snapshot_json
-from receiver.worker.index import IDENTITY_WINDOW_MS, announce_body, existing_on, identity_lock_key
+from receiver.worker.index import IDENTITY_WINDOW_MS, announce_body, existing_on, existing_statement, identity_lock_key
 from receiver.worker.types import Claimed, Prepared
 
 log = logging.getLogger(__name__)
@@ -26,20 +26,21 @@ _MESSAGE_COLUMNS = ("message_id", "type", "job_id", "account", "body", "created_
 
 
 @lru_cache(maxsize=2)
-def _statements(dialect: Any) -> tuple[str, str]:
+def _statements(dialect: Any) -> tuple[str, str, dict[str, Any]]:
+    """The lock statement, the done statement, and the done statement's constant parameters."""
     snap_cols = [c.name for c in _SNAPSHOTS.c]
     snap_values = ", ".join(f"%(s_{c})s::{column_cast(_SNAPSHOTS, c, dialect)}" for c in snap_cols)
     thumb_arrays = ", ".join(f"%(t_{c})b::{column_cast(_THUMBNAILS, c, dialect)}[]" for c in _THUMB_COLUMNS)
     message_values = ", ".join(f"%(m_{c})s::{column_cast(_MESSAGES, c, dialect)}" for c in _MESSAGE_COLUMNS)
-    window = "captured_at_ms BETWEEN %(lo)s AND %(hi)s"
+    # The look-again is index.existing_on's own statement, compiled, so the two cannot drift apart; its
+    # parameters are job_id, bucket, key, etag, lo, hi, plus the constants it binds itself (its LIMIT).
+    found = existing_statement(True, True).compile(dialect=dialect)
+    constants = {k: v for k, v in found.params.items() if v is not None}
     lock = ("SELECT pg_advisory_xact_lock(%(key)s), "
             f"nextval(pg_get_serial_sequence('{_SNAPSHOTS.name}', 'id'))")
     done = f"""
 WITH found AS (
-    SELECT id, captured_at_ms FROM {_SNAPSHOTS.name}
-    WHERE job_id = %(s_job_id)s AND oss_bucket = %(s_oss_bucket)s AND oss_object = %(s_oss_object)s
-      AND etag = %(s_etag)s AND {window}
-    LIMIT 1
+    {found}
 ), ins AS (
     INSERT INTO {_SNAPSHOTS.name} ({", ".join(snap_cols)})
     SELECT {snap_values} WHERE NOT EXISTS (SELECT 1 FROM found)
@@ -63,7 +64,7 @@ WITH found AS (
     ON CONFLICT DO NOTHING
 )
 SELECT (SELECT id FROM found), (SELECT id FROM ins), EXISTS (SELECT 1 FROM finish)"""
-    return lock, done
+    return lock, done, constants
 
 
 def _bound(table: Table, values: dict[str, Any], dialect: Any) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def postgres_done_bypass(conn: Connection, ev: Claimed, p: Prepared, account: st
     """
     assert p.snapshot is not None
     dialect = conn.dialect
-    lock, done = _statements(dialect)
+    lock, done, constants = _statements(dialect)
     snap = p.snapshot
     at = snap["captured_at_ms"]
     sid = conn.exec_driver_sql(lock, {"key": identity_lock_key(snap)}).one()[1]
@@ -133,7 +134,8 @@ def postgres_done_bypass(conn: Connection, ev: Claimed, p: Prepared, account: st
     params: dict[str, Any] = {f"s_{k}": v for k, v in _bound(_SNAPSHOTS, row, dialect).items()}
     params.update({f"m_{k}": v for k, v in _bound(_MESSAGES, message, dialect).items()})
     params.update({f"t_{c}": [t[c] for t in p.thumbnails] for c in _THUMB_COLUMNS})
-    params.update(lo=at - IDENTITY_WINDOW_MS, hi=at + IDENTITY_WINDOW_MS, event_id=ev.id,
+    params.update(constants, job_id=snap["job_id"], bucket=snap["oss_bucket"], key=snap["oss_object"],
+                  etag=snap["etag"], lo=at - IDENTITY_WINDOW_MS, hi=at + IDENTITY_WINDOW_MS, event_id=ev.id,
                   claimed_attempts=ev.attempts, done=EventStatus.DONE.value,
                   processing=EventStatus.PROCESSING.value, now=params["s_indexed_at"])
     found, inserted, finished = conn.exec_driver_sql(done, params).one()

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
 from sqlalchemy import Connection, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
@@ -256,6 +257,32 @@ def test_a_callback_for_a_new_object_costs_the_claim_and_the_two_statements(clie
     finally:
         stop()
     assert sent == ["UPDATE", "SELECT", "WITH"]  # the claim (and probe), the identity lock, the rest
+
+
+def test_a_new_frames_statements_stay_within_psycopgs_parse_cache(client, svc: Services, fake_ice, fake_oss,
+                                                                 frame) -> None:
+    """psycopg re-parses, with a regular expression on every execution, a statement longer than 4,096 bytes or
+    given more than 50 parameters. The done statement passes one parameter per snapshot column, so a few more
+    columns would push it past that without any test noticing the cost."""
+    first = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0, frame), T0))
+    assert pipeline.process_event(svc, int(first)).status == "done"
+    second = send(client, callback_body(put_snapshot(fake_oss, fake_ice, T0 + 5000, frame), T0 + 5000))
+    sent: list[tuple[str, int]] = []
+    me = threading.get_ident()
+
+    def seen(conn, cursor, statement, parameters, *_):  # type: ignore[no-untyped-def]
+        if threading.get_ident() == me:
+            sent.append((statement, len(parameters)))
+
+    event.listen(svc.engine, "before_cursor_execute", seen)
+    try:
+        assert pipeline.process_event(svc, int(second)).status == "done"
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", seen)
+    assert [s.split(None, 1)[0].upper() for s, _ in sent] == ["UPDATE", "SELECT", "WITH"]
+    too_big = [(s[:40], len(s.encode()), n) for s, n in sent
+               if len(s.encode()) > MAX_CACHED_STATEMENT_LENGTH or n > MAX_CACHED_STATEMENT_PARAMS]
+    assert too_big == []
 
 
 def test_an_indexed_object_is_found_by_the_claim_and_never_fetched(client, svc: Services, fake_ice, fake_oss,

@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from receiver.db.engine import make_engine, reader
 from receiver.db.migrate import ensure_schema
 from receiver.db.models import Event, Snapshot
-from receiver.worker.index import IDENTITY_WINDOW_MS, _existing_statement, _index_statements, write_index
+from receiver.worker.index import IDENTITY_WINDOW_MS, _index_statements, existing_statement, write_index
 from receiver.worker.pipeline import _claim_statement, _finish_statement, _link_statement
 from receiver.worker.types import Claimed, Prepared
 
@@ -58,7 +58,7 @@ def test_the_pipelines_statements_round_trip_values(engine: Engine) -> None:
     assert ev.received_at == T0 and ev.received_at.tzinfo == dt.UTC
 
     with engine.connect() as conn:
-        assert conn.execute(_existing_statement(True), LOOKUP).scalar_one_or_none() is None
+        assert conn.execute(existing_statement(True), LOOKUP).scalar_one_or_none() is None
     insert_snapshot, insert_thumbnails = _index_statements("sqlite")
     thumbs = [{"width": w, "height": w * 9 // 16, "format": "jpeg", "storage_key": f"ab/x-{w}.jpg", "size": w,
                "etag": f"t{w}"} for w in (320, 160)]
@@ -75,8 +75,8 @@ def test_the_pipelines_statements_round_trip_values(engine: Engine) -> None:
         conn.execute(_link_statement("sqlite"), [link])
         conn.execute(_link_statement("sqlite"), [link])  # kept once
     with engine.connect() as conn:
-        assert conn.execute(_existing_statement(True), LOOKUP).scalar_one_or_none() == sid
-        assert conn.execute(_existing_statement(False), LOOKUP).scalar_one_or_none() == sid
+        assert conn.execute(existing_statement(True), LOOKUP).scalar_one_or_none() == sid
+        assert conn.execute(existing_statement(False), LOOKUP).scalar_one_or_none() == sid
         snap = conn.execute(select(Snapshot).where(Snapshot.id == sid)).one()
         raw = conn.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
@@ -94,7 +94,7 @@ def test_an_object_without_thumbnails_writes_only_its_row(engine: Engine) -> Non
     with engine.begin() as conn:
         sid = write_index(conn, Prepared(None, SNAPSHOT, ()))
     with engine.connect() as conn:
-        assert conn.execute(_existing_statement(False), LOOKUP).scalar_one_or_none() == sid
+        assert conn.execute(existing_statement(False), LOOKUP).scalar_one_or_none() == sid
 
 
 def test_a_write_lock_held_past_busy_timeout_is_an_operational_error(engine: Engine, tmp_path: Path) -> None:
