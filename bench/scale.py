@@ -22,6 +22,9 @@ Reports, in one run, each figure against a baseline measured in the same run:
    = --cache-seconds), counted from the fake ICE's request log while events of 8 jobs keep arriving for
    --cache-run seconds. 1.0 means one call per job per period for the whole deployment.
 
+The kernel's spread within the run is printed, and flagged above KERNEL_DRIFT_FLAG: a VM whose speed drifts
+while the run lasts gives ratios that spread widely.
+
 Start-up is outside every timed window: servers and workers start, then warm-up events are processed (every
 worker thread has run at least one), then the clock starts. --profile FOLDER records the first shape's worker
 process (first round) and gunicorn's workers during the callback rounds with py-spy (idle included, unless
@@ -58,6 +61,9 @@ WARM_UP = 8  # events per worker process before the clock starts
 WIDTHS = "320,160"  # the service's default widths, as the kernel uses
 PROFILE_IDLE = ["--idle"]  # --profile-cpu: on-CPU samples only
 EXTRA_ENV: dict[str, str] = {}  # --env NAME=VALUE: for every service process
+# Above this spread of the kernel's timings within one run ((max - min) / median), the run is flagged: this VM's
+# speed changes by the minute, and such runs' ratios spread widely for one tree (bench/RESULTS.md).
+KERNEL_DRIFT_FLAG = 0.10
 
 
 def new_cluster(pg: PgServer, redis: RedisServer, ice: FakeIce, oss: FakeOss, **env: str) -> Cluster:
@@ -425,6 +431,10 @@ def main() -> None:
           f"{statistics.mean(len(f) for f in frames) / 1000:.0f} KB avg), widths {WIDTHS}")
     print(f"bare kernel (bench/pipeline.py kernel_ms: make_thumbnails, 1 thread): {k_ms:.2f} ms/frame = "
           f"{1000 / k_ms:.1f} frames/s (median of {len(kernel)}: {', '.join(f'{k:.2f}' for k in kernel)})")
+    drift = (max(kernel) - min(kernel)) / k_ms
+    print(f"  the kernel's spread within this run: {drift:.0%}" + (
+        f" (over {KERNEL_DRIFT_FLAG:.0%}: the machine's speed drifted, so the ratios below are less reliable)"
+        if drift > KERNEL_DRIFT_FLAG else ""))
     if snaps[shapes[0]]:
         print(f"snapshots end to end ({a.snapshots} callbacks per run, gunicorn 2x8 + PostgreSQL + Redis + "
               "`receiver worker` processes, thumbnails to the fake OSS; x kernel per process, each round against "
