@@ -13,7 +13,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from receiver.tiers import RetentionError, parse_retention
+from receiver.tiers import DAY_MS, MAX_AGE_MS, RetentionError, parse_retention
 
 T = TypeVar("T")
 
@@ -301,6 +301,10 @@ class Settings:
             parse_retention(self.retention)
         except RetentionError as e:
             raise ConfigError(str(e)) from None
+        # Past this, "now minus the age" is no date (every prune would fail); NaN would never prune.
+        if not 0 <= self.retention_days <= MAX_AGE_MS / DAY_MS:
+            raise ConfigError(f"RECEIVER_RETENTION_DAYS must be between 0 (keep all) and {MAX_AGE_MS // DAY_MS}, "
+                              f"got {self.retention_days!r}")
         if self.queue == "celery" and not self.broker_url:
             raise ConfigError("RECEIVER_QUEUE=celery needs RECEIVER_BROKER_URL")
 

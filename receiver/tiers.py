@@ -5,7 +5,7 @@ per job until 90 days, then the first of each UTC clock hour until a year, then 
 ``AGE:KEEP``:
 
 - AGE: a positive whole number and a unit ``s`` ``m`` ``h`` ``d`` ``w`` ``y`` (``m`` is minutes, a year is
-  365 days); strictly ascending from tier to tier.
+  365 days), at most ``1000y``; strictly ascending from tier to tier.
 - KEEP: ``all`` (only in the first tier: what an earlier tier thinned cannot come back), or a resolution:
   a whole number and ``s`` ``m`` ``h`` ``d`` that divides one day (so clock buckets never straddle a UTC day,
   the unit partitions are dropped in), at most ``1d``, and a multiple of the previous tier's resolution (a
@@ -24,6 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
+# The oldest age any retention setting may name: a thousand years keeps everything a deployment holds, and
+# "now minus the age" stays a date Python can print (two thousand years back does not).
+MAX_AGE_MS = 1000 * 365 * DAY_MS
 _AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _RES_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -55,15 +58,27 @@ class Plan:
     cutoff_ms: int  # everything captured before this goes (a UTC midnight)
 
 
-def _amount(text: str, units: dict[str, int], what: str, tier: str) -> int:
-    m = re.fullmatch(r"(\d+)([a-z])", text)
+def _amount(text: str, units: dict[str, int], what: str, tier: str, most_ms: int) -> int:
+    # [0-9], not \d: \d also matches other scripts' digits, which int() would then read.
+    m = re.fullmatch(r"([0-9]+)([a-z])", text)
     if m is None or m.group(2) not in units:
         raise RetentionError(f"RECEIVER_RETENTION tier {tier!r}: {what} must be a whole number and one of "
                              f"{' '.join(units)} (like 90d or 1h), got {text!r}")
-    n = int(m.group(1))
+    digits = m.group(1).lstrip("0") or "0"
+    # Compared as text first: int() refuses numbers of over 4,300 digits with a ValueError of its own.
+    n = int(digits) if len(digits) <= 15 else most_ms + 1
     if n <= 0:
         raise RetentionError(f"RECEIVER_RETENTION tier {tier!r}: {what} must be positive, got {text!r}")
+    if n * units[m.group(2)] * 1000 > most_ms:
+        raise RetentionError(f"RECEIVER_RETENTION tier {tier!r}: {what} must be at most "
+                             f"{_largest(most_ms, units)}, got {text!r}")
     return n * units[m.group(2)] * 1000
+
+
+def _largest(most_ms: int, units: dict[str, int]) -> str:
+    """``most_ms`` written in the largest unit that divides it (1000y, 1d)."""
+    unit, size = max(((u, v) for u, v in units.items() if most_ms % (v * 1000) == 0), key=lambda uv: uv[1])
+    return f"{most_ms // (size * 1000)}{unit}"
 
 
 def parse_retention(text: str) -> tuple[Tier, ...]:
@@ -78,7 +93,7 @@ def parse_retention(text: str) -> tuple[Tier, ...]:
         age_text, sep, keep = item.partition(":")
         if not sep:
             raise RetentionError(f"RECEIVER_RETENTION tier {item!r}: expected AGE:KEEP, like 7d:all or 90d:1m")
-        age = _amount(age_text.strip(), _AGE_UNITS_S, "the age", item)
+        age = _amount(age_text.strip(), _AGE_UNITS_S, "the age", item, MAX_AGE_MS)
         keep = keep.strip()
         resolution: int | None
         if keep == "all":
@@ -87,7 +102,7 @@ def parse_retention(text: str) -> tuple[Tier, ...]:
                                      "an earlier tier thinned cannot come back)")
             resolution = None
         else:
-            resolution = _amount(keep, _RES_UNITS_S, "what to keep (`all` or a resolution)", item)
+            resolution = _amount(keep, _RES_UNITS_S, "what to keep (`all` or a resolution)", item, DAY_MS)
             if DAY_MS % resolution:
                 raise RetentionError(f"RECEIVER_RETENTION tier {item!r}: the resolution must divide one day "
                                      f"(like 1m, 5m, 1h, 6h, 1d), got {keep!r}")

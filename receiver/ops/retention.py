@@ -34,7 +34,7 @@ from receiver.exceptions import ReceiverError
 from receiver.media.storyboard import SHEET_PREFIX
 from receiver.ops.thinning import Row, count_day, delete_rows, drop_day, droppable_days, thin
 from receiver.services import Services
-from receiver.tiers import Plan, Tier, plan
+from receiver.tiers import DAY_MS, MAX_AGE_MS, Plan, Tier, plan
 from receiver.timeutil import ms_to_iso, now_ms
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``45m``, ``12h``, ``30d``, ``2w`` (a bare number is days) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    """``90s``, ``45m``, ``12h``, ``30d``, ``2w`` (a bare number is days) -> seconds, at most MAX_AGE_MS."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", text.lower())
     if m is None or float(m.group(1)) <= 0:
         raise ValueError(f"expected a positive duration like 12h, 30d or 2w, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2) or "d"]
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "d"]
+    if seconds * 1000 > MAX_AGE_MS:
+        raise ValueError(f"at most {MAX_AGE_MS // DAY_MS} days, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -96,19 +99,37 @@ def _one_line(e: BaseException) -> str:
 
 
 def _count(svc: Services, cutoff_ms: int, cutoff_dt: dt.datetime, result: PruneResult) -> PruneResult:
+    """What _prune_snapshots and _prune_events would delete, reported as they report it: whole days by day, the
+    rest per job. Adds to ``result`` (the thinning phase may have counted files already)."""
+    days = droppable_days(svc, cutoff_ms)
+    for day in days:
+        result.days[day_name(day)] = count_day(svc, day)
+    # The rows a real run deletes one by one: before the cutoff, outside the days it drops whole. Those days
+    # are consecutive but for days that never had a partition, so a handful of ranges says which they are.
+    outside_days = [~Snapshot.captured_at_ms.between(lo, hi - 1) for lo, hi in _ranges(days)]
     with svc.sessions() as s:
-        rows = s.execute(select(Snapshot.job_id, func.count()).where(Snapshot.captured_at_ms < cutoff_ms)
+        rows = s.execute(select(Snapshot.job_id, func.count())
+                         .where(Snapshot.captured_at_ms < cutoff_ms, *outside_days)
                          .group_by(Snapshot.job_id).order_by(Snapshot.job_id)).all()
         result.per_job = {job: n for job, n in rows}
-        result.snapshots = sum(result.per_job.values())
-        result.thumbnails = s.execute(
+        result.snapshots += sum(result.per_job.values()) + sum(result.days.values())
+        result.thumbnails += s.execute(
             select(func.count()).select_from(Thumbnail).join(Snapshot, Snapshot.id == Thumbnail.snapshot_id)
             .where(Snapshot.captured_at_ms < cutoff_ms)).scalar_one()
         result.events = s.execute(select(func.count()).select_from(Event).where(
             Event.status.in_(PRUNABLE_STATUSES), Event.received_at < cutoff_dt)).scalar_one()
-    for day in droppable_days(svc, cutoff_ms):
-        result.days[day_name(day)] = count_day(svc, day)
     return result
+
+
+def _ranges(days: list[int]) -> list[tuple[int, int]]:
+    """Sorted UTC days as [lo, hi) ranges of consecutive days."""
+    out: list[tuple[int, int]] = []
+    for day in sorted(days):
+        if out and out[-1][1] == day:
+            out[-1] = (out[-1][0], day + DAY_MS)
+        else:
+            out.append((day, day + DAY_MS))
+    return out
 
 
 def _prune_snapshots(svc: Services, cutoff_ms: int, result: PruneResult, batch: int) -> None:

@@ -29,20 +29,29 @@ class Row:
     captured_at_ms: int
 
 
-def delete_rows(svc: Services, rows: Sequence[Row]) -> int:
-    """Files first, then the rows in one transaction (see ops/retention.py for why); returns files deleted."""
+def files_of(svc: Services, rows: Sequence[Row]) -> list[str]:
+    """The thumbnail files that deleting ``rows`` deletes: theirs, less any another row also names (keys reused by
+    a re-index)."""
     if not rows:
-        return 0
+        return []
     ids = [r.id for r in rows]
     # The capture times let PostgreSQL look in those days' partitions only.
     ats = sorted({r.captured_at_ms for r in rows})
     with svc.sessions() as s:
         keys = list(s.execute(select(Thumbnail.storage_key).where(
             Thumbnail.snapshot_id.in_(ids), Thumbnail.captured_at_ms.in_(ats))).scalars())
-        # A file another row also names (keys reused by a re-index) stays.
         shared = set(s.execute(select(Thumbnail.storage_key).where(
             Thumbnail.storage_key.in_(keys), Thumbnail.snapshot_id.not_in(ids))).scalars()) if keys else set()
-    gone = [k for k in keys if k not in shared]
+    return [k for k in keys if k not in shared]
+
+
+def delete_rows(svc: Services, rows: Sequence[Row]) -> int:
+    """Files first, then the rows in one transaction (see ops/retention.py for why); returns files deleted."""
+    if not rows:
+        return 0
+    ids = [r.id for r in rows]
+    ats = sorted({r.captured_at_ms for r in rows})
+    gone = files_of(svc, rows)
     if gone:
         svc.thumbs.delete(gone)  # raises: the rows stay, and the next prune starts from them
     with svc.sessions.begin() as s:
@@ -81,7 +90,7 @@ def thin(svc: Services, w: Window, batch: int, on_batch: Callable[[list[Row], in
                 rows = [Row(*r) for r in s.execute(_surplus(job, w, after).limit(batch))]
             if not rows:
                 break
-            files = 0 if dry_run else delete_rows(svc, rows)
+            files = len(files_of(svc, rows)) if dry_run else delete_rows(svc, rows)
             on_batch(rows, files)
             after = (rows[-1].captured_at_ms, rows[-1].id)
 

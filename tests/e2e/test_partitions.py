@@ -33,6 +33,7 @@ from tests.integration.test_retention_tiers import (  # noqa: F401
     keys_by_snapshot,
     moment,
     rows,
+    test_a_dry_run_reports_what_the_real_run_then_does,
     test_receiver_prune_applies_retention_and_says_what_it_would_do,
     test_retention_counts_the_same_on_a_second_look,
     test_tiers_keep_the_first_per_job_per_clock_bucket_and_remove_the_rest_with_their_files,

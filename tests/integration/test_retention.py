@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
+from receiver.config import ConfigError, Settings
 from receiver.db.models import Event, EventSnapshot, Snapshot, Thumbnail
 from receiver.ops.retention import parse_duration, prune
 from receiver.services import Services
@@ -28,10 +29,26 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0d", "-1d", "3y", "d", "12 hours"])
-def test_parse_duration_refuses(text):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("text", "says"), [
+    ("", "positive duration"), ("0d", "positive duration"), ("-1d", "positive duration"), ("3y", "positive duration"),
+    ("d", "positive duration"), ("12 hours", "positive duration"),
+    ("\u0667d", "positive duration"),  # another script's 7: float() would read it
+    # Older than a thousand years: "now minus it" is no date a prune can print, so it is refused up front.
+    ("365001d", "at most 365000 days"), ("2000000d", "at most 365000 days"), ("9" * 400, "at most 365000 days"),
+])
+def test_parse_duration_refuses(text, says):
+    with pytest.raises(ValueError, match=says):
         parse_duration(text)
+
+
+def test_the_longest_duration_is_accepted():
+    assert parse_duration("365000d") == 365000 * 86400
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan", "365001", "1e9"])
+def test_settings_refuse_a_retention_in_days_no_prune_could_apply(value):
+    with pytest.raises(ConfigError, match="RECEIVER_RETENTION_DAYS must be between 0"):
+        Settings.from_env({"RECEIVER_RETENTION_DAYS": value})
 
 
 def index(client, svc: Services, fake_ice, fake_oss, ages_days: list[float]) -> dict[float, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from receiver.db import partitions
 from receiver.db.models import EventSnapshot, Snapshot, Thumbnail
 from receiver.ops.retention import apply_retention
 from receiver.services import Services
@@ -129,6 +130,30 @@ def test_retention_counts_the_same_on_a_second_look(client, svc: Services, fake_
     second = apply_retention(svc, parse_retention(TIERS), dry_run=True, now=now)
     assert first.thinned == second.thinned and first.snapshots == second.snapshots
     assert total == len(history(now))
+
+
+def test_a_dry_run_reports_what_the_real_run_then_does(client, svc: Services, fake_ice, fake_oss, frame):
+    """Every count: the thinned snapshots' files too, and (PostgreSQL) a day dropped whole listed by day only,
+    not again per job. There, one of the two days past the cutoff has its partition (it goes whole) and the other
+    has none (its rows wait in the default partition and go one by one, per job)."""
+    now = moment()
+    whole_day = (now - 5 * DAY_MS - 13 * H) // DAY_MS * DAY_MS
+    with svc.engine.begin() as conn:
+        pg = partitions.is_partitioned(conn)
+        if pg:
+            partitions.ensure_day(conn, whole_day)
+    index_history(client, svc, fake_ice, fake_oss, frame, now)
+    dry = apply_retention(svc, parse_retention(TIERS), dry_run=True, now=now)
+    real = apply_retention(svc, parse_retention(TIERS), now=now)
+    assert not dry.errors and not real.errors
+    said = ("thinned", "snapshots", "thumbnails", "per_job", "days", "events")
+    assert {k: getattr(dry, k) for k in said} == {k: getattr(real, k) for k in said}
+    # What the history holds: 3 thinned in each tier and 3 past the cutoff, two thumbnail files each.
+    assert real.thinned == {"3d:1m": 3, "5d:1h": 3} and real.snapshots == 3 and real.thumbnails == 18
+    if pg:
+        assert real.days == {partitions.day_name(whole_day): 1} and real.per_job == {"job-0002": 2}
+    else:
+        assert real.days == {} and real.per_job == {"job-0001": 1, "job-0002": 2}
 
 
 def test_both_stores_delete_a_day_by_its_prefixes_and_nothing_else(settings, fake_oss, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from receiver.config import ConfigError, Settings
 from receiver.media.keys import day_prefixes, thumbnail_key
 from receiver.tiers import DAY_MS, RetentionError, Tier, kept, parse_retention, plan
+from receiver.timeutil import ms_to_iso
 
 M, H = 60_000, 3_600_000
 NOON = 1_796_212_800_000  # 2026-12-02T12:00:00Z
@@ -47,7 +48,7 @@ def test_valid_values(text, ages, resolutions):
     ("7d:1w", "what to keep"),
     ("7d:1y", "what to keep"),
     ("7d:0m", "must be positive"),
-    ("7d:2d", "must divide one day"),
+    ("7d:2d", "must be at most 1d"),
     ("7d:7m", "must divide one day"),
     ("7d:all,90d:all", "`all` only in the first tier"),
     ("7d:1m,90d:all", "`all` only in the first tier"),
@@ -55,10 +56,26 @@ def test_valid_values(text, ages, resolutions):
     ("7d:1m,7d:1h", "ages must ascend"),
     ("7d:all,90d:1h,1y:1m", "multiple of the previous"),
     ("7d:all,90d:2h,1y:3h", "multiple of the previous"),
+    # An age so old that "now minus it" is no date Python can print (every prune would fail), and one too long
+    # for int() to read at all: both refused when the settings are read, not at the first prune.
+    ("7d:all,1001y:1d", "the age must be at most 1000y"),
+    ("3000y:all", "the age must be at most 1000y"),
+    ("1" * 5000 + "d:all", "the age must be at most 1000y"),
+    ("000000000000000000000000000007d:all,8d:1h", None),
+    # Digits of other scripts: int() would read "\u0667" as 7.
+    ("\u0667d:all", "the age must be a whole number"),
 ])
 def test_bad_values_are_refused_with_the_reason(text, says):
+    if says is None:  # leading zeros are no reason to refuse a value
+        assert parse_retention(text)[0].age_ms == 7 * DAY_MS
+        return
     with pytest.raises(RetentionError, match=says):
         parse_retention(text)
+
+
+def test_the_oldest_age_allowed_plans_a_printable_cutoff():
+    p = plan(parse_retention("7d:all,1000y:1d"), NOON)
+    assert p.cutoff_ms < 0 and ms_to_iso(p.cutoff_ms).startswith("10")
 
 
 def test_settings_refuse_a_bad_value_naming_the_variable():
