@@ -66,7 +66,8 @@ def ensure_day(conn: Connection, day_ms: int) -> bool:
 
     Rows of that day already in the default partition (a snapshot that arrived before its day had one) are
     moved into the new partition first: PostgreSQL refuses to add a partition whose range the default
-    partition holds rows of.
+    partition holds rows of. Moved thumbnails under a pre-0007 key mark the partition as the upgrade marks the
+    days it copies (LEGACY_KEYS).
     """
     assert day_ms % DAY_MS == 0
     made = False
@@ -83,6 +84,13 @@ def ensure_day(conn: Connection, day_ms: int) -> bool:
                               f"captured_at_ms < :hi RETURNING *) INSERT INTO {name} SELECT * FROM moved"),
                          {"lo": lo, "hi": hi})
             conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})"))
+            if table == "thumbnails" and conn.execute(text(
+                    f"SELECT EXISTS (SELECT 1 FROM {name} WHERE storage_key !~ :layout)"),
+                    {"layout": f"^[0-9a-f]{{2}}/{day_name(day_ms)}/"}).scalar():
+                # Rows the 0007 upgrade copied into the default partition (days it made no partition for):
+                # their files are under an older key layout, which dropping the day must list rather than
+                # find under the day's prefixes (see drop_day in ops/thinning.py).
+                conn.execute(text(f"COMMENT ON TABLE {name} IS '{LEGACY_KEYS}'"))
         else:
             conn.execute(text(f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"))
         made = True

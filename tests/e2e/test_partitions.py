@@ -115,6 +115,8 @@ def test_old_and_future_snapshots_land_and_move_into_their_day_when_it_is_made(c
         assert partitions.ensure_day(conn, future // DAY_MS * DAY_MS)
     assert where(svc, future) == partitions.partition_name("snapshots", future // DAY_MS * DAY_MS)
     assert sql(svc, "SELECT count(*) FROM thumbnails_default")[0][0] == 2  # the old one's two widths
+    with svc.engine.connect() as conn:  # their keys have the day: dropping it finds them by its prefixes
+        assert not partitions.has_legacy_keys(conn, future // DAY_MS * DAY_MS)
     resp = client.get("/v1/jobs/job-0001/snapshots?order=asc")
     assert [s["captured_at_ms"] for s in resp.get_json()["items"]] == [old, now, future]
     assert all(len(s["thumbnails"]) == 2 for s in resp.get_json()["items"])
@@ -269,6 +271,45 @@ def test_upgrade_converts_a_database_with_rows_at_0004(pg_url: str, tmp_path: Pa
         assert result.days == {partitions.day_name(midnight - d * DAY_MS): 1 for d in (20, 19, 18)}
         assert sorted(p.name for p in thumbs_dir.rglob("*.jpg")) == sorted(
             [f"{w}.jpg" for _ in range(OLD_ROWS - 3) for w in (320, 160)] + [Path(k).name for k in new_keys])
+    finally:
+        svc.close()
+
+
+def test_a_copied_row_moved_out_of_the_default_partition_keeps_its_files_findable(pg_url: str, tmp_path: Path,  # noqa: F811
+                                                                                   fake_ice, fake_oss):
+    """The upgrade marks the day partitions it fills with rows under older keys (no day in the key) up to a month
+    ahead; a copied row further ahead waits in the default partition. When maintenance later makes its day, the
+    move carries the mark, so dropping that day deletes the row's files instead of orphaning them."""
+    engine = make_engine(pg_url)
+    upgrade(engine, "0004")
+    day = now_ms() // DAY_MS * DAY_MS + 40 * DAY_MS
+    ms = day + 12 * 3_600_000
+    key = "ab/old0/320.jpg"
+    (tmp_path / "thumbnails" / "ab" / "old0").mkdir(parents=True)
+    (tmp_path / "thumbnails" / key).write_bytes(b"old layout")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (job_id, tracked, untracked, created_at) VALUES "
+                          "('job-0001', true, false, now())"))
+        sid = conn.execute(text(
+            "INSERT INTO snapshots (job_id, captured_at_ms, kind, oss_endpoint, oss_bucket, oss_object, etag, "
+            "size, width, height, sha256, indexed_at) VALUES ('job-0001', :ms, 'sequence', "
+            "'oss-cn-shanghai.aliyuncs.com', 'testbucket', :key, 'E', 100, 640, 360, 'x', now()) RETURNING id"),
+            {"ms": ms, "key": f"snapshot/job-0001/{ms}.jpg"}).scalar_one()
+        conn.execute(text("INSERT INTO thumbnails (snapshot_id, width, height, format, storage_key, size, etag) "
+                          "VALUES (:s, 320, 180, 'jpeg', :k, 10, 't')"), {"s": sid, "k": key})
+    upgrade(engine)
+    engine.dispose()
+    svc = services(create_app(base_settings(tmp_path, fake_ice, fake_oss, pg_url)))
+    try:
+        assert where(svc, ms) == "snapshots_default"
+        with svc.engine.begin() as conn:  # what maintenance does once the day is a week ahead
+            assert partitions.ensure_day(conn, day)
+        assert where(svc, ms) == partitions.partition_name("snapshots", day)
+        with svc.engine.connect() as conn:
+            assert partitions.has_legacy_keys(conn, day)
+        result = prune(svc, DAY_MS / 1000, now=day + 2 * DAY_MS)
+        assert not result.errors and result.days[partitions.day_name(day)] == 1  # (and the empty days before)
+        assert result.thumbnails == 1 and not (tmp_path / "thumbnails" / key).exists()
     finally:
         svc.close()
 
