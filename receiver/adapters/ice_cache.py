@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary
+from receiver.adapters.ratelimit import MAX_WAIT_S
 from receiver.config import Settings
 from receiver.exceptions import JobNotFound
 from receiver.timeutil import now_ms
@@ -29,42 +30,52 @@ log = logging.getLogger(__name__)
 # only bounds memory and how long a burst of events can lean on one answer.
 LISTING_TTL_S = 30.0
 MAX_LISTINGS = 1000
-# Cross-process single flight: how long the process asking ICE holds a job's lock (longer than the SDK's own
-# timeouts), and how often the others look for its answer. A waiter that outlives the lock asks ICE itself.
-SHARED_LOCK_S = 15.0
+# Cross-process single flight: how often the processes waiting for the one asking ICE look for its answer. The
+# lock's own length comes from the settings (shared_lock_seconds): a holder that is merely slow must keep it.
 SHARED_POLL_S = 0.02
 
 
+def shared_lock_seconds(settings: Settings) -> float:
+    """Longer than the holder can legitimately take: the ICE token bucket's longest wait, then the SDK's connect
+    and read timeouts, plus a margin. A holder that dies keeps the others waiting this long, not longer."""
+    return MAX_WAIT_S + 2 * settings.ice_timeout_ms / 1000 + 5.0
+
+
 class SharedJobCache(Protocol):
-    """The deployment-wide tier of the job cache. Times are wall-clock epoch seconds (processes share no
-    monotonic clock). ``raw`` is JobInfo.to_json(), or None for a job ICE does not know (negative entry)."""
+    """The deployment-wide tier of the job cache. Expiry is relative (seconds left), measured by the tier's own
+    clock (Redis's, the database server's), so processes whose clocks disagree still agree on it. ``raw`` is
+    JobInfo.to_json(), or None for a job ICE does not know (negative entry). ``get`` raises ValueError for an
+    entry it cannot read."""
 
-    def get(self, job_id: str) -> tuple[float, dict[str, Any] | None] | None:
-        """(expires_at, raw) of a live entry, or None."""
+    def get(self, key: str) -> tuple[float, dict[str, Any] | None] | None:
+        """(seconds left, raw) of a live entry, or None."""
         ...
 
-    def put(self, job_id: str, raw: dict[str, Any] | None, expires_at: float) -> None: ...
-    def try_lock(self, job_id: str, seconds: float) -> bool:
-        """Become the one process asking ICE about ``job_id`` (False: another is asking)."""
+    def put(self, key: str, raw: dict[str, Any] | None, ttl: float) -> None: ...
+    def try_lock(self, key: str, seconds: float) -> bool:
+        """Become the one process asking ICE about ``key`` (False: another is asking)."""
         ...
 
-    def unlock(self, job_id: str) -> None: ...
-    def invalidate(self, job_id: str) -> None: ...
+    def unlock(self, key: str) -> None: ...
+    def invalidate(self, key: str) -> None: ...
 
 
 class _ScopedJobCache:
     """One account's view of the shared tier. Job ids are ICE's and unique, but a negative entry is not: a
     callback on account A's token naming B's new job gets JobNotFound from A's ICE, which must not make B's
-    own events find "unknown job" in the shared tier."""
+    own events find "unknown job" in the shared tier. Every account's keys carry its alias, ``default``
+    included: aliases have no ``:`` (accounts.ALIAS_RE), so ``<alias>:<job id>`` names one account's job
+    whatever the job id holds (a callback's JobId may contain ``:``)."""
 
-    def __init__(self, inner: SharedJobCache, prefix: str) -> None:
-        self.inner, self.prefix = inner, prefix
+    def __init__(self, inner: SharedJobCache, account: str) -> None:
+        assert ":" not in account
+        self.inner, self.prefix = inner, f"{account}:"
 
     def get(self, job_id: str) -> tuple[float, dict[str, Any] | None] | None:
         return self.inner.get(self.prefix + job_id)
 
-    def put(self, job_id: str, raw: dict[str, Any] | None, expires_at: float) -> None:
-        self.inner.put(self.prefix + job_id, raw, expires_at)
+    def put(self, job_id: str, raw: dict[str, Any] | None, ttl: float) -> None:
+        self.inner.put(self.prefix + job_id, raw, ttl)
 
     def try_lock(self, job_id: str, seconds: float) -> bool:
         return self.inner.try_lock(self.prefix + job_id, seconds)
@@ -77,8 +88,12 @@ class _ScopedJobCache:
 
 
 def scoped_job_cache(inner: SharedJobCache, account: str) -> SharedJobCache:
-    """``inner`` for one account's gateway; the account ``default`` keeps bare job ids (as before accounts)."""
-    return inner if account == "default" else _ScopedJobCache(inner, f"{account}:")
+    """``inner`` for one account's gateway."""
+    return _ScopedJobCache(inner, account)
+
+
+class _Unreadable(Exception):
+    """A shared entry that could not be read (and has been dropped)."""
 
 
 @dataclass
@@ -117,10 +132,10 @@ class CachedIceGateway:
         listing_ttl: float = LISTING_TTL_S,
         wall_ms: Callable[[], int] = now_ms,
         shared: SharedJobCache | None = None,
-        wall: Callable[[], float] = time.time,
+        lock_seconds: float = MAX_WAIT_S + 15.0,
     ) -> None:
         self.inner = inner
-        self.shared, self._wall = shared, wall
+        self.shared, self._lock_seconds = shared, lock_seconds
         self._ttl, self._negative_ttl, self._clock, self._max = ttl, negative_ttl, clock, max_entries
         self._lock = threading.Lock()
         self._entries: dict[
@@ -135,7 +150,7 @@ class CachedIceGateway:
     def from_settings(cls, inner: IceGateway, settings: Settings,
                       shared: SharedJobCache | None = None) -> CachedIceGateway:
         return cls(inner, ttl=settings.job_cache_seconds, negative_ttl=settings.job_negative_cache_seconds,
-                   shared=shared)
+                   shared=shared, lock_seconds=shared_lock_seconds(settings))
 
     def invalidate(self, job_id: str) -> None:
         with self._lock:
@@ -180,15 +195,22 @@ class CachedIceGateway:
         shared = self.shared
         if shared is None or self._ttl <= 0:  # RECEIVER_JOB_CACHE_SECONDS=0: every event asks ICE itself
             return self._ask(job_id)
-        give_up = time.monotonic() + SHARED_LOCK_S
+        # A safety net only: the holder's lock expires before this, and a waiter then takes it in its turn.
+        give_up = time.monotonic() + self._lock_seconds + 5.0
+        unreadable = 0
         while True:
             try:
-                hit = shared.get(job_id)
+                hit = self._read_shared(shared, job_id)
                 if hit is not None:
-                    return self._from_shared(job_id, *hit)
-                leader = shared.try_lock(job_id, SHARED_LOCK_S)
+                    return self._from_shared(job_id, hit)
+                leader = shared.try_lock(job_id, self._lock_seconds)
             except JobNotFound:
                 raise
+            except _Unreadable:
+                unreadable += 1
+                if unreadable > 1:  # dropped once and unreadable again: something else writes there
+                    return self._ask(job_id)
+                continue
             except Exception:
                 # The shared tier is down (Redis restarting, the database briefly away): ask ICE directly.
                 log.warning("shared job cache unavailable; asking ICE for %s directly", job_id, exc_info=True)
@@ -198,11 +220,11 @@ class CachedIceGateway:
                     # Another process may have answered between our look and our lock (Redis hands a released
                     # lock to the next asker): look once more before asking ICE.
                     try:
-                        hit = shared.get(job_id)
+                        hit = self._read_shared(shared, job_id)
                     except Exception:
                         hit = None
                     if hit is not None:
-                        return self._from_shared(job_id, *hit)
+                        return self._from_shared(job_id, hit)
                     return self._ask(job_id, shared)
                 finally:
                     try:
@@ -210,14 +232,32 @@ class CachedIceGateway:
                     except Exception:
                         log.warning("could not release the job-cache lock of %s (it expires)", job_id)
             if time.monotonic() >= give_up:
-                return self._ask(job_id, shared)  # the lock holder died or hangs: its lock expires, we go on
+                return self._ask(job_id, shared)
             time.sleep(SHARED_POLL_S)
 
-    def _from_shared(self, job_id: str, expires_at: float, raw: dict[str, Any] | None) -> JobInfo:
-        remaining = expires_at - self._wall()
-        job = None if raw is None else JobInfo.from_json(raw)
+    def _read_shared(self, shared: SharedJobCache, job_id: str) -> tuple[float, JobInfo | None] | None:
+        """The shared entry, decoded: (seconds left, job or None for unknown). An entry that cannot be read (not
+        JSON, not a job) is dropped and raises _Unreadable: it counts as a miss, and the
+        next answer from ICE replaces it (left in place, every process would ask ICE until it expired)."""
+        try:
+            hit = shared.get(job_id)
+            if hit is None:
+                return None
+            left, raw = hit
+            job = None if raw is None else JobInfo.from_json(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("unreadable shared job-cache entry for %s (%s); dropping it", job_id, e)
+            try:
+                shared.invalidate(job_id)
+            except Exception:
+                log.warning("could not drop the job-cache entry of %s", job_id, exc_info=True)
+            raise _Unreadable from e
+        return left, job
+
+    def _from_shared(self, job_id: str, hit: tuple[float, JobInfo | None]) -> JobInfo:
+        left, job = hit
         # Expire with the shared entry, so every process comes back to it (and to ICE) at the same moment.
-        self._store(job_id, min(remaining, self._ttl if job is not None else self._negative_ttl), job)
+        self._store(job_id, min(left, self._ttl if job is not None else self._negative_ttl), job)
         if job is None:
             raise JobNotFound(f"GetLiveSnapshotJob {job_id!r}: no such job (cached)")
         return job
@@ -237,7 +277,7 @@ class CachedIceGateway:
         if shared is None or ttl <= 0:
             return
         try:
-            shared.put(job_id, raw, self._wall() + ttl)
+            shared.put(job_id, raw, ttl)
         except Exception:
             log.warning("could not share job %s in the job cache", job_id, exc_info=True)
 

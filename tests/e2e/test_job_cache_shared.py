@@ -112,8 +112,9 @@ def prepared(tmp_path: Path, ice: FakeIce, backend: tuple[str | None, str | None
     try:
         ensure_schema(svc.engine)
         assert isinstance(svc.ice, CachedIceGateway)
-        # The tier the composition root picked: Redis when the broker is Redis, else the database.
-        assert isinstance(svc.ice.shared, RedisJobCache if backend[1] else DbJobCache)
+        # The tier the composition root picked: Redis when the broker is Redis, else the database (seen through
+        # the account's scope, `default:` here).
+        assert isinstance(getattr(svc.ice.shared, "inner", None), RedisJobCache if backend[1] else DbJobCache)
     finally:
         svc.dispatcher = None
         svc.close()
