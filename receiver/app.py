@@ -168,8 +168,10 @@ def shared_job_cache(settings: Settings, engine: Engine, read_engine: Engine) ->
     url = settings.broker_url or ""
     if url.startswith(("redis://", "rediss://", "unix://")):
         from receiver.adapters.job_cache_redis import RedisJobCache  # redis comes with the celery extra
+        from receiver.worker.celery_messages import redis_url
 
-        return RedisJobCache(url)
+        # As the publisher and the sweeper open it: kombu's `ssl_cert_reqs=CERT_REQUIRED` in redis-py's words.
+        return RedisJobCache(redis_url(url))
     return DbJobCache(engine, read_engine)
 
 

@@ -21,12 +21,13 @@ from receiver.timeutil import now_ms
 
 
 def due_events(pending_by: Any, now: Any) -> ColumnElement[bool]:
-    """Events a worker should run: pending with next_attempt_at at or before ``pending_by``, or processing
-    with a lease that ran out before ``now`` (its worker died). One definition for the sweeper, the
-    broker re-dispatch and the queue-depth gauge."""
+    """Events a worker should run: pending with next_attempt_at at or before ``pending_by``, or with a lease
+    that ran out before ``now``: processing (its worker died), or pending in a message a Celery worker took
+    (celery.mark_taken) and never got to. One definition for the sweeper, the broker re-dispatch and the
+    queue-depth gauge."""
     return or_(
         (Event.status == EventStatus.PENDING) & (Event.next_attempt_at <= pending_by),
-        (Event.status == EventStatus.PROCESSING) & (Event.lease_until < now),
+        Event.status.in_((EventStatus.PROCESSING, EventStatus.PENDING)) & (Event.lease_until < now),
     )
 
 

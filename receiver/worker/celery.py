@@ -142,7 +142,9 @@ def process_events_task(task: Task, event_ids: list[int]) -> list[str]:
         if outcome.retry_in is not None:
             # A countdown message is the fast path for the retry; if it is lost, the sweeper finds the row.
             try:
-                task.app.send_task(TASK_NAME, args=[[event_id]], countdown=outcome.retry_in)
+                # With its send time, as every message carries: the sweeper reads it from the oldest queued one.
+                task.app.send_task(TASK_NAME, args=[[event_id]], countdown=outcome.retry_in,
+                                   headers={SENT_AT: time.time()})
             except Exception:
                 log.warning("event %s: could not schedule the retry; the sweeper will", event_id)
         statuses.append(outcome.status)
@@ -218,19 +220,26 @@ def _taken_statement() -> Any:
         update(Event)
         .where(Event.id.in_(bindparam("event_ids", expanding=True)), Event.status == EventStatus.PENDING,
                Event.next_attempt_at <= bindparam("now"))
-        .values(next_attempt_at=bindparam("now"))
+        .values(next_attempt_at=bindparam("now"), lease_until=bindparam("lease"))
     )
 
 
 def mark_taken(svc: Services, event_ids: list[int]) -> None:
-    """The events of a message a worker has just taken count as just dispatched (next_attempt_at = now).
+    """The events of a message a worker has just taken count as just dispatched (next_attempt_at = now), and
+    carry a lease while they wait in that worker (they stay pending: nothing is claimed yet).
 
     They wait for their turn in that worker, not in the broker, so the sweeper must not take them for lost. Due
     for long (a backlog), with the queue drained behind their message, they would otherwise look overdue until
-    each one's claim. Events with a retry scheduled later, or claimed, are left alone.
+    each one's claim. But if that worker dies, its message stays unacknowledged (the solo and threads pools)
+    and nothing would send them again before RECEIVER_REDISPATCH_SECONDS: the lease makes them due once it
+    runs out (queries.due_events), as a dead worker's claimed event is. A wait longer than a lease (behind slow
+    events) costs a second message, which the claim makes harmless. Events with a retry scheduled later, or
+    claimed, are left alone.
     """
+    now = utcnow()
     with single_statement(svc.engine).begin() as conn:
-        conn.execute(_taken_statement(), {"event_ids": event_ids, "now": utcnow()})
+        conn.execute(_taken_statement(), {"event_ids": event_ids, "now": now,
+                                          "lease": now + dt.timedelta(seconds=svc.settings.lease_seconds)})
 
 
 def redispatch_due(svc: Services, grace: float, limit: int = SWEEP_BATCH, queued_since: float | None = None,
@@ -287,6 +296,7 @@ class CeleryDispatcher:
         self._stop = threading.Event()
         self._celery: Any = None
         self._redis: Any = None  # the sweeper's look at the queue (oldest_queued_sent_at)
+        self._queue_unreadable = False
         self._fast: celery_messages.RedisTaskPublisher | None = None  # the publisher thread's, on Redis
         self._fast_unusable = False
         self._queued = 0  # messages waiting in the broker after the publisher's last push (LPUSH's reply)
@@ -417,11 +427,17 @@ class CeleryDispatcher:
             if self._redis is None:
                 import redis  # the celery[redis] extra
 
-                self._redis = redis.Redis.from_url(self.svc.settings.broker_url or "", socket_timeout=2.0,
-                                                   socket_connect_timeout=2.0)
-            return oldest_queued_sent_at(self._redis)
+                self._redis = redis.Redis.from_url(celery_messages.redis_url(self.svc.settings.broker_url or ""),
+                                                   socket_timeout=2.0, socket_connect_timeout=2.0)
+            sent_at = oldest_queued_sent_at(self._redis)
+            self._queue_unreadable = False
+            return sent_at
         except Exception as e:
-            log.debug("sweeper: could not look at the broker's queue (%s)", e)
+            # Once per spell, loud enough to be seen: without this look every sweep re-sends the whole backlog.
+            (log.debug if self._queue_unreadable else log.warning)(
+                "sweeper: could not look at the broker's queue (%s); re-sending by RECEIVER_REDISPATCH_SECONDS "
+                "alone", e)
+            self._queue_unreadable = True
             return None
 
     def _sweep_loop(self) -> None:

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -172,6 +173,43 @@ def test_send_task_fallback_and_retries_send_lists_of_ids(celery_app, redis_serv
     [raw] = r.lrange(QUEUE, 0, -1)
     retry = json.loads(raw)
     assert json.loads(base64.b64decode(retry["body"]))[0] == [[eid]] and retry["headers"]["eta"] is not None
+    # Its send time too: without it, a retry message oldest in the queue read as "sent now", and the sweeper
+    # re-sent the whole overdue backlog behind it.
+    assert abs(retry["headers"][SENT_AT] - time.time()) < 10
+    r.delete(QUEUE)
+    r.close()
+
+
+def test_the_sweeper_reads_the_queue_of_a_broker_url_in_kombus_spelling(svc: Services, redis_server: RedisServer,  # noqa: F811
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """`rediss://…?ssl_cert_reqs=CERT_REQUIRED` is how Celery's documentation spells it; redis-py wants
+    `required`. The publisher translated it and the sweeper did not, so its look at the queue failed (at debug
+    level) on every sweep, and every sweep re-sent the overdue backlog. (No TLS Redis here: the URL redis-py
+    is given is what is checked, then the queue is read through the test server.)"""
+    r = redis.Redis.from_url(redis_server.url)
+    r.delete(QUEUE)
+    r.lpush(QUEUE, json.dumps({"headers": {SENT_AT: 1234.5}, "body": ""}))
+    opened: list[str] = []
+    real_from_url = redis.Redis.from_url
+
+    def from_url(url: str, **kw: Any) -> Any:
+        opened.append(url)
+        return real_from_url(redis_server.url, **kw)
+
+    monkeypatch.setattr(redis.Redis, "from_url", from_url)
+    dispatcher = CeleryDispatcher(svc)
+    svc.settings = svc.settings.with_(broker_url="rediss://broker.internal:6380/0?ssl_cert_reqs=CERT_REQUIRED")
+    assert dispatcher._queued_since() == 1234.5
+    assert opened == ["rediss://broker.internal:6380/0?ssl_cert_reqs=required"]
+    monkeypatch.setattr(redis.Redis, "from_url", real_from_url)
+    # A queue it cannot read is said once, as a warning, then quietly until it can read it again.
+    svc.settings = svc.settings.with_(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    dispatcher._redis = None
+    with caplog.at_level("DEBUG", logger="receiver.worker.celery"):
+        assert dispatcher._queued_since() is None and dispatcher._queued_since() is None
+    said = [rec.levelname for rec in caplog.records if "could not look at the broker's queue" in rec.message]
+    assert said == ["WARNING", "DEBUG"]
     r.delete(QUEUE)
     r.close()
 
@@ -197,6 +235,17 @@ def test_events_of_a_taken_message_count_as_just_dispatched(svc: Services):
     mark_taken(svc, [waiting, later, claimed])
     assert redispatch_due(svc, grace=60) == [other, claimed]  # claimed: its lease ran out, its worker died
     assert status(svc, later).next_attempt_at > utcnow()  # its retry time kept
+    assert status(svc, later).lease_until is None
+    # The worker that took them dies before it gets to `waiting`: its message stays unacknowledged (solo and
+    # threads pools), so only the taken event's lease brings it back, one lease later rather than one
+    # RECEIVER_REDISPATCH_SECONDS later (the grace, 60 s here, is far from over).
+    taken = status(svc, waiting)
+    assert taken.status == "pending" and taken.lease_until is not None
+    assert abs((taken.lease_until - taken.next_attempt_at).total_seconds() - svc.settings.lease_seconds) < 1
+    with svc.sessions.begin() as s:  # a lease later
+        s.execute(update(Event).where(Event.id == waiting).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
+    assert redispatch_due(svc, grace=60) == [waiting]
+    assert status(svc, waiting).lease_until is None  # re-sent: an ordinary pending event again
 
 
 def test_web_publishes_only_the_event_id_to_redis(celery_app, redis_server, fake_ice, fake_oss):  # noqa: F811
