@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from receiver.adapters.base import FilesPage, IceGateway, JobInfo, JobSummary
 from receiver.adapters.ratelimit import MAX_WAIT_S
 from receiver.config import Settings
-from receiver.exceptions import CredentialUnavailable, JobNotFound, Transient
+from receiver.exceptions import JobNotFound
 from receiver.timeutil import now_ms
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,6 @@ MAX_LISTINGS = 1000
 # Cross-process single flight: how often the processes waiting for the one asking ICE look for its answer. The
 # lock's own length comes from the settings (shared_lock_seconds): a holder that is merely slow must keep it.
 SHARED_POLL_S = 0.02
-# When the holder's call fails transiently (throttled, 5xx, unreachable), it says so in the shared entry for
-# this long: the processes waiting on it retry their events later, as the holder does, instead of each taking
-# the lock in turn and waiting out its own failing call (N processes waited up to N timeouts in an outage).
-SHARED_FAILURE_S = 2.0
-_FAILED = "receiver_failed"  # the key of a failure entry (JobInfo.to_json has no such key)
 
 
 def shared_lock_seconds(settings: Settings) -> float:
@@ -209,7 +204,7 @@ class CachedIceGateway:
                 if hit is not None:
                     return self._from_shared(job_id, hit)
                 leader = shared.try_lock(job_id, self._lock_seconds)
-            except (JobNotFound, Transient):  # the answer shared, or the holder's failure shared
+            except JobNotFound:
                 raise
             except _Unreadable:
                 unreadable += 1
@@ -226,8 +221,6 @@ class CachedIceGateway:
                     # lock to the next asker): look once more before asking ICE.
                     try:
                         hit = self._read_shared(shared, job_id)
-                    except Transient:
-                        raise
                     except Exception:
                         hit = None
                     if hit is not None:
@@ -251,10 +244,6 @@ class CachedIceGateway:
             if hit is None:
                 return None
             left, raw = hit
-            if raw is not None and _FAILED in raw:
-                failure = raw[_FAILED]
-                raise Transient(f"GetLiveSnapshotJob {job_id!r}: another process's call failed just now: "
-                                f"{failure['error']}", retry_after=failure.get("retry_after"))
             job = None if raw is None else JobInfo.from_json(raw)
         except (ValueError, KeyError, TypeError) as e:
             log.warning("unreadable shared job-cache entry for %s (%s); dropping it", job_id, e)
@@ -279,12 +268,6 @@ class CachedIceGateway:
         except JobNotFound:
             self._store(job_id, self._negative_ttl, None)
             self._publish(shared, job_id, None, self._negative_ttl)
-            raise
-        except Transient as e:
-            # Not CredentialUnavailable: nothing was sent, and its wait is this process's credential's, not ICE's.
-            if not isinstance(e, CredentialUnavailable):
-                self._publish(shared, job_id, {_FAILED: {"error": str(e), "retry_after": e.retry_after}},
-                              SHARED_FAILURE_S)
             raise
         self._store(job_id, self._ttl, job)
         self._publish(shared, job_id, job.to_json(), self._ttl)

@@ -15,13 +15,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from receiver.adapters.ice import SdkIceGateway, build_client
-from receiver.adapters.ice_cache import (
-    SHARED_FAILURE_S,
-    CachedIceGateway,
-    SharedJobCache,
-    scoped_job_cache,
-    shared_lock_seconds,
-)
+from receiver.adapters.ice_cache import CachedIceGateway, SharedJobCache, scoped_job_cache, shared_lock_seconds
 from receiver.adapters.job_cache_redis import ENTRY, LOCK, RedisJobCache
 from receiver.adapters.ratelimit import MAX_WAIT_S
 from receiver.config import Settings
@@ -153,22 +147,6 @@ def test_a_slow_holder_keeps_its_lock_and_the_others_wait_for_its_answer(ice: Fa
     answers = ask_at_once([process(ice, new(), lock_seconds=3.0) for _ in range(3)], "job-a")
     assert [a for a, _ in answers] == ["job-a"] * 3
     assert calls(ice, "job-a") == 1
-
-
-def test_a_holders_transient_failure_is_shared_not_repeated_in_turn(ice: FakeIce, tier: Any) -> None:
-    """ICE failing (a 500 here; throttling or a timeout alike): the processes waiting on the holder retry their
-    events later, as the holder does. They used to take the lock one after another, each waiting out its own
-    call: in an outage, N processes waited up to N timeouts and ICE was asked N times."""
-    new, _ = tier
-    ice.latency = 0.5
-    ice.fail_next("GetLiveSnapshotJob", 1, "500")
-    answers = ask_at_once([process(ice, new()) for _ in range(3)], "job-b")
-    assert [a for a, _ in answers] == ["Transient"] * 3
-    assert calls(ice, "job-b") == 1
-    assert max(s for _, s in answers) < 2  # not one timeout after another
-    time.sleep(SHARED_FAILURE_S + 0.2)  # the failure is said for a moment only: then ICE is asked again
-    assert process(ice, new()).get_job("job-b").job_id == "job-b"
-    assert calls(ice, "job-b") == 2
 
 
 def test_the_lock_outlasts_what_a_holder_may_legitimately_take() -> None:
