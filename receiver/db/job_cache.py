@@ -14,8 +14,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any
-from typing import cast as typed
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +23,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    cast,
     delete,
     func,
     literal,
@@ -32,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql import ColumnElement
 
@@ -53,7 +52,7 @@ class JobCacheEntry(Base):
     lock_owner: Mapped[str | None] = mapped_column(String(64))
 
 
-T = typed(Table, JobCacheEntry.__table__)
+T = cast(Table, JobCacheEntry.__table__)
 
 
 class DbJobCache:
@@ -134,5 +133,5 @@ class DbJobCache:
 def _now(conn: Connection) -> ColumnElement[int]:
     """Now in epoch ms on the deployment's one clock: the database server's, or on SQLite the host's."""
     if conn.dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", func.clock_timestamp()) * 1000), BigInteger)
+        return sql_cast(func.floor(func.extract("epoch", func.clock_timestamp()) * 1000), BigInteger)
     return literal(int(time.time() * 1000), BigInteger)
